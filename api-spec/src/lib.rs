@@ -1,0 +1,291 @@
+//! The wire contract of the registry: every type that crosses the public HTTP API, the
+//! error codes, and the duration format. Server and client both use these types, so the
+//! two can never disagree about a field name.
+//!
+//! Conventions (see `ARCHITECTURE.md`):
+//! - durations are strings such as `"15s"`, `"500ms"`, `"2m"` ([`parse_duration`]);
+//!   responses also give the value in milliseconds (`*_ms` fields);
+//! - errors are `{"error": {"code": "...", "message": "..."}}` ([`ErrorBody`]);
+//! - every response carries the index it reflects in the [`INDEX_HEADER`] header.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Response header carrying the Raft log index a response reflects.
+pub const INDEX_HEADER: &str = "X-Registry-Index";
+
+/// Shortest lease TTL the server accepts. Shorter TTLs would expire on an ordinary
+/// leader election (which takes up to the election timeout plus a vote round).
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Longest lease TTL the server accepts (one day). Anything longer is almost certainly a
+/// unit mistake, and a lease that long is no longer a liveness signal.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration string such as `"15s"`, `"500ms"`, `"1m30s"`.
+///
+/// A bare number is rejected: `"15"` could mean seconds or milliseconds, and guessing
+/// wrong by a factor of a thousand is the kind of mistake a registry must not make quietly.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    if text.starts_with('-') {
+        return Err(DurationError::Negative(text.to_owned()));
+    }
+    if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(DurationError::MissingUnit(text.to_owned()));
+    }
+    humantime::parse_duration(text).map_err(|e| DurationError::Invalid {
+        text: text.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Formats a duration the way [`parse_duration`] reads it (`"15s"`, `"1m 30s"`).
+pub fn format_duration(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// Why a duration string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationError {
+    /// The string was empty.
+    Empty,
+    /// The string started with a minus sign.
+    Negative(String),
+    /// A bare number without a unit.
+    MissingUnit(String),
+    /// Anything else humantime could not read.
+    Invalid { text: String, reason: String },
+}
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurationError::Empty => write!(f, "duration is empty (expected e.g. \"15s\")"),
+            DurationError::Negative(t) => write!(f, "duration {t:?} is negative"),
+            DurationError::MissingUnit(t) => {
+                write!(f, "duration {t:?} has no unit (write e.g. \"{t}s\" or \"{t}ms\")")
+            }
+            DurationError::Invalid { text, reason } => {
+                write!(f, "duration {text:?} is not valid: {reason} (expected e.g. \"15s\")")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable `code` and a human-readable `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// One of the constants in [`codes`]; stable across releases.
+    pub code: String,
+    /// What went wrong, for a person; may change between releases.
+    pub message: String,
+}
+
+/// The stable error codes. Each maps to one HTTP status, given in its doc.
+pub mod codes {
+    /// 400: the body is not valid JSON or does not match the expected shape.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// 400: a field has a value outside what the server accepts.
+    pub const INVALID_ARGUMENT: &str = "invalid_argument";
+    /// 400: a duration string could not be read, or is outside the allowed range.
+    pub const INVALID_DURATION: &str = "invalid_duration";
+    /// 404: the lease does not exist (never did, was revoked, or expired).
+    pub const LEASE_NOT_FOUND: &str = "lease_not_found";
+    /// 404: the cluster has no member with this id.
+    pub const MEMBER_NOT_FOUND: &str = "member_not_found";
+    /// 404: no route matches the path.
+    pub const NOT_FOUND: &str = "not_found";
+    /// 405: the route exists but not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// 409: the cluster membership change conflicts with the current membership.
+    pub const MEMBERSHIP_CONFLICT: &str = "membership_conflict";
+    /// 413: the request body is larger than the server accepts.
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// 415: the request body is not declared as JSON.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 503: no leader is known right now; retry after the `Retry-After` header.
+    pub const NO_LEADER: &str = "no_leader";
+    /// 503: the node is shutting down or not yet part of a cluster.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// 500: a server-side failure; details are in the server's log, not the response.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// `POST /v1/leases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLeaseRequest {
+    /// Time to live, e.g. `"15s"`; between [`MIN_LEASE_TTL`] and [`MAX_LEASE_TTL`].
+    pub ttl: String,
+}
+
+/// A lease as the API shows it (`POST /v1/leases`, `GET /v1/leases/{id}`, keepalive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The lease id; pass it to keepalive, revoke, and (later) registrations and locks.
+    pub lease: Uuid,
+    /// The TTL as a duration string.
+    pub ttl: String,
+    /// The TTL in milliseconds.
+    pub ttl_ms: u64,
+    /// Raft log index of the entry that granted the lease.
+    pub granted_index: u64,
+    /// Leader's wall-clock time when it proposed the grant, in ms since the Unix epoch.
+    pub granted_at_ms: u64,
+    /// Milliseconds until the leader expires the lease unless it is kept alive. Only the
+    /// leader keeps lease deadlines, so this is present when the leader answered (always
+    /// for keepalive) and absent on a follower's `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
+}
+
+/// `DELETE /v1/leases/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeLeaseResponse {
+    pub lease: Uuid,
+    /// Always `true`: an unknown lease is a 404, not `false`.
+    pub revoked: bool,
+}
+
+/// A server's role in the Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// One member of the cluster as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// The address other servers and clients reach it at (its `--advertise` address).
+    pub addr: String,
+    /// `true` for voters, `false` for learners (which replicate but do not vote).
+    pub voter: bool,
+    /// `leader`, `follower` or `learner` as far as the answering node knows.
+    pub role: Role,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The id of the node that answered.
+    pub node_id: u64,
+    /// The answering node's own role.
+    pub role: Role,
+    /// Current leader's id, if one is known.
+    pub leader: Option<u64>,
+    /// Current leader's address, if one is known.
+    pub leader_addr: Option<String>,
+    /// The answering node's current Raft term.
+    pub term: u64,
+    /// Highest log index this node has persisted.
+    pub last_log_index: u64,
+    /// Highest log index known committed by this node (applied or better).
+    pub commit_index: u64,
+    /// Highest log index applied to this node's state machine.
+    pub applied_index: u64,
+    /// Log index of the last snapshot this node holds.
+    pub snapshot_index: Option<u64>,
+    /// Highest log index this node has purged (deleted behind a snapshot).
+    pub purged_index: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+/// `POST /v1/cluster/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    /// The new server's `--node-id`.
+    pub id: u64,
+    /// The new server's `--advertise` address, `host:port`.
+    pub addr: String,
+    /// Keep it a learner (replicating, not voting). Default: promote to voter once it
+    /// has caught up.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+/// Answer to a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipResponse {
+    /// Log index of the membership entry that made the change.
+    pub index: u64,
+    pub members: Vec<Member>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// `true` when the probe passes.
+    pub ok: bool,
+    pub node_id: u64,
+    /// The known leader, if any.
+    pub leader: Option<u64>,
+    /// Why the probe fails, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn durations_without_unit_or_negative_are_rejected() {
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+        assert!(matches!(parse_duration("15"), Err(DurationError::MissingUnit(_))));
+        assert!(matches!(parse_duration("-5s"), Err(DurationError::Negative(_))));
+        assert!(matches!(parse_duration("soon"), Err(DurationError::Invalid { .. })));
+        assert!(parse_duration("15").unwrap_err().to_string().contains("15s"));
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for d in [Duration::from_secs(15), Duration::from_millis(1500), Duration::from_secs(3600)] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn error_body_shape_is_stable() {
+        let body = ErrorBody {
+            error: ErrorDetail { code: codes::LEASE_NOT_FOUND.into(), message: "gone".into() },
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["error"]["code"], "lease_not_found");
+        assert_eq!(json["error"]["message"], "gone");
+    }
+
+    #[test]
+    fn unknown_fields_in_requests_are_rejected() {
+        let r: Result<CreateLeaseRequest, _> = serde_json::from_str(r#"{"ttl":"5s","tll":"x"}"#);
+        assert!(r.is_err());
+    }
+}

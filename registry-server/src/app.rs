@@ -1,0 +1,539 @@
+//! The application: what a request can ask of this node, independent of HTTP.
+//!
+//! [`App`] is a cheap handle shared by the HTTP handlers and the background tasks. It
+//! decides where work runs: writes are proposed on the leader (forwarded there by a
+//! follower), keepalives run on the leader's lease clock, linearizable reads wait for a
+//! ReadIndex from the leader, stale reads are answered from local memory.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_spec::{ClusterStatus, Member, Role};
+use locks::{Lease, LeaseId};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::lease_clock::{KeepaliveError, LeaseClock};
+use crate::network::{
+    paths, KeepaliveAnswer, KeepaliveRequest, PeerClient, PeerError, ProposeAnswer,
+    ProposeRequest, ReadIndexAnswer,
+};
+use crate::proposer::{ProposeError, Proposer};
+use crate::read_barrier::{BarrierError, ReadBarrier};
+use crate::state::{Command, Outcome};
+use crate::store::state_machine::SharedState;
+use crate::types::{Node, NodeId, Raft};
+
+/// Most leases expired by one Raft entry; more due leases wait for the next tick.
+const EXPIRY_BATCH: usize = 10_000;
+
+/// How long a forwarded internal call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors the application reports; `crate::http::error` maps them to statuses and codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppError {
+    #[error("no leader is known; retry shortly")]
+    NoLeader,
+    #[error("lease {0} not found")]
+    LeaseNotFound(LeaseId),
+    #[error("lease {0} has expired")]
+    LeaseExpired(LeaseId),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    InvalidDuration(String),
+    #[error("member {0} is not part of the cluster")]
+    MemberNotFound(NodeId),
+    #[error("{0}")]
+    MembershipConflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Read consistency requested by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// ReadIndex through the leader (the default).
+    Linearizable,
+    /// Whatever this node has applied (`?stale`).
+    Stale,
+}
+
+/// One try at running something on the leader.
+enum Attempt<T> {
+    Done(T),
+    Failed(AppError),
+    /// The node asked is not the leader; it may name the one it believes is.
+    NotLeader(Option<(NodeId, String)>),
+}
+
+impl<T> From<Result<T, ProposeError>> for Attempt<T> {
+    fn from(r: Result<T, ProposeError>) -> Self {
+        match r {
+            Ok(v) => Attempt::Done(v),
+            Err(ProposeError::NotLeader { leader }) => Attempt::NotLeader(leader),
+            Err(ProposeError::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
+        }
+    }
+}
+
+impl<T> From<Result<T, BarrierError>> for Attempt<T> {
+    fn from(r: Result<T, BarrierError>) -> Self {
+        match r {
+            Ok(v) => Attempt::Done(v),
+            Err(BarrierError::NotLeader { leader }) => Attempt::NotLeader(leader),
+            Err(BarrierError::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
+        }
+    }
+}
+
+impl<T> From<PeerError> for Attempt<T> {
+    fn from(e: PeerError) -> Self {
+        match e {
+            // Nothing reached the peer: as good as "not the leader", try again.
+            PeerError::Unreachable { .. } => Attempt::NotLeader(None),
+            PeerError::Failed { .. } => Attempt::Failed(AppError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+    clock: LeaseClock,
+    proposer: Proposer,
+    barrier: ReadBarrier,
+    peers: PeerClient,
+    /// How long a request waits for a leader to be known before answering 503.
+    leader_wait: Duration,
+}
+
+/// The application handle.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: SharedState,
+        clock: LeaseClock,
+        peers: PeerClient,
+        leader_wait: Duration,
+    ) -> Self {
+        let proposer = Proposer::start(raft.clone());
+        let barrier = ReadBarrier::new(raft.clone());
+        Self {
+            inner: Arc::new(Inner { id, raft, state, clock, proposer, barrier, peers, leader_wait }),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The in-memory state (for reads after [`App::read_index`]).
+    pub fn state(&self) -> &SharedState {
+        &self.inner.state
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let id = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// Runs `local` if this node leads, else `remote(leader address)`; follows "not the
+    /// leader" answers and waits up to `leader_wait` for a leader before giving up.
+    async fn on_leader<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, AppError>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Attempt<T>>,
+        R: Fn(String) -> RF,
+        RF: Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.inner.leader_wait;
+        let mut hint: Option<(NodeId, String)> = None;
+        loop {
+            let target = match hint.take().or_else(|| self.leader()) {
+                Some(t) => t,
+                None => {
+                    if Instant::now() >= deadline {
+                        return Err(AppError::NoLeader);
+                    }
+                    self.wait_for_metrics_change(deadline).await;
+                    continue;
+                }
+            };
+            let attempt = if target.0 == self.inner.id { local().await } else { remote(target.1).await };
+            match attempt {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Failed(e) => return Err(e),
+                Attempt::NotLeader(next) => {
+                    if Instant::now() >= deadline {
+                        return Err(AppError::NoLeader);
+                    }
+                    // A hint naming the node just asked (or none) means an election is
+                    // under way: wait for news rather than spin.
+                    match next {
+                        Some(next) if next.0 != target.0 => hint = Some(next),
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            self.wait_for_metrics_change(deadline).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait_for_metrics_change(&self, deadline: Instant) {
+        let mut metrics = self.inner.raft.metrics();
+        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+        let _ = tokio::time::timeout(wait, metrics.changed()).await;
+    }
+
+    /// Proposes a command through the leader; returns the entry's index and the outcome.
+    pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), AppError> {
+        let command = &command;
+        self.on_leader(
+            || async { self.inner.proposer.propose(command.clone()).await.into() },
+            |addr| async move {
+                let request = ProposeRequest { command: command.clone() };
+                match self.inner.peers.call(&addr, paths::PROPOSE, &request, FORWARD_TIMEOUT).await {
+                    Ok(ProposeAnswer::Applied { index, outcome }) => Attempt::Done((index, outcome)),
+                    Ok(ProposeAnswer::NotLeader { leader }) => Attempt::NotLeader(leader),
+                    Ok(ProposeAnswer::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
+                    Err(e) => e.into(),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Serves a write forwarded by a follower: proposes it here, never forwards again.
+    pub async fn propose_forwarded(&self, command: Command) -> ProposeAnswer {
+        match self.inner.proposer.propose(command).await {
+            Ok((index, outcome)) => ProposeAnswer::Applied { index, outcome },
+            Err(ProposeError::NotLeader { leader }) => ProposeAnswer::NotLeader { leader },
+            Err(ProposeError::Unavailable(m)) => ProposeAnswer::Unavailable(m),
+        }
+    }
+
+    /// Makes the local state fit for a read of the given consistency; returns the index
+    /// the read will reflect.
+    pub async fn read_index(&self, consistency: Consistency) -> Result<u64, AppError> {
+        if consistency == Consistency::Stale {
+            return Ok(self.inner.state.applied_index());
+        }
+        let index = self
+            .on_leader(
+                || async { self.inner.barrier.confirm().await.into() },
+                |addr| async move {
+                    match self.inner.peers.call(&addr, paths::READ_INDEX, &(), FORWARD_TIMEOUT).await {
+                        Ok(ReadIndexAnswer::Index(i)) => Attempt::Done(i),
+                        Ok(ReadIndexAnswer::NotLeader { leader }) => Attempt::NotLeader(leader),
+                        Ok(ReadIndexAnswer::Unavailable(m)) => {
+                            Attempt::Failed(AppError::Unavailable(m))
+                        }
+                        Err(e) => e.into(),
+                    }
+                },
+            )
+            .await?;
+        // On a follower, wait until the leader's read index is applied here.
+        self.inner
+            .raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| AppError::Unavailable(format!("catching up to the leader: {e}")))?;
+        Ok(self.inner.state.applied_index().max(index))
+    }
+
+    /// Serves a follower's read-index request on the leader.
+    pub async fn read_index_forwarded(&self) -> ReadIndexAnswer {
+        match self.inner.barrier.confirm().await {
+            Ok(i) => ReadIndexAnswer::Index(i),
+            Err(BarrierError::NotLeader { leader }) => ReadIndexAnswer::NotLeader { leader },
+            Err(BarrierError::Unavailable(m)) => ReadIndexAnswer::Unavailable(m),
+        }
+    }
+
+    /// Grants a new lease.
+    pub async fn create_lease(&self, ttl: Duration) -> Result<(u64, Lease), AppError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let command = Command::Lease(locks::Command::GrantLease { id: LeaseId::new_v4(), ttl_ms });
+        match self.propose(command).await? {
+            (index, Outcome::Lease(locks::Outcome::LeaseGranted(lease))) => Ok((index, lease)),
+            (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Revokes a lease.
+    pub async fn revoke_lease(&self, id: LeaseId) -> Result<(u64, Lease), AppError> {
+        match self.propose(Command::Lease(locks::Command::RevokeLease { id })).await? {
+            (index, Outcome::Lease(locks::Outcome::LeaseRevoked(lease))) => Ok((index, lease)),
+            (_, Outcome::Lease(locks::Outcome::LeaseNotFound(_))) => Err(AppError::LeaseNotFound(id)),
+            (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Renews a lease on the leader; returns the lease and the time it now has left.
+    pub async fn keepalive(&self, id: LeaseId) -> Result<(Lease, Duration), AppError> {
+        self.on_leader(
+            || async {
+                match self.keepalive_forwarded(id).await {
+                    KeepaliveAnswer::Renewed { lease, remaining_ms } => {
+                        Attempt::Done((lease, Duration::from_millis(remaining_ms)))
+                    }
+                    answer => keepalive_failure(id, answer),
+                }
+            },
+            |addr| async move {
+                let request = KeepaliveRequest { lease: id };
+                match self.inner.peers.call(&addr, paths::KEEPALIVE, &request, FORWARD_TIMEOUT).await {
+                    Ok(KeepaliveAnswer::Renewed { lease, remaining_ms }) => {
+                        Attempt::Done((lease, Duration::from_millis(remaining_ms)))
+                    }
+                    Ok(answer) => keepalive_failure(id, answer),
+                    Err(e) => e.into(),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Renews a lease on this node, which must be the leader.
+    ///
+    /// Leadership is confirmed with a quorum *after* the keepalive arrived: a deposed
+    /// leader that has not noticed yet must not accept a keepalive the new leader will
+    /// never hear of (the new leader's countdown started at its election, which is after
+    /// that confirmation, so it ends later than the deadline set here).
+    pub async fn keepalive_forwarded(&self, id: LeaseId) -> KeepaliveAnswer {
+        match self.inner.barrier.confirm().await {
+            Ok(_) => {}
+            Err(BarrierError::NotLeader { leader }) => return KeepaliveAnswer::NotLeader { leader },
+            Err(BarrierError::Unavailable(m)) => return KeepaliveAnswer::Unavailable(m),
+        }
+        self.observe_leadership();
+        match self.inner.clock.keepalive(&id) {
+            Ok(remaining) => match self.inner.state.read().app.coordinator.lease(&id) {
+                Some(lease) => KeepaliveAnswer::Renewed {
+                    lease: lease.clone(),
+                    remaining_ms: remaining.as_millis() as u64,
+                },
+                None => KeepaliveAnswer::NotFound,
+            },
+            Err(KeepaliveError::NotFound) | Err(KeepaliveError::Expired) => KeepaliveAnswer::NotFound,
+            Err(KeepaliveError::NotLeader) => KeepaliveAnswer::NotLeader { leader: self.leader() },
+        }
+    }
+
+    /// Reads a lease (after `read_index`); `remaining` is known only on the leader.
+    pub async fn get_lease(
+        &self,
+        id: LeaseId,
+        consistency: Consistency,
+    ) -> Result<(u64, Lease, Option<Duration>), AppError> {
+        let index = self.read_index(consistency).await?;
+        let lease = self.inner.state.read().app.coordinator.lease(&id).cloned();
+        let lease = lease.ok_or(AppError::LeaseNotFound(id))?;
+        Ok((index, lease, self.inner.clock.remaining(&id)))
+    }
+
+    /// Aligns the lease clock with this node's role: restart countdowns when it starts
+    /// leading a term, stop expiring when it no longer leads.
+    pub fn observe_leadership(&self) {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
+            self.inner.clock.lead(metrics.current_term);
+        } else if self.inner.clock.leading_term().is_some() {
+            self.inner.clock.step_down();
+            tracing::info!(term = metrics.current_term, "no longer leading: lease clock paused");
+        }
+    }
+
+    /// Background task: follows role changes and, while leading, proposes the expiry of
+    /// every lease whose deadline passed, one entry per tick.
+    pub async fn run_lease_expiry(self, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.observe_leadership();
+            let due = self.inner.clock.take_due(EXPIRY_BATCH);
+            if due.is_empty() {
+                continue;
+            }
+            let command = Command::Lease(locks::Command::ExpireLeases { ids: due.clone() });
+            match self.inner.proposer.propose(command).await {
+                Ok((index, Outcome::Lease(locks::Outcome::LeasesExpired(gone)))) => {
+                    tracing::info!(index, expired = gone.len(), "leases expired");
+                }
+                Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, leases = due.len(), "lease expiry not committed; will retry");
+                    self.inner.clock.unmark(&due);
+                }
+            }
+        }
+    }
+
+    /// `GET /v1/cluster`.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let voter = voters.contains(id);
+                let role = if metrics.current_leader == Some(*id) {
+                    Role::Leader
+                } else if voter {
+                    Role::Follower
+                } else {
+                    Role::Learner
+                };
+                Member { id: *id, addr: node.addr.clone(), voter, role }
+            })
+            .collect();
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        // The leader knows the commit index from its followers' progress: the highest
+        // index a majority of voters have. Others report what they applied.
+        let commit_index = match &metrics.replication {
+            Some(replication) => {
+                let mut matched: Vec<u64> = voters
+                    .iter()
+                    .map(|id| {
+                        if *id == self.inner.id {
+                            metrics.last_log_index.unwrap_or(0)
+                        } else {
+                            replication.get(id).and_then(|m| m.map(|l| l.index)).unwrap_or(0)
+                        }
+                    })
+                    .collect();
+                matched.sort_unstable_by(|a, b| b.cmp(a));
+                matched.get(matched.len() / 2).copied().unwrap_or(applied).max(applied)
+            }
+            None => applied,
+        };
+        ClusterStatus {
+            node_id: self.inner.id,
+            role: role_of(metrics.state, voters.contains(&self.inner.id)),
+            leader: metrics.current_leader,
+            leader_addr: metrics
+                .current_leader
+                .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            commit_index,
+            applied_index: applied,
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Adds a server: as a learner that catches up, then (unless `learner`) a voter.
+    /// Must run on the leader; the HTTP layer relays the request there.
+    pub async fn add_member(&self, id: NodeId, addr: String, learner: bool) -> Result<u64, AppError> {
+        let raft = &self.inner.raft;
+        let response = raft
+            .add_learner(id, Node { addr }, true)
+            .await
+            .map_err(membership_error)?;
+        let mut index = response.log_id.index;
+        if !learner {
+            let response = raft
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(membership_error)?;
+            index = response.log_id.index;
+        }
+        Ok(index)
+    }
+
+    /// Removes a server (voter or learner). Must run on the leader.
+    pub async fn remove_member(&self, id: NodeId) -> Result<u64, AppError> {
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(AppError::MemberNotFound(id));
+        }
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        let response =
+            self.inner.raft.change_membership(change, false).await.map_err(membership_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// `true` when this node is the leader according to its own metrics.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+}
+
+fn role_of(state: ServerState, voter: bool) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Shutdown => Role::Shutdown,
+        ServerState::Follower if voter => Role::Follower,
+        ServerState::Follower | ServerState::Learner => Role::Learner,
+    }
+}
+
+fn keepalive_failure<T>(id: LeaseId, answer: KeepaliveAnswer) -> Attempt<T> {
+    match answer {
+        KeepaliveAnswer::Renewed { .. } | KeepaliveAnswer::NotFound => {
+            Attempt::Failed(AppError::LeaseNotFound(id))
+        }
+        KeepaliveAnswer::NotLeader { leader } => Attempt::NotLeader(leader),
+        KeepaliveAnswer::Unavailable(m) => Attempt::Failed(AppError::Unavailable(m)),
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> AppError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => AppError::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+            ChangeMembershipError::LearnerNotFound(_) => {
+                AppError::MembershipConflict(format!("{e}"))
+            }
+            other => AppError::MembershipConflict(other.to_string()),
+        },
+        RaftError::Fatal(f) => AppError::Unavailable(f.to_string()),
+    }
+}

@@ -1,0 +1,243 @@
+//! Command-line configuration (`registry-server --help`) and its validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::types::NodeId;
+
+/// Default client and peer address of a server started with no flags.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// A service registry and lock server on Raft. With no flags it runs a single-node
+/// registry on 127.0.0.1:7400 with its data in ./data; the same flags on three or five
+/// servers form a replicated cluster.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "registry-server", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Config {
+    /// Address to serve HTTP on (clients and peers). Default: 127.0.0.1:7400, or this
+    /// node's own address from --bootstrap. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Address other servers and clients use to reach this one, host:port. Default: the
+    /// address actually listened on. Required when listening on 0.0.0.0 or [::].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+
+    /// Directory for the Raft log (RocksDB) and snapshots. Created if missing.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// This server's id in the cluster: a positive number, unique and never reused.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub node_id: NodeId,
+
+    /// Initial members of a new cluster, as ID=ADDR pairs separated by commas. Give every
+    /// initial member the same list. Ignored once the data dir holds a cluster.
+    #[arg(long, value_name = "1=ADDR,2=ADDR,3=ADDR", value_parser = parse_bootstrap, conflicts_with = "join")]
+    pub bootstrap: Option<Bootstrap>,
+
+    /// Join an existing cluster: ask the server at ADDR (any member) to add this one.
+    /// Ignored once this server is a member.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Option<String>,
+
+    /// How often the leader sends heartbeats to followers.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a follower waits without hearing from a leader before it calls an
+    /// election (the minimum; the actual timeout is random up to twice this).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+
+    /// Take a snapshot every N log entries; entries behind a snapshot are then purged
+    /// (keeping up to min(N, 1000) for followers that are only a little behind).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
+
+    /// How often the leader checks lease deadlines and expires the leases that are due.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub lease_tick: Duration,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  registry-server                          single node, 127.0.0.1:7400, data in ./data
+  registry-server --node-id 1 --data-dir n1 --bootstrap 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403
+  registry-server --node-id 4 --listen 127.0.0.1:7404 --data-dir n4 --join 127.0.0.1:7401
+
+Logging is controlled by RUST_LOG (default: info).";
+
+/// The `--bootstrap` member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap(pub BTreeMap<NodeId, String>);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    api_spec::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Checks that `addr` is `host:port` with a valid port.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) =
+        addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{addr:?} has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("{addr:?} has no valid port"))?;
+    Ok(())
+}
+
+fn parse_bootstrap(text: &str) -> Result<Bootstrap, String> {
+    let mut members = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) =
+            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not ID=ADDR"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        let addr = addr.trim();
+        check_addr(addr)?;
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("no members given".into());
+    }
+    Ok(Bootstrap(members))
+}
+
+impl Config {
+    /// Checks what clap cannot; returns a one-line reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("--node-id must be 1 or more".into());
+        }
+        if let Some(Bootstrap(members)) = &self.bootstrap {
+            if !members.contains_key(&self.node_id) {
+                return Err(format!(
+                    "--bootstrap does not list this server's --node-id {}",
+                    self.node_id
+                ));
+            }
+        }
+        if self.election_timeout < self.heartbeat_interval * 3 {
+            return Err(format!(
+                "--election-timeout ({}) must be at least three --heartbeat-interval ({})",
+                api_spec::format_duration(self.election_timeout),
+                api_spec::format_duration(self.heartbeat_interval)
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.lease_tick.is_zero() {
+            return Err("--heartbeat-interval and --lease-tick must be more than zero".into());
+        }
+        if let Some(join) = &self.join {
+            check_addr(join).map_err(|e| format!("--join: {e}"))?;
+        }
+        if let Some(advertise) = &self.advertise {
+            check_addr(advertise).map_err(|e| format!("--advertise: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The address to bind.
+    pub fn listen_addr(&self) -> String {
+        if let Some(listen) = &self.listen {
+            return listen.clone();
+        }
+        match &self.bootstrap {
+            Some(Bootstrap(members)) => members.get(&self.node_id).cloned(),
+            None => None,
+        }
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned())
+    }
+
+    /// The address to advertise, given the address actually bound.
+    pub fn advertise_addr(&self, bound: SocketAddr) -> Result<String, String> {
+        if let Some(advertise) = &self.advertise {
+            return Ok(advertise.clone());
+        }
+        if bound.ip().is_unspecified() {
+            return Err(format!(
+                "listening on {bound}: set --advertise to the address others reach this server at"
+            ));
+        }
+        Ok(bound.to_string())
+    }
+
+    /// The openraft configuration these flags describe.
+    pub fn raft_config(&self) -> Result<openraft::Config, String> {
+        let millis = |d: Duration| d.as_millis().max(1) as u64;
+        openraft::Config {
+            cluster_name: "registry".into(),
+            heartbeat_interval: millis(self.heartbeat_interval),
+            election_timeout_min: millis(self.election_timeout),
+            election_timeout_max: millis(self.election_timeout) * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.snapshot_every.min(1000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let config = Config::try_parse_from(std::iter::once("registry-server").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn no_flags_is_a_single_node_on_the_default_port() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen_addr(), DEFAULT_LISTEN);
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn bootstrap_lists_members_and_sets_listen() {
+        let c = parse(&["--node-id", "2", "--bootstrap", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]).unwrap();
+        assert_eq!(c.bootstrap.as_ref().unwrap().0.len(), 3);
+        assert_eq!(c.listen_addr(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        assert!(parse(&["--bootstrap", "1=127.0.0.1:1", "--node-id", "2"]).unwrap_err().contains("does not list"));
+        assert!(parse(&["--bootstrap", "1=nope"]).unwrap_err().contains("host:port"));
+        assert!(parse(&["--bootstrap", "1=a:1,1=b:2"]).unwrap_err().contains("twice"));
+        assert!(parse(&["--node-id", "0"]).is_err());
+        assert!(parse(&["--election-timeout", "100ms"]).unwrap_err().contains("heartbeat"));
+        assert!(parse(&["--lease-tick", "5"]).unwrap_err().contains("unit"));
+        assert!(parse(&["--join", "x", "--bootstrap", "1=a:1"]).is_err());
+        assert!(parse(&["--snapshot-every", "0"]).is_err());
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertise() {
+        let c = parse(&["--listen", "0.0.0.0:7400"]).unwrap();
+        assert!(c.advertise_addr("0.0.0.0:7400".parse().unwrap()).is_err());
+        assert_eq!(c.advertise_addr("127.0.0.1:9".parse().unwrap()).unwrap(), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn raft_config_follows_flags() {
+        let c = parse(&["--election-timeout", "500ms", "--heartbeat-interval", "50ms"]).unwrap();
+        let r = c.raft_config().unwrap();
+        assert_eq!((r.election_timeout_min, r.election_timeout_max, r.heartbeat_interval), (500, 1000, 50));
+    }
+}

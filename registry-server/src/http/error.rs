@@ -1,0 +1,128 @@
+//! Errors as HTTP answers: every failure becomes `{"error": {"code", "message"}}` with a
+//! fitting status and a stable code from `api_spec::codes`; 5xx details go to the log.
+
+use api_spec::{codes, ErrorBody, ErrorDetail};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::app::AppError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT, message)
+    }
+
+    pub fn invalid_duration(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, codes::INVALID_DURATION, message)
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            AppError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, codes::NO_LEADER),
+            AppError::LeaseNotFound(_) | AppError::LeaseExpired(_) => {
+                (StatusCode::NOT_FOUND, codes::LEASE_NOT_FOUND)
+            }
+            AppError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT),
+            AppError::InvalidDuration(_) => (StatusCode::BAD_REQUEST, codes::INVALID_DURATION),
+            AppError::MemberNotFound(_) => (StatusCode::NOT_FOUND, codes::MEMBER_NOT_FOUND),
+            AppError::MembershipConflict(_) => (StatusCode::CONFLICT, codes::MEMBERSHIP_CONFLICT),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
+            AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = self.code, error = %self.message, "request failed");
+            if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+                "internal error; see the server log".to_owned()
+            } else {
+                self.message
+            }
+        } else {
+            self.message
+        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON body with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE, e.body_text())
+            }
+            other => ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_JSON, other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::invalid_argument(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::invalid_argument(rejection.body_text())
+    }
+}
+
+/// `axum::Json`, but its rejections are JSON errors too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(value))
+    }
+}
+
+/// Answer for paths no route matches.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
+}
+
+/// Answer for a known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}

@@ -1,0 +1,62 @@
+//! The HTTP surface: the public JSON API under `/v1`, probes, and the internal
+//! node-to-node routes under `/internal`. [`router`] builds it without a socket, so tests
+//! can drive it with `tower::ServiceExt::oneshot`.
+
+pub mod error;
+mod internal;
+mod public;
+
+use api_spec::INDEX_HEADER;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+
+use crate::app::App;
+use crate::network::paths;
+
+/// Largest public request body. Registrations and lock requests are small; anything this
+/// big is a mistake or an attack.
+pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Largest internal body: a batch of log entries or one snapshot chunk.
+pub const INTERNAL_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Builds the whole router.
+pub fn router(app: App) -> Router {
+    let public = Router::new()
+        .route("/v1/leases", post(public::create_lease))
+        .route("/v1/leases/{id}", get(public::get_lease).delete(public::revoke_lease))
+        .route("/v1/leases/{id}/keepalive", put(public::keepalive))
+        .route("/v1/cluster", get(public::cluster))
+        .route("/v1/cluster/members", post(public::add_member))
+        .route("/v1/cluster/members/{id}", delete(public::remove_member))
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
+        .layer(axum::middleware::map_response_with_state(app.clone(), add_index_header));
+    let internal = Router::new()
+        .route(paths::APPEND, post(internal::append))
+        .route(paths::VOTE, post(internal::vote))
+        .route(paths::SNAPSHOT, post(internal::snapshot))
+        .route(paths::PROPOSE, post(internal::propose))
+        .route(paths::KEEPALIVE, post(internal::keepalive))
+        .route(paths::READ_INDEX, post(internal::read_index))
+        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
+    public
+        .merge(internal)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(app)
+}
+
+/// Every public answer says which index it reflects; handlers that know better (writes,
+/// linearizable reads) set it themselves.
+async fn add_index_header(State(app): State<App>, mut response: Response) -> Response {
+    if !response.headers().contains_key(INDEX_HEADER) {
+        let index = app.state().applied_index();
+        response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(index));
+    }
+    response
+}

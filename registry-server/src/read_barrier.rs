@@ -1,0 +1,90 @@
+//! Coalesced leadership confirmation (ReadIndex) for linearizable reads and keepalives.
+//!
+//! `Raft::ensure_linearizable` costs one heartbeat round to a quorum. Callers of
+//! [`ReadBarrier::confirm`] join the next round; one round runs at a time, and each round
+//! starts after every caller it answers had arrived, so its answer is as fresh as if each
+//! caller had run its own round. Thousands of concurrent reads cost one round each
+//! round-trip time, not one each.
+
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tokio::sync::oneshot;
+
+use crate::types::{NodeId, Raft};
+
+/// Why leadership could not be confirmed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BarrierError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+type Waiter = oneshot::Sender<Result<u64, BarrierError>>;
+
+#[derive(Default)]
+struct Rounds {
+    waiting: Vec<Waiter>,
+    running: bool,
+}
+
+/// Cheap handle.
+#[derive(Clone)]
+pub struct ReadBarrier {
+    raft: Raft,
+    rounds: Arc<Mutex<Rounds>>,
+}
+
+impl std::fmt::Debug for ReadBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBarrier").finish_non_exhaustive()
+    }
+}
+
+impl ReadBarrier {
+    pub fn new(raft: Raft) -> Self {
+        Self { raft, rounds: Arc::default() }
+    }
+
+    /// Confirms this node is still the leader, after the call began, and that its state
+    /// machine has applied everything committed before; returns that read index.
+    pub async fn confirm(&self) -> Result<u64, BarrierError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+            rounds.waiting.push(tx);
+            !std::mem::replace(&mut rounds.running, true)
+        };
+        if start {
+            tokio::spawn(self.clone().run());
+        }
+        rx.await.unwrap_or_else(|_| Err(BarrierError::Unavailable("shutting down".into())))
+    }
+
+    async fn run(self) {
+        loop {
+            let waiters = {
+                let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+                if rounds.waiting.is_empty() {
+                    rounds.running = false;
+                    return;
+                }
+                std::mem::take(&mut rounds.waiting)
+            };
+            let result = match self.raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(BarrierError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                    })
+                }
+                Err(e) => Err(BarrierError::Unavailable(e.to_string())),
+            };
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping one server: storage, Raft, HTTP, background tasks.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use api_spec::AddMemberRequest;
+use openraft::error::{InitializeError, RaftError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::{Bootstrap, Config};
+use crate::lease_clock::LeaseClock;
+use crate::network::{Network, PeerClient};
+use crate::store::log::{open_db, LogStore};
+use crate::store::state_machine::StateMachineStore;
+use crate::types::{Node, Raft};
+
+/// How long in-flight requests may run after a shutdown signal before being cut off.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    config.validate().map_err(|e| anyhow!(e))?;
+    let raft_config = Arc::new(config.raft_config().map_err(|e| anyhow!(e))?);
+
+    let listen = config.listen_addr();
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let advertise = config.advertise_addr(bound).map_err(|e| anyhow!(e))?;
+
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let probe = data_dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("cannot write to data dir {}", data_dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+
+    let db = open_db(&data_dir.join("raft")).map_err(|e| {
+        anyhow!("cannot open the Raft log in {}: {e} (is another server using this data dir?)", data_dir.display())
+    })?;
+    let clock = LeaseClock::default();
+    let state_machine = StateMachineStore::open(data_dir.join("snapshot"), clock.clone())
+        .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
+    let state = state_machine.shared();
+    let peers = PeerClient::new();
+    let network = Network { client: peers.clone() };
+    let raft = Raft::new(config.node_id, raft_config, network, LogStore::new(db), state_machine)
+        .await
+        .context("cannot start Raft")?;
+
+    let leader_wait = config.election_timeout * 3;
+    let app = App::new(config.node_id, raft.clone(), state, clock, peers.clone(), leader_wait);
+
+    if !raft.is_initialized().await? {
+        match (&config.join, &config.bootstrap) {
+            (Some(join), _) => {
+                let request = AddMemberRequest { id: config.node_id, addr: advertise.clone(), learner: false };
+                tokio::spawn(join_cluster(peers, join.clone(), request));
+            }
+            (None, bootstrap) => {
+                let members = match bootstrap {
+                    Some(Bootstrap(members)) => members.clone(),
+                    None => BTreeMap::from([(config.node_id, advertise.clone())]),
+                };
+                initialize(&raft, members).await?;
+            }
+        }
+    }
+
+    let (stop_tasks, stopped) = watch::channel(false);
+    let expiry = tokio::spawn(app.clone().run_lease_expiry(config.lease_tick, stopped));
+
+    tracing::info!(
+        node_id = config.node_id,
+        listen = %bound,
+        advertise = %advertise,
+        data_dir = %data_dir.display(),
+        "registry-server listening on {bound}"
+    );
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = drain_tx.send(());
+    });
+    let serve = tokio::spawn(async move { serve.await });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result??,
+        _ = async { let _ = drain_rx.await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+    }
+
+    let _ = stop_tasks.send(true);
+    let _ = expiry.await;
+    raft.shutdown().await.map_err(|e| anyhow!("stopping Raft: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn initialize(raft: &Raft, members: BTreeMap<u64, String>) -> anyhow::Result<()> {
+    let nodes: BTreeMap<u64, Node> = members.into_iter().map(|(id, addr)| (id, Node { addr })).collect();
+    tracing::info!(members = ?nodes.keys().collect::<Vec<_>>(), "initialising a new cluster");
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Another member's log already reached us: the cluster exists, nothing to do.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(anyhow!("cannot initialise the cluster: {e}")),
+    }
+}
+
+/// Asks the cluster at `via` to add this server, retrying until it answers yes or no.
+async fn join_cluster(peers: PeerClient, via: String, request: AddMemberRequest) {
+    let url = format!("http://{via}/v1/cluster/members");
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tracing::info!(%via, "asking the cluster to add this server");
+        match peers.http().post(&url).json(&request).timeout(Duration::from_secs(60)).send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(%via, "joined the cluster");
+                return;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                let body = r.text().await.unwrap_or_default();
+                tracing::error!(%via, %body, "the cluster refused to add this server");
+                return;
+            }
+            Ok(r) => tracing::warn!(%via, status = %r.status(), "join not accepted yet; retrying"),
+            Err(e) => tracing::warn!(%via, error = %e, "cannot reach the cluster to join; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

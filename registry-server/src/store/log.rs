@@ -1,0 +1,278 @@
+//! The Raft log, vote and committed index in RocksDB (openraft's `RaftLogStorage`).
+//!
+//! Two column families: `logs` maps a big-endian `u64` index to a bincode entry (so
+//! RocksDB's key order is log order), `meta` holds the vote, the committed log id and the
+//! last purged log id.
+//!
+//! Durability: `append` writes all of a call's entries in one `WriteBatch` with
+//! `sync = true`, and only then reports `LogFlushed`. That is one WAL fsync per batch:
+//! openraft hands the log store one batch at a time, and the server's proposer
+//! (`crate::proposer`) packs every client write waiting at that moment into one entry, so
+//! concurrent writes share one fsync (group commit) instead of paying one each.
+//! The vote is written with `sync = true` too; truncation, purging and the committed
+//! index are ordinary writes, made durable by the next synced write (the WAL is ordered).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, RaftLogId, StorageError, StorageIOError, Vote};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::{NodeId, TypeConfig};
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Opens (creating if needed) the RocksDB database that holds the Raft log.
+pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+}
+
+/// The log store handle openraft drives. Cheap to clone: it shares the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("path", &self.db.path()).finish()
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
+    bincode::serialize(value).map_err(|e| AnyError::new(&e))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
+    bincode::deserialize(bytes).map_err(|e| AnyError::new(&e))
+}
+
+fn db_err(e: rocksdb::Error) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn logs(&self) -> &rocksdb::ColumnFamily {
+        // Both families are created by `open_db`; their absence is a programming error.
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(CF_LOGS).expect("column family `logs` is created by open_db")
+    }
+
+    fn meta(&self) -> &rocksdb::ColumnFamily {
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(CF_META).expect("column family `meta` is created by open_db")
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
+        match self.db.get_cf(self.meta(), key).map_err(db_err)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), AnyError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.put_cf_opt(self.meta(), key, encode(value)?, &opts).map_err(db_err)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, AnyError> {
+        let mut iter = self.db.iterator_cf(self.logs(), IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (_, value) = item.map_err(db_err)?;
+                let entry: Entry<TypeConfig> = decode(&value)?;
+                Ok(Some(*entry.get_log_id()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+        let mode = IteratorMode::From(&index_key(start), Direction::Forward);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(self.logs(), mode) {
+            let (key, value) = item.map_err(db_err)?;
+            let index = key_index(&key).ok_or_else(|| AnyError::error("malformed log key"))?;
+            if end.is_some_and(|end| index >= end) {
+                break;
+            }
+            entries.push(decode(&value)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i + 1),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_range(start, end))
+            .await
+            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?
+            .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<NodeId>> =
+            self.get_meta(KEY_LAST_PURGED).map_err(StorageIOError::read_logs)?;
+        let last = self.last_log_id().map_err(StorageIOError::read_logs)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let store = self.clone();
+        let vote = *vote;
+        tokio::task::spawn_blocking(move || store.put_meta(KEY_VOTE, &vote, true))
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?
+            .map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.put_meta(KEY_COMMITTED, &committed, false)
+            .map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        let committed: Option<Option<LogId<NodeId>>> =
+            self.get_meta(KEY_COMMITTED).map_err(StorageIOError::read)?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let value = encode(&entry).map_err(StorageIOError::write_logs)?;
+            batch.put_cf(self.logs(), index_key(entry.get_log_id().index), value);
+        }
+        let db = self.db.clone();
+        // The fsync runs off the async workers; openraft is told the entries are durable
+        // only once RocksDB has synced its WAL.
+        tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            let result = db.write_opt(batch, &opts).map_err(std::io::Error::other);
+            callback.log_io_completed(result);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.db
+            .delete_range_cf(self.logs(), index_key(log_id.index), index_key(u64::MAX))
+            .map_err(|e| StorageIOError::write_logs(db_err(e)))?;
+        // `delete_range` is end-exclusive: remove the very last possible key too.
+        self.db
+            .delete_cf(self.logs(), index_key(u64::MAX))
+            .map_err(|e| StorageIOError::write_logs(db_err(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta(), KEY_LAST_PURGED, encode(&log_id).map_err(StorageIOError::write_logs)?);
+        batch.delete_range_cf(self.logs(), index_key(0), index_key(log_id.index + 1));
+        self.db.write(batch).map_err(|e| StorageIOError::write_logs(db_err(e)).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::store::state_machine::StateMachineStore;
+
+    /// Builds a fresh log store and state machine in a temporary directory for each case
+    /// of openraft's conformance suite.
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
+            let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+            let db = open_db(&dir.path().join("raft")).map_err(|e| StorageIOError::write(db_err(e)))?;
+            let sm = StateMachineStore::open(dir.path().join("snapshot"), Default::default())
+                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+            Ok((dir, LogStore::new(db), sm))
+        }
+    }
+
+    #[test]
+    fn passes_openraft_storage_suite() -> StorageResult<()> {
+        Suite::test_all(Builder)
+    }
+
+    #[tokio::test]
+    async fn appended_entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        {
+            let mut store = LogStore::new(open_db(&path).unwrap());
+            let vote = Vote::new(3, 1);
+            store.save_vote(&vote).await.unwrap();
+            let entries: Vec<Entry<TypeConfig>> =
+                (1..=5).map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i))).collect();
+            openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries).await.unwrap();
+        }
+        let mut store = LogStore::new(open_db(&path).unwrap());
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(store.try_get_log_entries(2..4).await.unwrap().len(), 2);
+    }
+}

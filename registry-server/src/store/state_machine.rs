@@ -1,0 +1,256 @@
+//! The state machine openraft applies committed entries to (`RaftStateMachine`).
+//!
+//! The state lives in memory behind [`SharedState`], which the HTTP layer reads directly.
+//! Snapshots are the bincode of that state, written to `<data>/snapshot/current.snap`
+//! atomically (temporary file, fsync, rename, fsync of the directory) and sent in chunks
+//! to followers that fall behind the purged log. On start the last snapshot is loaded and
+//! openraft replays the log from there.
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::lease_clock::LeaseClock;
+use crate::state::{AppState, Outcome};
+use crate::types::{Node, NodeId, Response, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+const SNAPSHOT_FILE: &str = "current.snap";
+
+/// Everything a snapshot holds: Raft's view of what was applied, and the app state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StateData {
+    /// The last log id applied to `app`.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The membership in force as of `last_applied`.
+    pub membership: StoredMembership<NodeId, Node>,
+    /// The application state.
+    pub app: AppState,
+}
+
+/// A cheap handle to the in-memory state, shared by the state machine (writer) and the
+/// HTTP handlers (readers). `std::sync::RwLock`: nobody awaits while holding it.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState {
+    inner: Arc<RwLock<StateData>>,
+}
+
+impl SharedState {
+    /// Read access. A poisoned lock (a panic while applying) is still readable: the
+    /// apply path never leaves the data half-changed across a panic point we control.
+    pub fn read(&self) -> RwLockReadGuard<'_, StateData> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateData> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of the last applied entry (0 before anything was applied).
+    pub fn applied_index(&self) -> u64 {
+        self.read().last_applied.map_or(0, |l| l.index)
+    }
+}
+
+/// The snapshot file: metadata and the encoded [`StateData`].
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+}
+
+/// openraft's state machine: applies entries to [`SharedState`] and keeps snapshots.
+#[derive(Debug)]
+pub struct StateMachineStore {
+    state: SharedState,
+    snapshot_dir: PathBuf,
+    /// Leader-side lease deadlines; told about every lease granted or ended.
+    clock: LeaseClock,
+    /// Makes snapshot ids unique even when two are built at the same log id.
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, loading the last snapshot in `snapshot_dir` if any.
+    pub fn open(snapshot_dir: PathBuf, clock: LeaseClock) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let state = SharedState::default();
+        if let Some(file) = read_snapshot_file(&snapshot_dir)? {
+            let data: StateData = bincode::deserialize(&file.data).map_err(std::io::Error::other)?;
+            clock.reset(data.app.coordinator.leases());
+            *state.write() = data;
+        }
+        Ok(Self { state, snapshot_dir, clock, snapshot_seq: 0 })
+    }
+
+    /// The handle readers use.
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn tell_clock(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Lease(locks::Outcome::LeaseGranted(lease)) => self.clock.track(lease),
+            Outcome::Lease(locks::Outcome::LeaseRevoked(lease)) => self.clock.forget(&lease.id),
+            Outcome::Lease(locks::Outcome::LeasesExpired(leases)) => {
+                leases.iter().for_each(|l| self.clock.forget(&l.id))
+            }
+            Outcome::Lease(locks::Outcome::LeaseNotFound(_)) => {}
+        }
+    }
+}
+
+fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<SnapshotFile>> {
+    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(std::io::Error::other)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the snapshot file so that a crash leaves either the old or the new one.
+fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> std::io::Result<()> {
+    let bytes = bincode::serialize(file).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+/// Builds a snapshot from a copy of the state taken when openraft asked for a builder.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    data: StateData,
+    snapshot_dir: PathBuf,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let data = std::mem::take(&mut self.data);
+        let dir = self.snapshot_dir.clone();
+        let seq = self.seq;
+        let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, AnyError> {
+            let bytes = bincode::serialize(&data).map_err(io_err)?;
+            let snapshot_id = match data.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+                None => format!("0-0-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: data.last_applied,
+                last_membership: data.membership.clone(),
+                snapshot_id,
+            };
+            let file = SnapshotFile { meta: meta.clone(), data: bytes };
+            write_snapshot_file(&dir, &file).map_err(io_err)?;
+            Ok((meta, file.data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+        let state = self.state.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let mut state = self.state.write();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Response::default()
+                }
+                EntryPayload::Normal(request) => {
+                    let index = entry.log_id.index;
+                    let outcomes = request
+                        .commands
+                        .into_iter()
+                        .map(|cmd| {
+                            let outcome = state.app.apply(cmd, index, request.now_ms);
+                            self.tell_clock(&outcome);
+                            outcome
+                        })
+                        .collect();
+                    Response { outcomes }
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            data: self.state.read().clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let data: StateData = bincode::deserialize(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
+        let file = SnapshotFile { meta: meta.clone(), data: bytes };
+        let dir = self.snapshot_dir.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        self.clock.reset(data.app.coordinator.leases());
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        *self.state.write() = StateData {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            app: data.app,
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let file = read_snapshot_file(&self.snapshot_dir)
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        Ok(file.map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+    }
+}
