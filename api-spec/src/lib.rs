@@ -69,10 +69,16 @@ impl std::fmt::Display for DurationError {
             DurationError::Empty => write!(f, "duration is empty (expected e.g. \"15s\")"),
             DurationError::Negative(t) => write!(f, "duration {t:?} is negative"),
             DurationError::MissingUnit(t) => {
-                write!(f, "duration {t:?} has no unit (write e.g. \"{t}s\" or \"{t}ms\")")
+                write!(
+                    f,
+                    "duration {t:?} has no unit (write e.g. \"{t}s\" or \"{t}ms\")"
+                )
             }
             DurationError::Invalid { text, reason } => {
-                write!(f, "duration {text:?} is not valid: {reason} (expected e.g. \"15s\")")
+                write!(
+                    f,
+                    "duration {text:?} is not valid: {reason} (expected e.g. \"15s\")"
+                )
             }
         }
     }
@@ -260,15 +266,31 @@ mod tests {
     #[test]
     fn durations_without_unit_or_negative_are_rejected() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert!(matches!(parse_duration("15"), Err(DurationError::MissingUnit(_))));
-        assert!(matches!(parse_duration("-5s"), Err(DurationError::Negative(_))));
-        assert!(matches!(parse_duration("soon"), Err(DurationError::Invalid { .. })));
-        assert!(parse_duration("15").unwrap_err().to_string().contains("15s"));
+        assert!(matches!(
+            parse_duration("15"),
+            Err(DurationError::MissingUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("-5s"),
+            Err(DurationError::Negative(_))
+        ));
+        assert!(matches!(
+            parse_duration("soon"),
+            Err(DurationError::Invalid { .. })
+        ));
+        assert!(parse_duration("15")
+            .unwrap_err()
+            .to_string()
+            .contains("15s"));
     }
 
     #[test]
     fn format_round_trips() {
-        for d in [Duration::from_secs(15), Duration::from_millis(1500), Duration::from_secs(3600)] {
+        for d in [
+            Duration::from_secs(15),
+            Duration::from_millis(1500),
+            Duration::from_secs(3600),
+        ] {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
@@ -276,7 +298,10 @@ mod tests {
     #[test]
     fn error_body_shape_is_stable() {
         let body = ErrorBody {
-            error: ErrorDetail { code: codes::LEASE_NOT_FOUND.into(), message: "gone".into() },
+            error: ErrorDetail {
+                code: codes::LEASE_NOT_FOUND.into(),
+                message: "gone".into(),
+            },
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["error"]["code"], "lease_not_found");

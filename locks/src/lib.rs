@@ -117,8 +117,20 @@ mod tests {
     #[test]
     fn grant_records_index_and_stamp() {
         let mut c = Coordinator::default();
-        let out = c.apply(Command::GrantLease { id: id(1), ttl_ms: 5000 }, 7, 1_000);
-        let lease = Lease { id: id(1), ttl_ms: 5000, granted_index: 7, granted_at_ms: 1_000 };
+        let out = c.apply(
+            Command::GrantLease {
+                id: id(1),
+                ttl_ms: 5000,
+            },
+            7,
+            1_000,
+        );
+        let lease = Lease {
+            id: id(1),
+            ttl_ms: 5000,
+            granted_index: 7,
+            granted_at_ms: 1_000,
+        };
         assert_eq!(out, Outcome::LeaseGranted(lease.clone()));
         assert_eq!(c.lease(&id(1)), Some(&lease));
         assert_eq!(c.lease_count(), 1);
@@ -127,11 +139,28 @@ mod tests {
     #[test]
     fn regrant_of_same_id_keeps_the_first_grant() {
         let mut c = Coordinator::default();
-        c.apply(Command::GrantLease { id: id(1), ttl_ms: 5000 }, 7, 1_000);
-        let out = c.apply(Command::GrantLease { id: id(1), ttl_ms: 9000 }, 8, 2_000);
+        c.apply(
+            Command::GrantLease {
+                id: id(1),
+                ttl_ms: 5000,
+            },
+            7,
+            1_000,
+        );
+        let out = c.apply(
+            Command::GrantLease {
+                id: id(1),
+                ttl_ms: 9000,
+            },
+            8,
+            2_000,
+        );
         match out {
             Outcome::LeaseGranted(l) => {
-                assert_eq!((l.ttl_ms, l.granted_index, l.granted_at_ms), (5000, 7, 1_000))
+                assert_eq!(
+                    (l.ttl_ms, l.granted_index, l.granted_at_ms),
+                    (5000, 7, 1_000)
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -141,12 +170,22 @@ mod tests {
     #[test]
     fn revoke_removes_and_second_revoke_is_not_found() {
         let mut c = Coordinator::default();
-        c.apply(Command::GrantLease { id: id(1), ttl_ms: 5000 }, 1, 0);
+        c.apply(
+            Command::GrantLease {
+                id: id(1),
+                ttl_ms: 5000,
+            },
+            1,
+            0,
+        );
         assert!(matches!(
             c.apply(Command::RevokeLease { id: id(1) }, 2, 0),
             Outcome::LeaseRevoked(l) if l.id == id(1)
         ));
-        assert_eq!(c.apply(Command::RevokeLease { id: id(1) }, 3, 0), Outcome::LeaseNotFound(id(1)));
+        assert_eq!(
+            c.apply(Command::RevokeLease { id: id(1) }, 3, 0),
+            Outcome::LeaseNotFound(id(1))
+        );
         assert_eq!(c.lease(&id(1)), None);
     }
 
@@ -154,10 +193,23 @@ mod tests {
     fn expiry_skips_unknown_ids_and_keeps_others() {
         let mut c = Coordinator::default();
         for n in 1..=3 {
-            c.apply(Command::GrantLease { id: id(n), ttl_ms: 1000 }, n as u64, 0);
+            c.apply(
+                Command::GrantLease {
+                    id: id(n),
+                    ttl_ms: 1000,
+                },
+                n as u64,
+                0,
+            );
         }
         c.apply(Command::RevokeLease { id: id(2) }, 4, 0);
-        let out = c.apply(Command::ExpireLeases { ids: vec![id(1), id(2), id(9)] }, 5, 0);
+        let out = c.apply(
+            Command::ExpireLeases {
+                ids: vec![id(1), id(2), id(9)],
+            },
+            5,
+            0,
+        );
         match out {
             Outcome::LeasesExpired(gone) => {
                 assert_eq!(gone.iter().map(|l| l.id).collect::<Vec<_>>(), vec![id(1)])
@@ -170,10 +222,19 @@ mod tests {
     #[test]
     fn same_commands_give_same_state() {
         let cmds = [
-            Command::GrantLease { id: id(5), ttl_ms: 1000 },
-            Command::GrantLease { id: id(3), ttl_ms: 2000 },
+            Command::GrantLease {
+                id: id(5),
+                ttl_ms: 1000,
+            },
+            Command::GrantLease {
+                id: id(3),
+                ttl_ms: 2000,
+            },
             Command::ExpireLeases { ids: vec![id(5)] },
-            Command::GrantLease { id: id(4), ttl_ms: 3000 },
+            Command::GrantLease {
+                id: id(4),
+                ttl_ms: 3000,
+            },
         ];
         let run = || {
             let mut c = Coordinator::default();

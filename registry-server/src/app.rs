@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::lease_clock::{KeepaliveError, LeaseClock};
 use crate::network::{
-    paths, KeepaliveAnswer, KeepaliveRequest, PeerClient, PeerError, ProposeAnswer,
-    ProposeRequest, ReadIndexAnswer,
+    paths, KeepaliveAnswer, KeepaliveRequest, PeerClient, PeerError, ProposeAnswer, ProposeRequest,
+    ReadIndexAnswer,
 };
 use crate::proposer::{ProposeError, Proposer};
 use crate::read_barrier::{BarrierError, ReadBarrier};
@@ -124,7 +124,9 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +142,16 @@ impl App {
         let proposer = Proposer::start(raft.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
-            inner: Arc::new(Inner { id, raft, state, clock, proposer, barrier, peers, leader_wait }),
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                state,
+                clock,
+                proposer,
+                barrier,
+                peers,
+                leader_wait,
+            }),
         }
     }
 
@@ -162,7 +173,12 @@ impl App {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         let id = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
         Some((id, addr))
     }
 
@@ -188,7 +204,11 @@ impl App {
                     continue;
                 }
             };
-            let attempt = if target.0 == self.inner.id { local().await } else { remote(target.1).await };
+            let attempt = if target.0 == self.inner.id {
+                local().await
+            } else {
+                remote(target.1).await
+            };
             match attempt {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Failed(e) => return Err(e),
@@ -212,7 +232,9 @@ impl App {
 
     async fn wait_for_metrics_change(&self, deadline: Instant) {
         let mut metrics = self.inner.raft.metrics();
-        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         let _ = tokio::time::timeout(wait, metrics.changed()).await;
     }
 
@@ -222,9 +244,18 @@ impl App {
         self.on_leader(
             || async { self.inner.proposer.propose(command.clone()).await.into() },
             |addr| async move {
-                let request = ProposeRequest { command: command.clone() };
-                match self.inner.peers.call(&addr, paths::PROPOSE, &request, FORWARD_TIMEOUT).await {
-                    Ok(ProposeAnswer::Applied { index, outcome }) => Attempt::Done((index, outcome)),
+                let request = ProposeRequest {
+                    command: command.clone(),
+                };
+                match self
+                    .inner
+                    .peers
+                    .call(&addr, paths::PROPOSE, &request, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(ProposeAnswer::Applied { index, outcome }) => {
+                        Attempt::Done((index, outcome))
+                    }
                     Ok(ProposeAnswer::NotLeader { leader }) => Attempt::NotLeader(leader),
                     Ok(ProposeAnswer::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
                     Err(e) => e.into(),
@@ -253,7 +284,12 @@ impl App {
             .on_leader(
                 || async { self.inner.barrier.confirm().await.into() },
                 |addr| async move {
-                    match self.inner.peers.call(&addr, paths::READ_INDEX, &(), FORWARD_TIMEOUT).await {
+                    match self
+                        .inner
+                        .peers
+                        .call(&addr, paths::READ_INDEX, &(), FORWARD_TIMEOUT)
+                        .await
+                    {
                         Ok(ReadIndexAnswer::Index(i)) => Attempt::Done(i),
                         Ok(ReadIndexAnswer::NotLeader { leader }) => Attempt::NotLeader(leader),
                         Ok(ReadIndexAnswer::Unavailable(m)) => {
@@ -286,7 +322,10 @@ impl App {
     /// Grants a new lease.
     pub async fn create_lease(&self, ttl: Duration) -> Result<(u64, Lease), AppError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let command = Command::Lease(locks::Command::GrantLease { id: LeaseId::new_v4(), ttl_ms });
+        let command = Command::Lease(locks::Command::GrantLease {
+            id: LeaseId::new_v4(),
+            ttl_ms,
+        });
         match self.propose(command).await? {
             (index, Outcome::Lease(locks::Outcome::LeaseGranted(lease))) => Ok((index, lease)),
             (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
@@ -295,9 +334,14 @@ impl App {
 
     /// Revokes a lease.
     pub async fn revoke_lease(&self, id: LeaseId) -> Result<(u64, Lease), AppError> {
-        match self.propose(Command::Lease(locks::Command::RevokeLease { id })).await? {
+        match self
+            .propose(Command::Lease(locks::Command::RevokeLease { id }))
+            .await?
+        {
             (index, Outcome::Lease(locks::Outcome::LeaseRevoked(lease))) => Ok((index, lease)),
-            (_, Outcome::Lease(locks::Outcome::LeaseNotFound(_))) => Err(AppError::LeaseNotFound(id)),
+            (_, Outcome::Lease(locks::Outcome::LeaseNotFound(_))) => {
+                Err(AppError::LeaseNotFound(id))
+            }
             (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -307,18 +351,25 @@ impl App {
         self.on_leader(
             || async {
                 match self.keepalive_forwarded(id).await {
-                    KeepaliveAnswer::Renewed { lease, remaining_ms } => {
-                        Attempt::Done((lease, Duration::from_millis(remaining_ms)))
-                    }
+                    KeepaliveAnswer::Renewed {
+                        lease,
+                        remaining_ms,
+                    } => Attempt::Done((lease, Duration::from_millis(remaining_ms))),
                     answer => keepalive_failure(id, answer),
                 }
             },
             |addr| async move {
                 let request = KeepaliveRequest { lease: id };
-                match self.inner.peers.call(&addr, paths::KEEPALIVE, &request, FORWARD_TIMEOUT).await {
-                    Ok(KeepaliveAnswer::Renewed { lease, remaining_ms }) => {
-                        Attempt::Done((lease, Duration::from_millis(remaining_ms)))
-                    }
+                match self
+                    .inner
+                    .peers
+                    .call(&addr, paths::KEEPALIVE, &request, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(KeepaliveAnswer::Renewed {
+                        lease,
+                        remaining_ms,
+                    }) => Attempt::Done((lease, Duration::from_millis(remaining_ms))),
                     Ok(answer) => keepalive_failure(id, answer),
                     Err(e) => e.into(),
                 }
@@ -336,7 +387,9 @@ impl App {
     pub async fn keepalive_forwarded(&self, id: LeaseId) -> KeepaliveAnswer {
         match self.inner.barrier.confirm().await {
             Ok(_) => {}
-            Err(BarrierError::NotLeader { leader }) => return KeepaliveAnswer::NotLeader { leader },
+            Err(BarrierError::NotLeader { leader }) => {
+                return KeepaliveAnswer::NotLeader { leader }
+            }
             Err(BarrierError::Unavailable(m)) => return KeepaliveAnswer::Unavailable(m),
         }
         self.observe_leadership();
@@ -348,8 +401,12 @@ impl App {
                 },
                 None => KeepaliveAnswer::NotFound,
             },
-            Err(KeepaliveError::NotFound) | Err(KeepaliveError::Expired) => KeepaliveAnswer::NotFound,
-            Err(KeepaliveError::NotLeader) => KeepaliveAnswer::NotLeader { leader: self.leader() },
+            Err(KeepaliveError::NotFound) | Err(KeepaliveError::Expired) => {
+                KeepaliveAnswer::NotFound
+            }
+            Err(KeepaliveError::NotLeader) => KeepaliveAnswer::NotLeader {
+                leader: self.leader(),
+            },
         }
     }
 
@@ -374,7 +431,10 @@ impl App {
             self.inner.clock.lead(metrics.current_term);
         } else if self.inner.clock.leading_term().is_some() {
             self.inner.clock.step_down();
-            tracing::info!(term = metrics.current_term, "no longer leading: lease clock paused");
+            tracing::info!(
+                term = metrics.current_term,
+                "no longer leading: lease clock paused"
+            );
         }
     }
 
@@ -423,7 +483,12 @@ impl App {
                 } else {
                     Role::Learner
                 };
-                Member { id: *id, addr: node.addr.clone(), voter, role }
+                Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter,
+                    role,
+                }
             })
             .collect();
         let applied = metrics.last_applied.map_or(0, |l| l.index);
@@ -437,12 +502,19 @@ impl App {
                         if *id == self.inner.id {
                             metrics.last_log_index.unwrap_or(0)
                         } else {
-                            replication.get(id).and_then(|m| m.map(|l| l.index)).unwrap_or(0)
+                            replication
+                                .get(id)
+                                .and_then(|m| m.map(|l| l.index))
+                                .unwrap_or(0)
                         }
                     })
                     .collect();
                 matched.sort_unstable_by(|a, b| b.cmp(a));
-                matched.get(matched.len() / 2).copied().unwrap_or(applied).max(applied)
+                matched
+                    .get(matched.len() / 2)
+                    .copied()
+                    .unwrap_or(applied)
+                    .max(applied)
             }
             None => applied,
         };
@@ -465,7 +537,12 @@ impl App {
 
     /// Adds a server: as a learner that catches up, then (unless `learner`) a voter.
     /// Must run on the leader; the HTTP layer relays the request there.
-    pub async fn add_member(&self, id: NodeId, addr: String, learner: bool) -> Result<u64, AppError> {
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        learner: bool,
+    ) -> Result<u64, AppError> {
         let raft = &self.inner.raft;
         let response = raft
             .add_learner(id, Node { addr }, true)
@@ -494,8 +571,12 @@ impl App {
         } else {
             ChangeMembers::RemoveNodes([id].into())
         };
-        let response =
-            self.inner.raft.change_membership(change, false).await.map_err(membership_error)?;
+        let response = self
+            .inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(membership_error)?;
         Ok(response.log_id.index)
     }
 

@@ -83,21 +83,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Checks that `addr` is `host:port` with a valid port.
 pub fn check_addr(addr: &str) -> Result<(), String> {
-    let (host, port) =
-        addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
     if host.is_empty() {
         return Err(format!("{addr:?} has no host"));
     }
-    port.parse::<u16>().map_err(|_| format!("{addr:?} has no valid port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{addr:?} has no valid port"))?;
     Ok(())
 }
 
 fn parse_bootstrap(text: &str) -> Result<Bootstrap, String> {
     let mut members = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) =
-            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not ID=ADDR"))?;
-        let id: NodeId = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        let (id, addr) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not ID=ADDR"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a node id"))?;
         if id == 0 {
             return Err("node ids start at 1".into());
         }
@@ -194,8 +200,9 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let config = Config::try_parse_from(std::iter::once("registry-server").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
+        let config =
+            Config::try_parse_from(std::iter::once("registry-server").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
         config.validate()?;
         Ok(config)
     }
@@ -210,18 +217,32 @@ mod tests {
 
     #[test]
     fn bootstrap_lists_members_and_sets_listen() {
-        let c = parse(&["--node-id", "2", "--bootstrap", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]).unwrap();
+        let c = parse(&[
+            "--node-id",
+            "2",
+            "--bootstrap",
+            "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        ])
+        .unwrap();
         assert_eq!(c.bootstrap.as_ref().unwrap().0.len(), 3);
         assert_eq!(c.listen_addr(), "127.0.0.1:2");
     }
 
     #[test]
     fn bad_flags_are_refused_with_a_reason() {
-        assert!(parse(&["--bootstrap", "1=127.0.0.1:1", "--node-id", "2"]).unwrap_err().contains("does not list"));
-        assert!(parse(&["--bootstrap", "1=nope"]).unwrap_err().contains("host:port"));
-        assert!(parse(&["--bootstrap", "1=a:1,1=b:2"]).unwrap_err().contains("twice"));
+        assert!(parse(&["--bootstrap", "1=127.0.0.1:1", "--node-id", "2"])
+            .unwrap_err()
+            .contains("does not list"));
+        assert!(parse(&["--bootstrap", "1=nope"])
+            .unwrap_err()
+            .contains("host:port"));
+        assert!(parse(&["--bootstrap", "1=a:1,1=b:2"])
+            .unwrap_err()
+            .contains("twice"));
         assert!(parse(&["--node-id", "0"]).is_err());
-        assert!(parse(&["--election-timeout", "100ms"]).unwrap_err().contains("heartbeat"));
+        assert!(parse(&["--election-timeout", "100ms"])
+            .unwrap_err()
+            .contains("heartbeat"));
         assert!(parse(&["--lease-tick", "5"]).unwrap_err().contains("unit"));
         assert!(parse(&["--join", "x", "--bootstrap", "1=a:1"]).is_err());
         assert!(parse(&["--snapshot-every", "0"]).is_err());
@@ -231,13 +252,29 @@ mod tests {
     fn unspecified_listen_needs_advertise() {
         let c = parse(&["--listen", "0.0.0.0:7400"]).unwrap();
         assert!(c.advertise_addr("0.0.0.0:7400".parse().unwrap()).is_err());
-        assert_eq!(c.advertise_addr("127.0.0.1:9".parse().unwrap()).unwrap(), "127.0.0.1:9");
+        assert_eq!(
+            c.advertise_addr("127.0.0.1:9".parse().unwrap()).unwrap(),
+            "127.0.0.1:9"
+        );
     }
 
     #[test]
     fn raft_config_follows_flags() {
-        let c = parse(&["--election-timeout", "500ms", "--heartbeat-interval", "50ms"]).unwrap();
+        let c = parse(&[
+            "--election-timeout",
+            "500ms",
+            "--heartbeat-interval",
+            "50ms",
+        ])
+        .unwrap();
         let r = c.raft_config().unwrap();
-        assert_eq!((r.election_timeout_min, r.election_timeout_max, r.heartbeat_interval), (500, 1000, 50));
+        assert_eq!(
+            (
+                r.election_timeout_min,
+                r.election_timeout_max,
+                r.heartbeat_interval
+            ),
+            (500, 1000, 50)
+        );
     }
 }

@@ -84,7 +84,14 @@ impl LeaseClock {
         inner.leases = leases
             .map(|l| {
                 let ttl = Duration::from_millis(l.ttl_ms);
-                (l.id, Countdown { ttl, deadline: now + ttl, expiring: false })
+                (
+                    l.id,
+                    Countdown {
+                        ttl,
+                        deadline: now + ttl,
+                        expiring: false,
+                    },
+                )
             })
             .collect();
     }
@@ -102,7 +109,11 @@ impl LeaseClock {
             countdown.expiring = false;
         }
         inner.leading_term = Some(term);
-        tracing::info!(term, leases = inner.leases.len(), "leading: lease countdowns restarted");
+        tracing::info!(
+            term,
+            leases = inner.leases.len(),
+            "leading: lease countdowns restarted"
+        );
     }
 
     /// This node no longer leads.
@@ -176,7 +187,12 @@ mod tests {
     use super::*;
 
     fn lease(n: u128, ttl_ms: u64) -> Lease {
-        Lease { id: LeaseId::from_u128(n), ttl_ms, granted_index: 1, granted_at_ms: 0 }
+        Lease {
+            id: LeaseId::from_u128(n),
+            ttl_ms,
+            granted_index: 1,
+            granted_at_ms: 0,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -184,7 +200,10 @@ mod tests {
         let clock = LeaseClock::default();
         clock.track(&lease(1, 1000));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(clock.keepalive(&LeaseId::from_u128(1)), Err(KeepaliveError::NotLeader));
+        assert_eq!(
+            clock.keepalive(&LeaseId::from_u128(1)),
+            Err(KeepaliveError::NotLeader)
+        );
         assert!(clock.take_due(10).is_empty());
     }
 
@@ -195,7 +214,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(900)).await;
         clock.lead(2);
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(clock.take_due(10).is_empty(), "expired early after a leader change");
+        assert!(
+            clock.take_due(10).is_empty(),
+            "expired early after a leader change"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(clock.take_due(10), vec![LeaseId::from_u128(1)]);
     }
@@ -225,7 +247,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(clock.keepalive(&id), Err(KeepaliveError::Expired));
         assert_eq!(clock.take_due(10), vec![id]);
-        assert!(clock.take_due(10).is_empty(), "a lease being expired is proposed once");
+        assert!(
+            clock.take_due(10).is_empty(),
+            "a lease being expired is proposed once"
+        );
         clock.unmark(&[id]);
         assert_eq!(clock.take_due(10), vec![id], "a failed proposal is retried");
         clock.forget(&id);

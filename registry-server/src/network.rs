@@ -42,7 +42,10 @@ pub enum PeerError {
     /// The peer could not be reached (connection refused, reset before sending): the
     /// request certainly did not take effect.
     #[error("peer {addr} unreachable: {source}")]
-    Unreachable { addr: String, source: reqwest::Error },
+    Unreachable {
+        addr: String,
+        source: reqwest::Error,
+    },
     /// The request may or may not have reached the peer (timeout, broken response).
     #[error("call to peer {addr} failed: {message}")]
     Failed { addr: String, message: String },
@@ -79,7 +82,10 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let failed = |message: String| PeerError::Failed { addr: addr.to_owned(), message };
+        let failed = |message: String| PeerError::Failed {
+            addr: addr.to_owned(),
+            message,
+        };
         let bytes = bincode::serialize(body).map_err(|e| failed(e.to_string()))?;
         let response = self
             .http
@@ -91,7 +97,10 @@ impl PeerClient {
             .await
             .map_err(|e| {
                 if e.is_connect() {
-                    PeerError::Unreachable { addr: addr.to_owned(), source: e }
+                    PeerError::Unreachable {
+                        addr: addr.to_owned(),
+                        source: e,
+                    }
                 } else {
                     failed(e.to_string())
                 }
@@ -99,7 +108,10 @@ impl PeerClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| failed(e.to_string()))?;
         if !status.is_success() {
-            return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+            return Err(failed(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
         }
         bincode::deserialize(&bytes).map_err(|e| failed(format!("undecodable answer: {e}")))
     }
@@ -127,9 +139,14 @@ pub struct KeepaliveRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum KeepaliveAnswer {
     /// Renewed: the lease and its new time remaining in ms.
-    Renewed { lease: locks::Lease, remaining_ms: u64 },
+    Renewed {
+        lease: locks::Lease,
+        remaining_ms: u64,
+    },
     NotFound,
-    NotLeader { leader: Option<(NodeId, String)> },
+    NotLeader {
+        leader: Option<(NodeId, String)>,
+    },
     Unavailable(String),
 }
 
@@ -150,7 +167,9 @@ pub enum ProposeAnswer {
 pub enum ReadIndexAnswer {
     /// The follower may serve a linearizable read once it has applied `index`.
     Index(u64),
-    NotLeader { leader: Option<(NodeId, String)> },
+    NotLeader {
+        leader: Option<(NodeId, String)>,
+    },
     Unavailable(String),
 }
 
@@ -164,7 +183,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        Connection { target, addr: node.addr.clone(), client: self.client.clone() }
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+        }
     }
 }
 

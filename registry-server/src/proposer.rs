@@ -34,7 +34,9 @@ pub enum ProposeError {
 }
 
 impl ProposeError {
-    pub(crate) fn from_raft(e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>) -> Self {
+    pub(crate) fn from_raft(
+        e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>,
+    ) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -65,7 +67,9 @@ impl std::fmt::Debug for Proposer {
 
 /// Milliseconds since the Unix epoch on this node's wall clock (for display stamps only).
 pub fn wall_clock_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Proposer {
@@ -86,7 +90,8 @@ impl Proposer {
         self.tx
             .send(Pending { command, reply })
             .map_err(|_| ProposeError::Unavailable("server is shutting down".into()))?;
-        rx.await.unwrap_or_else(|_| Err(ProposeError::Unavailable("server is shutting down".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("server is shutting down".into())))
     }
 }
 
@@ -106,7 +111,10 @@ async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
         };
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let request = Request { now_ms: wall_clock_ms(), commands };
+        let request = Request {
+            now_ms: wall_clock_ms(),
+            commands,
+        };
         match raft.client_write(request).await {
             Ok(response) => {
                 let index = response.log_id.index;

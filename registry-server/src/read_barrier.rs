@@ -45,7 +45,10 @@ impl std::fmt::Debug for ReadBarrier {
 
 impl ReadBarrier {
     pub fn new(raft: Raft) -> Self {
-        Self { raft, rounds: Arc::default() }
+        Self {
+            raft,
+            rounds: Arc::default(),
+        }
     }
 
     /// Confirms this node is still the leader, after the call began, and that its state
@@ -60,7 +63,8 @@ impl ReadBarrier {
         if start {
             tokio::spawn(self.clone().run());
         }
-        rx.await.unwrap_or_else(|_| Err(BarrierError::Unavailable("shutting down".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(BarrierError::Unavailable("shutting down".into())))
     }
 
     async fn run(self) {

@@ -23,12 +23,17 @@ use crate::types::{Node, Raft};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the server until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     config.validate().map_err(|e| anyhow!(e))?;
     let raft_config = Arc::new(config.raft_config().map_err(|e| anyhow!(e))?);
 
     let listen = config.listen_addr();
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     let advertise = config.advertise_addr(bound).map_err(|e| anyhow!(e))?;
 
@@ -36,29 +41,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let probe = data_dir.join(".write-test");
-    std::fs::write(&probe, b"ok").with_context(|| format!("cannot write to data dir {}", data_dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("cannot write to data dir {}", data_dir.display()))?;
     let _ = std::fs::remove_file(&probe);
 
     let db = open_db(&data_dir.join("raft")).map_err(|e| {
-        anyhow!("cannot open the Raft log in {}: {e} (is another server using this data dir?)", data_dir.display())
+        anyhow!(
+            "cannot open the Raft log in {}: {e} (is another server using this data dir?)",
+            data_dir.display()
+        )
     })?;
     let clock = LeaseClock::default();
     let state_machine = StateMachineStore::open(data_dir.join("snapshot"), clock.clone())
         .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
     let state = state_machine.shared();
     let peers = PeerClient::new();
-    let network = Network { client: peers.clone() };
-    let raft = Raft::new(config.node_id, raft_config, network, LogStore::new(db), state_machine)
-        .await
-        .context("cannot start Raft")?;
+    let network = Network {
+        client: peers.clone(),
+    };
+    let raft = Raft::new(
+        config.node_id,
+        raft_config,
+        network,
+        LogStore::new(db),
+        state_machine,
+    )
+    .await
+    .context("cannot start Raft")?;
 
     let leader_wait = config.election_timeout * 3;
-    let app = App::new(config.node_id, raft.clone(), state, clock, peers.clone(), leader_wait);
+    let app = App::new(
+        config.node_id,
+        raft.clone(),
+        state,
+        clock,
+        peers.clone(),
+        leader_wait,
+    );
 
     if !raft.is_initialized().await? {
         match (&config.join, &config.bootstrap) {
             (Some(join), _) => {
-                let request = AddMemberRequest { id: config.node_id, addr: advertise.clone(), learner: false };
+                let request = AddMemberRequest {
+                    id: config.node_id,
+                    addr: advertise.clone(),
+                    learner: false,
+                };
                 tokio::spawn(join_cluster(peers, join.clone(), request));
             }
             (None, bootstrap) => {
@@ -82,11 +110,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "registry-server listening on {bound}"
     );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = drain_tx.send(());
-    });
+    let serve = axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = drain_tx.send(());
+        },
+    );
     let serve = tokio::spawn(async move { serve.await });
     tokio::pin!(serve);
     tokio::select! {
@@ -98,13 +128,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let _ = stop_tasks.send(true);
     let _ = expiry.await;
-    raft.shutdown().await.map_err(|e| anyhow!("stopping Raft: {e}"))?;
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow!("stopping Raft: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn initialize(raft: &Raft, members: BTreeMap<u64, String>) -> anyhow::Result<()> {
-    let nodes: BTreeMap<u64, Node> = members.into_iter().map(|(id, addr)| (id, Node { addr })).collect();
+    let nodes: BTreeMap<u64, Node> = members
+        .into_iter()
+        .map(|(id, addr)| (id, Node { addr }))
+        .collect();
     tracing::info!(members = ?nodes.keys().collect::<Vec<_>>(), "initialising a new cluster");
     match raft.initialize(nodes).await {
         Ok(()) => Ok(()),
@@ -120,7 +155,14 @@ async fn join_cluster(peers: PeerClient, via: String, request: AddMemberRequest)
     let mut delay = Duration::from_millis(200);
     loop {
         tracing::info!(%via, "asking the cluster to add this server");
-        match peers.http().post(&url).json(&request).timeout(Duration::from_secs(60)).send().await {
+        match peers
+            .http()
+            .post(&url)
+            .json(&request)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => {
                 tracing::info!(%via, "joined the cluster");
                 return;
@@ -131,7 +173,9 @@ async fn join_cluster(peers: PeerClient, via: String, request: AddMemberRequest)
                 return;
             }
             Ok(r) => tracing::warn!(%via, status = %r.status(), "join not accepted yet; retrying"),
-            Err(e) => tracing::warn!(%via, error = %e, "cannot reach the cluster to join; retrying"),
+            Err(e) => {
+                tracing::warn!(%via, error = %e, "cannot reach the cluster to join; retrying")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

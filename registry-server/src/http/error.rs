@@ -20,7 +20,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -53,20 +57,25 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = if self.status.is_server_error() {
-            tracing::warn!(status = %self.status, code = self.code, error = %self.message, "request failed");
-            if self.status == StatusCode::INTERNAL_SERVER_ERROR {
-                "internal error; see the server log".to_owned()
-            } else {
-                self.message
-            }
+        let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(code = self.code, error = %self.message, "request failed");
+            "internal error; see the server log".to_owned()
         } else {
+            // 503s are expected during elections and restarts: worth a debug line only.
+            tracing::debug!(status = %self.status, code = self.code, error = %self.message, "request refused");
             self.message
         };
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message,
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -81,9 +90,17 @@ impl From<JsonRejection> for ApiError {
                 "expected a JSON body with `Content-Type: application/json`",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE, e.body_text())
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    codes::PAYLOAD_TOO_LARGE,
+                    e.body_text(),
+                )
             }
-            other => ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_JSON, other.body_text()),
+            other => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_JSON,
+                other.body_text(),
+            ),
         }
     }
 }
@@ -124,5 +141,9 @@ pub async fn not_found() -> ApiError {
 
 /// Answer for a known path with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED, "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
 }

@@ -1,5 +1,7 @@
 //! Internal node-to-node handlers (`/internal/...`): bincode in, bincode out.
 
+use std::future::Future;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -12,9 +14,22 @@ use crate::app::App;
 use crate::network::{KeepaliveRequest, ProposeRequest, BINCODE};
 use crate::types::{NodeId, TypeConfig};
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    bincode::deserialize(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable internal request: {e}")).into_response())
+/// Decodes a bincode request, runs `f`, encodes its answer.
+async fn handle<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    match bincode::deserialize::<Req>(&body) {
+        Ok(request) => encode(&f(request).await),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable internal request: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Response {
@@ -28,38 +43,38 @@ fn encode<T: Serialize>(value: &T) -> Response {
 }
 
 pub async fn append(State(app): State<App>, body: Bytes) -> Response {
-    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(rpc) => encode(&app.raft().append_entries(rpc).await),
-        Err(r) => r,
-    }
+    handle(body, |rpc: AppendEntriesRequest<TypeConfig>| async move {
+        app.raft().append_entries(rpc).await
+    })
+    .await
 }
 
 pub async fn vote(State(app): State<App>, body: Bytes) -> Response {
-    match decode::<VoteRequest<NodeId>>(&body) {
-        Ok(rpc) => encode(&app.raft().vote(rpc).await),
-        Err(r) => r,
-    }
+    handle(body, |rpc: VoteRequest<NodeId>| async move {
+        app.raft().vote(rpc).await
+    })
+    .await
 }
 
 pub async fn snapshot(State(app): State<App>, body: Bytes) -> Response {
-    match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(rpc) => encode(&app.raft().install_snapshot(rpc).await),
-        Err(r) => r,
-    }
+    handle(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
+        app.raft().install_snapshot(rpc).await
+    })
+    .await
 }
 
 pub async fn propose(State(app): State<App>, body: Bytes) -> Response {
-    match decode::<ProposeRequest>(&body) {
-        Ok(req) => encode(&app.propose_forwarded(req.command).await),
-        Err(r) => r,
-    }
+    handle(body, |req: ProposeRequest| async move {
+        app.propose_forwarded(req.command).await
+    })
+    .await
 }
 
 pub async fn keepalive(State(app): State<App>, body: Bytes) -> Response {
-    match decode::<KeepaliveRequest>(&body) {
-        Ok(req) => encode(&app.keepalive_forwarded(req.lease).await),
-        Err(r) => r,
-    }
+    handle(body, |req: KeepaliveRequest| async move {
+        app.keepalive_forwarded(req.lease).await
+    })
+    .await
 }
 
 pub async fn read_index(State(app): State<App>) -> Response {

@@ -27,7 +27,10 @@ pub const INTERNAL_BODY_LIMIT: usize = 256 * 1024 * 1024;
 pub fn router(app: App) -> Router {
     let public = Router::new()
         .route("/v1/leases", post(public::create_lease))
-        .route("/v1/leases/{id}", get(public::get_lease).delete(public::revoke_lease))
+        .route(
+            "/v1/leases/{id}",
+            get(public::get_lease).delete(public::revoke_lease),
+        )
         .route("/v1/leases/{id}/keepalive", put(public::keepalive))
         .route("/v1/cluster", get(public::cluster))
         .route("/v1/cluster/members", post(public::add_member))
@@ -35,7 +38,10 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
-        .layer(axum::middleware::map_response_with_state(app.clone(), add_index_header));
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            add_index_header,
+        ));
     let internal = Router::new()
         .route(paths::APPEND, post(internal::append))
         .route(paths::VOTE, post(internal::vote))
@@ -56,7 +62,9 @@ pub fn router(app: App) -> Router {
 async fn add_index_header(State(app): State<App>, mut response: Response) -> Response {
     if !response.headers().contains_key(INDEX_HEADER) {
         let index = app.state().applied_index();
-        response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(index));
+        response
+            .headers_mut()
+            .insert(INDEX_HEADER, HeaderValue::from(index));
     }
     response
 }

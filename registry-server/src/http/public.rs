@@ -42,7 +42,9 @@ impl ReadParams {
 /// A JSON answer carrying the index it reflects.
 fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {
     let mut response = axum::Json(body).into_response();
-    response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(index));
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
     response
 }
 
@@ -52,7 +54,8 @@ fn parse_lease_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
-    let ttl = api_spec::parse_duration(text).map_err(|e| ApiError::invalid_duration(format!("ttl: {e}")))?;
+    let ttl = api_spec::parse_duration(text)
+        .map_err(|e| ApiError::invalid_duration(format!("ttl: {e}")))?;
     if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&ttl) {
         return Err(ApiError::invalid_duration(format!(
             "ttl {text:?} is out of range: it must be between {} and {}",
@@ -93,16 +96,31 @@ pub async fn get_lease(
     Ok(indexed(index, lease_info(&lease, remaining)))
 }
 
-pub async fn keepalive(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn keepalive(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_lease_id(&id)?;
     let (lease, remaining) = app.keepalive(id).await?;
-    Ok(indexed(app.state().applied_index(), lease_info(&lease, Some(remaining))))
+    Ok(indexed(
+        app.state().applied_index(),
+        lease_info(&lease, Some(remaining)),
+    ))
 }
 
-pub async fn revoke_lease(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn revoke_lease(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_lease_id(&id)?;
     let (index, lease) = app.revoke_lease(id).await?;
-    Ok(indexed(index, RevokeLeaseResponse { lease: lease.id, revoked: true }))
+    Ok(indexed(
+        index,
+        RevokeLeaseResponse {
+            lease: lease.id,
+            revoked: true,
+        },
+    ))
 }
 
 pub async fn cluster(State(app): State<App>) -> Response {
@@ -114,7 +132,8 @@ pub async fn add_member(
     State(app): State<App>,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Response, ApiError> {
-    crate::config::check_addr(&req.addr).map_err(|e| ApiError::invalid_argument(format!("addr: {e}")))?;
+    crate::config::check_addr(&req.addr)
+        .map_err(|e| ApiError::invalid_argument(format!("addr: {e}")))?;
     if !app.is_leader() {
         return relay_to_leader(&app, Method::POST, "/v1/cluster/members", Some(&req)).await;
     }
@@ -122,9 +141,13 @@ pub async fn add_member(
     Ok(membership_response(&app, index))
 }
 
-pub async fn remove_member(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id: u64 =
-        id.parse().map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a node id")))?;
+pub async fn remove_member(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::invalid_argument(format!("{id:?} is not a node id")))?;
     if !app.is_leader() {
         let path = format!("/v1/cluster/members/{id}");
         return relay_to_leader::<()>(&app, Method::DELETE, &path, None).await;
@@ -163,7 +186,12 @@ async fn relay_to_leader<B: serde::Serialize>(
         .bytes()
         .await
         .map_err(|e| AppError::Unavailable(format!("relaying to the leader at {addr}: {e}")))?;
-    let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    let mut response = (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
     if let Some(index) = index {
         response.headers_mut().insert(INDEX_HEADER, index);
     }
@@ -172,7 +200,13 @@ async fn relay_to_leader<B: serde::Serialize>(
 
 pub async fn healthz(State(app): State<App>) -> Response {
     let leader = app.leader().map(|(id, _)| id);
-    axum::Json(HealthStatus { ok: true, node_id: app.id(), leader, reason: None }).into_response()
+    axum::Json(HealthStatus {
+        ok: true,
+        node_id: app.id(),
+        leader,
+        reason: None,
+    })
+    .into_response()
 }
 
 pub async fn readyz(State(app): State<App>) -> Response {
@@ -184,7 +218,16 @@ pub async fn readyz(State(app): State<App>) -> Response {
         (true, Some(_)) => None,
     };
     let ok = reason.is_none();
-    let body = HealthStatus { ok, node_id: status.node_id, leader: status.leader, reason };
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = HealthStatus {
+        ok,
+        node_id: status.node_id,
+        leader: status.leader,
+        reason,
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }

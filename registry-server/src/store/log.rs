@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogId, StorageError, StorageIOError, Vote};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -50,7 +52,9 @@ pub struct LogStore {
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("path", &self.db.path()).finish()
+        f.debug_struct("LogStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -82,12 +86,16 @@ impl LogStore {
     fn logs(&self) -> &rocksdb::ColumnFamily {
         // Both families are created by `open_db`; their absence is a programming error.
         #[allow(clippy::expect_used)]
-        self.db.cf_handle(CF_LOGS).expect("column family `logs` is created by open_db")
+        self.db
+            .cf_handle(CF_LOGS)
+            .expect("column family `logs` is created by open_db")
     }
 
     fn meta(&self) -> &rocksdb::ColumnFamily {
         #[allow(clippy::expect_used)]
-        self.db.cf_handle(CF_META).expect("column family `meta` is created by open_db")
+        self.db
+            .cf_handle(CF_META)
+            .expect("column family `meta` is created by open_db")
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
@@ -100,7 +108,9 @@ impl LogStore {
     fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), AnyError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.put_cf_opt(self.meta(), key, encode(value)?, &opts).map_err(db_err)
+        self.db
+            .put_cf_opt(self.meta(), key, encode(value)?, &opts)
+            .map_err(db_err)
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, AnyError> {
@@ -157,10 +167,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<NodeId>> =
-            self.get_meta(KEY_LAST_PURGED).map_err(StorageIOError::read_logs)?;
+        let last_purged: Option<LogId<NodeId>> = self
+            .get_meta(KEY_LAST_PURGED)
+            .map_err(StorageIOError::read_logs)?;
         let last = self.last_log_id().map_err(StorageIOError::read_logs)?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -177,7 +191,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(e).into())
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
@@ -225,14 +240,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.meta(), KEY_LAST_PURGED, encode(&log_id).map_err(StorageIOError::write_logs)?);
+        batch.put_cf(
+            self.meta(),
+            KEY_LAST_PURGED,
+            encode(&log_id).map_err(StorageIOError::write_logs)?,
+        );
         batch.delete_range_cf(self.logs(), index_key(0), index_key(log_id.index + 1));
-        self.db.write(batch).map_err(|e| StorageIOError::write_logs(db_err(e)).into())
+        self.db
+            .write(batch)
+            .map_err(|e| StorageIOError::write_logs(db_err(e)).into())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use openraft::entry::RaftEntry;
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::*;
@@ -245,7 +267,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-            let db = open_db(&dir.path().join("raft")).map_err(|e| StorageIOError::write(db_err(e)))?;
+            let db =
+                open_db(&dir.path().join("raft")).map_err(|e| StorageIOError::write(db_err(e)))?;
             let sm = StateMachineStore::open(dir.path().join("snapshot"), Default::default())
                 .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
             Ok((dir, LogStore::new(db), sm))
@@ -253,8 +276,10 @@ mod tests {
     }
 
     #[test]
-    fn passes_openraft_storage_suite() -> StorageResult<()> {
-        Suite::test_all(Builder)
+    fn passes_openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(Builder) {
+            panic!("openraft storage suite failed: {e}");
+        }
     }
 
     #[tokio::test]
@@ -265,9 +290,12 @@ mod tests {
             let mut store = LogStore::new(open_db(&path).unwrap());
             let vote = Vote::new(3, 1);
             store.save_vote(&vote).await.unwrap();
-            let entries: Vec<Entry<TypeConfig>> =
-                (1..=5).map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i))).collect();
-            openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries).await.unwrap();
+            let entries: Vec<Entry<TypeConfig>> = (1..=5)
+                .map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i)))
+                .collect();
+            openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries)
+                .await
+                .unwrap();
         }
         let mut store = LogStore::new(open_db(&path).unwrap());
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));

@@ -84,11 +84,17 @@ impl StateMachineStore {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = SharedState::default();
         if let Some(file) = read_snapshot_file(&snapshot_dir)? {
-            let data: StateData = bincode::deserialize(&file.data).map_err(std::io::Error::other)?;
+            let data: StateData =
+                bincode::deserialize(&file.data).map_err(std::io::Error::other)?;
             clock.reset(data.app.coordinator.leases());
             *state.write() = data;
         }
-        Ok(Self { state, snapshot_dir, clock, snapshot_seq: 0 })
+        Ok(Self {
+            state,
+            snapshot_dir,
+            clock,
+            snapshot_seq: 0,
+        })
     }
 
     /// The handle readers use.
@@ -110,7 +116,9 @@ impl StateMachineStore {
 
 fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<SnapshotFile>> {
     match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(std::io::Error::other)?)),
+        Ok(bytes) => Ok(Some(
+            bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -155,7 +163,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: data.membership.clone(),
                 snapshot_id,
             };
-            let file = SnapshotFile { meta: meta.clone(), data: bytes };
+            let file = SnapshotFile {
+                meta: meta.clone(),
+                data: bytes,
+            };
             write_snapshot_file(&dir, &file).map_err(io_err)?;
             Ok((meta, file.data))
         })
@@ -163,7 +174,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -232,7 +246,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes = snapshot.into_inner();
         let data: StateData = bincode::deserialize(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
-        let file = SnapshotFile { meta: meta.clone(), data: bytes };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: bytes,
+        };
         let dir = self.snapshot_dir.clone();
         tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file))
             .await
@@ -251,6 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let file = read_snapshot_file(&self.snapshot_dir)
             .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
-        Ok(file.map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+        Ok(file.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data)),
+        }))
     }
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build this workspace:
+# clang and libclang-dev (RocksDB's sys crate runs bindgen and compiles C++), and
+# cargo-nextest (the test runner). Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+missing=()
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "install-deps: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
