@@ -50,9 +50,11 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// How long a follower waits without hearing from a leader before it calls an
-    /// election (the minimum; the actual timeout is random up to twice this).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// Election timeout (the minimum; each wait is random up to twice this). A follower
+    /// that stops hearing from the leader first honours the leader's lease (twice this)
+    /// and then waits one election timeout, so a dead leader is replaced after about
+    /// three to four times this value.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 
     /// Take a snapshot every N log entries; entries behind a snapshot are then purged
