@@ -163,6 +163,11 @@ impl App {
         &self.inner.raft
     }
 
+    /// The pooled client for calls to other servers.
+    pub fn peers(&self) -> &PeerClient {
+        &self.inner.peers
+    }
+
     /// The in-memory state (for reads after [`App::read_index`]).
     pub fn state(&self) -> &SharedState {
         &self.inner.state
