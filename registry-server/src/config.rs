@@ -62,6 +62,17 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
 
+    /// Shared secret every server of the cluster must be given: node-to-node requests
+    /// carry it and servers refuse internal requests without it. Prefer the environment
+    /// variable, which other users cannot read from the process list.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "REGISTRY_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+
     /// How often the leader checks lease deadlines and expires the leases that are due.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub lease_tick: Duration,
@@ -148,6 +159,9 @@ impl Config {
         if let Some(join) = &self.join {
             check_addr(join).map_err(|e| format!("--join: {e}"))?;
         }
+        if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("--cluster-secret must not be empty".into());
+        }
         if let Some(advertise) = &self.advertise {
             check_addr(advertise).map_err(|e| format!("--advertise: {e}"))?;
         }
@@ -168,6 +182,9 @@ impl Config {
 
     /// The address to advertise, given the address actually bound.
     pub fn advertise_addr(&self, bound: SocketAddr) -> Result<String, String> {
+        if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("--cluster-secret must not be empty".into());
+        }
         if let Some(advertise) = &self.advertise {
             return Ok(advertise.clone());
         }

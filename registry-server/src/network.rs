@@ -26,6 +26,9 @@ use crate::types::{Node, NodeId, TypeConfig};
 /// Content type of every internal request and response body.
 pub const BINCODE: &str = "application/x-bincode";
 
+/// Header carrying the cluster secret on internal requests (when one is configured).
+pub const SECRET_HEADER: &str = "x-registry-cluster-secret";
+
 /// Internal routes.
 pub mod paths {
     pub const APPEND: &str = "/internal/raft/append";
@@ -52,13 +55,23 @@ pub enum PeerError {
 }
 
 /// A pooled HTTP client for node-to-node calls. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Sent with every internal call; peers refuse internal calls without it.
+    secret: Option<String>,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl PeerClient {
-    pub fn new() -> Self {
+    pub fn new(secret: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -66,7 +79,7 @@ impl PeerClient {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_default();
-        Self { http }
+        Self { http, secret }
     }
 
     /// The underlying client, for relaying public requests to the leader.
@@ -87,9 +100,11 @@ impl PeerClient {
             message,
         };
         let bytes = bincode::serialize(body).map_err(|e| failed(e.to_string()))?;
-        let response = self
-            .http
-            .post(format!("http://{addr}{path}"))
+        let mut request = self.http.post(format!("http://{addr}{path}"));
+        if let Some(secret) = &self.secret {
+            request = request.header(SECRET_HEADER, secret);
+        }
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, BINCODE)
             .timeout(timeout)
             .body(bytes)
@@ -114,12 +129,6 @@ impl PeerClient {
             )));
         }
         bincode::deserialize(&bytes).map_err(|e| failed(format!("undecodable answer: {e}")))
-    }
-}
-
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

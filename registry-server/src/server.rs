@@ -55,7 +55,7 @@ pub async fn run(
     let state_machine = StateMachineStore::open(data_dir.join("snapshot"), clock.clone())
         .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
     let state = state_machine.shared();
-    let peers = PeerClient::new();
+    let peers = PeerClient::new(config.cluster_secret.clone());
     let network = Network {
         client: peers.clone(),
     };
@@ -110,13 +110,15 @@ pub async fn run(
         "registry-server listening on {bound}"
     );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, crate::http::router(app.clone())).with_graceful_shutdown(
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = drain_tx.send(());
-        },
-    );
+    let serve = axum::serve(
+        listener,
+        crate::http::router(app.clone(), config.cluster_secret.clone()),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = drain_tx.send(());
+    });
     let serve = tokio::spawn(async move { serve.await });
     tokio::pin!(serve);
     tokio::select! {

@@ -3,16 +3,54 @@
 use std::future::Future;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::network::{KeepaliveRequest, ProposeRequest, BINCODE};
+use crate::network::{KeepaliveRequest, ProposeRequest, BINCODE, SECRET_HEADER};
 use crate::types::{NodeId, TypeConfig};
+
+/// Refuses internal requests that do not carry the configured cluster secret.
+pub async fn check_secret(
+    State(secret): State<Arc<Option<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(secret) = secret.as_deref() {
+        let given = request
+            .headers()
+            .get(SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !constant_time_eq(given, secret.as_bytes()) {
+            // A misconfigured peer retries quickly: warn once per interval, not per request.
+            static LAST_WARNING: Mutex<Option<Instant>> = Mutex::new(None);
+            let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    path = %request.uri().path(),
+                    "refusing internal requests without the right cluster secret (is a peer misconfigured?)"
+                );
+            }
+            return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without returning early, so response time does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Decodes a bincode request, runs `f`, encodes its answer.
 async fn handle<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response

@@ -6,6 +6,8 @@ pub mod error;
 mod internal;
 mod public;
 
+use std::sync::Arc;
+
 use api_spec::INDEX_HEADER;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderValue;
@@ -23,8 +25,9 @@ pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest internal body: a batch of log entries or one snapshot chunk.
 pub const INTERNAL_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
-/// Builds the whole router.
-pub fn router(app: App) -> Router {
+/// Builds the whole router. With a `cluster_secret`, internal routes answer 401 to
+/// requests that do not carry it.
+pub fn router(app: App, cluster_secret: Option<String>) -> Router {
     let public = Router::new()
         .route("/v1/leases", post(public::create_lease))
         .route(
@@ -49,7 +52,11 @@ pub fn router(app: App) -> Router {
         .route(paths::PROPOSE, post(internal::propose))
         .route(paths::KEEPALIVE, post(internal::keepalive))
         .route(paths::READ_INDEX, post(internal::read_index))
-        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(cluster_secret),
+            internal::check_secret,
+        ));
     public
         .merge(internal)
         .fallback(error::not_found)

@@ -170,7 +170,10 @@ async fn relay_to_leader<B: serde::Serialize>(
     body: Option<&B>,
 ) -> Result<Response, ApiError> {
     let (_, addr) = app.leader().ok_or(AppError::NoLeader)?;
-    let mut request = app.peers().http().request(method, format!("http://{addr}{path}"));
+    let mut request = app
+        .peers()
+        .http()
+        .request(method, format!("http://{addr}{path}"));
     if let Some(body) = body {
         request = request.json(body);
     }
