@@ -99,7 +99,9 @@ impl<T> From<PeerError> for Attempt<T> {
         match e {
             // Nothing reached the peer: as good as "not the leader", try again.
             PeerError::Unreachable { .. } => Attempt::NotLeader(None),
-            PeerError::Failed { .. } => Attempt::Failed(AppError::Unavailable(e.to_string())),
+            PeerError::Rejected { .. } | PeerError::Failed { .. } => {
+                Attempt::Failed(AppError::Unavailable(e.to_string()))
+            }
         }
     }
 }

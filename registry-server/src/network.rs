@@ -49,6 +49,14 @@ pub enum PeerError {
         addr: String,
         source: reqwest::Error,
     },
+    /// The peer answered with an HTTP error (wrong cluster secret, undecodable request):
+    /// it cannot serve this node's calls until someone fixes the configuration.
+    #[error("peer {addr} refused the call: {status}: {body}")]
+    Rejected {
+        addr: String,
+        status: u16,
+        body: String,
+    },
     /// The request may or may not have reached the peer (timeout, broken response).
     #[error("call to peer {addr} failed: {message}")]
     Failed { addr: String, message: String },
@@ -225,7 +233,11 @@ impl Connection {
             .call(&self.addr, path, req, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                // openraft backs off from unreachable peers instead of retrying at once;
+                // a peer that refuses our calls is no more useful than an unreachable one.
+                PeerError::Unreachable { .. } | PeerError::Rejected { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
