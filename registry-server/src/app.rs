@@ -31,6 +31,9 @@ use crate::types::{Node, NodeId, Raft};
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
 const EXPIRY_BATCH: usize = 10_000;
 
+/// How long adding a server waits for it to catch up before answering.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a forwarded internal call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -551,9 +554,16 @@ impl App {
         learner: bool,
     ) -> Result<u64, AppError> {
         let raft = &self.inner.raft;
-        let response = raft
-            .add_learner(id, Node { addr }, true)
+        let catch_up = raft.add_learner(id, Node { addr: addr.clone() }, true);
+        let response = tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up)
             .await
+            .map_err(|_| {
+                AppError::Unavailable(format!(
+                    "server {id} at {addr} was added as a learner but did not catch up within \
+                     {CATCH_UP_TIMEOUT:?}; check that it runs and is reachable, then retry \
+                     (or remove it)"
+                ))
+            })?
             .map_err(membership_error)?;
         let mut index = response.log_id.index;
         if !learner {

@@ -134,6 +134,9 @@ pub async fn add_member(
 ) -> Result<Response, ApiError> {
     crate::config::check_addr(&req.addr)
         .map_err(|e| ApiError::invalid_argument(format!("addr: {e}")))?;
+    if req.id == 0 {
+        return Err(ApiError::invalid_argument("id: node ids start at 1"));
+    }
     if !app.is_leader() {
         return relay_to_leader(&app, Method::POST, "/v1/cluster/members", Some(&req)).await;
     }
