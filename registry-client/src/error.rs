@@ -1,0 +1,161 @@
+//! The client's error type, and how an error response body becomes one.
+
+use api_spec::ErrorBody;
+
+/// Everything a [`crate::Client`] call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client was built with an empty endpoint list, so there is nobody to ask.
+    #[error("no endpoints configured")]
+    NoEndpoints,
+
+    /// An endpoint is not `host:port` (or `http://host:port`). Only plain HTTP is
+    /// supported, so an `https://` endpoint is rejected here rather than failing later.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        endpoint: String,
+        reason: &'static str,
+    },
+
+    /// The server answered with a non-success status.
+    ///
+    /// `code` is one of [`api_spec::codes`] when the body was a registry error body
+    /// (`{"error":{"code","message"}}`). When it was not (say a proxy's HTML page), `code`
+    /// is empty and `message` holds the start of the body, so nothing is silently lost.
+    #[error("{endpoint} answered {status} {code}: {message}")]
+    Api {
+        endpoint: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+
+    /// The request could not be sent, or the answer could not be read (connection
+    /// refused or reset, timeout). Carries the endpoint it happened on.
+    #[error("transport error talking to {endpoint}: {source}")]
+    Transport {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A success answer whose body is not the JSON the API promises.
+    #[error("could not decode the answer from {endpoint}: {source}")]
+    Decode {
+        endpoint: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The HTTP status, for [`Error::Api`].
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The stable error code, for [`Error::Api`] with a registry error body.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } if !code.is_empty() => Some(code),
+            _ => None,
+        }
+    }
+
+    /// `true` when the lease does not exist (never did, was revoked, or expired).
+    pub fn is_lease_not_found(&self) -> bool {
+        self.code() == Some(api_spec::codes::LEASE_NOT_FOUND)
+    }
+
+    /// `true` for errors that say nothing about the request itself and may well pass
+    /// on another try: transport failures and 503 (no leader, shutting down).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Transport { .. }) || self.status() == Some(503)
+    }
+}
+
+/// How much of a non-registry error body is kept in [`Error::Api::message`].
+const MAX_FOREIGN_BODY: usize = 512;
+
+/// Turns an error response into [`Error::Api`]. Never fails: a body that is not a
+/// registry error body is kept (truncated) as the message with an empty code.
+pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => (error.code, error.message),
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let mut end = text.len().min(MAX_FOREIGN_BODY);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            (String::new(), text[..end].to_owned())
+        }
+    };
+    Error::Api {
+        endpoint: endpoint.to_owned(),
+        status,
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_error_body_gives_code_and_message() {
+        let body = br#"{"error":{"code":"lease_not_found","message":"no lease 42"}}"#;
+        let err = api_error("127.0.0.1:1", 404, body);
+        assert_eq!(err.status(), Some(404));
+        assert_eq!(err.code(), Some("lease_not_found"));
+        assert!(err.is_lease_not_found());
+        assert!(!err.is_retryable());
+        match err {
+            Error::Api { message, .. } => assert_eq!(message, "no lease 42"),
+            other => panic!("expected Api, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_body_is_kept_with_an_empty_code() {
+        let err = api_error("127.0.0.1:1", 502, b"<html>Bad Gateway</html>");
+        assert_eq!(err.code(), None);
+        match err {
+            Error::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(status, 502);
+                assert_eq!(code, "");
+                assert_eq!(message, "<html>Bad Gateway</html>");
+            }
+            other => panic!("expected Api, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_foreign_body_is_truncated_on_a_char_boundary() {
+        // 'é' is two bytes, so byte MAX_FOREIGN_BODY falls inside a character.
+        let body = format!("a{}", "é".repeat(MAX_FOREIGN_BODY));
+        let err = api_error("127.0.0.1:1", 500, body.as_bytes());
+        match err {
+            Error::Api { message, .. } => {
+                assert!(message.len() < MAX_FOREIGN_BODY);
+                assert!(body.starts_with(&message));
+            }
+            other => panic!("expected Api, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unavailable_is_retryable() {
+        let body = br#"{"error":{"code":"no_leader","message":"election in progress"}}"#;
+        assert!(api_error("127.0.0.1:1", 503, body).is_retryable());
+    }
+}

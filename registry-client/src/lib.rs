@@ -1,0 +1,383 @@
+//! Rust client for the registry's HTTP API.
+//!
+//! What it supports so far, and nothing more:
+//! - **leases**: [`Client::create_lease`], [`Client::keepalive`], [`Client::revoke_lease`],
+//!   [`Client::get_lease`] (linearizable, or [`Consistency::Stale`] from the answering
+//!   node's local state);
+//! - **cluster administration**: [`Client::cluster_status`], [`Client::add_member`],
+//!   [`Client::remove_member`].
+//!
+//! Service discovery (registrations), locks and leader elections come later; this crate
+//! has no API for them yet.
+//!
+//! Transport: plain HTTP (no TLS) to `host:port` endpoints, one pooled connection set
+//! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]). The client does not
+//! keep leases alive by itself: calling [`Client::keepalive`] often enough is the caller's
+//! job.
+//!
+//! Failover: any server can take any request (followers forward writes to the leader),
+//! so a call tries the endpoints in turn, starting with the one that last answered, and
+//! goes round the list at most once. What makes it move on depends on whether the call
+//! may safely be repeated; see [`Client`].
+
+mod error;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api_spec::{
+    AddMemberRequest, ClusterStatus, LeaseInfo, Member, MembershipResponse, RevokeLeaseResponse,
+    Role,
+};
+pub use error::Error;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+pub use uuid::Uuid;
+
+/// Result of every client call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Per-request timeout unless [`ClientBuilder::timeout`] says otherwise. Long enough for
+/// a write that waits out a leader election, short enough that a hung server is noticed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a read of a lease may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started, whichever node answers.
+    #[default]
+    Linearizable,
+    /// Served from the answering node's local state (`?stale`): cheaper and available
+    /// without a leader, but may miss recent writes or show a lease that just expired.
+    Stale,
+}
+
+/// A successful answer together with the Raft log index the server says it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response<T> {
+    /// The decoded body.
+    pub value: T,
+    /// The `X-Registry-Index` header, when the server sent a readable one. Lets a caller
+    /// order answers from different nodes, or tell how far a stale read lags.
+    pub index: Option<u64>,
+}
+
+impl<T> Response<T> {
+    /// Drops the index.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+/// Whether a failed call may be sent again to the next endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Repeating it is harmless: retry on transport errors and 503.
+    Idempotent,
+    /// Repeating it could do it twice: retry only when the connection failed before
+    /// anything was sent.
+    OnlyIfNotSent,
+}
+
+/// A handle to the registry. Cheap to clone; clones share connections and the
+/// remembered "last endpoint that answered".
+///
+/// Which failures move a call on to the next endpoint:
+/// - calls that may be repeated ([`keepalive`](Self::keepalive),
+///   [`revoke_lease`](Self::revoke_lease), [`get_lease`](Self::get_lease),
+///   [`cluster_status`](Self::cluster_status), [`remove_member`](Self::remove_member)):
+///   any transport error and any 503;
+/// - calls that must not run twice ([`create_lease`](Self::create_lease),
+///   [`add_member`](Self::add_member)): only a failure to connect, where the request
+///   cannot have reached a server. After a timeout or a 503 the caller decides, since the
+///   first attempt may have taken effect.
+///
+/// Any other error answer (400, 404, 409, ...) is final: another server would say the same.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    /// `host:port`, as given (minus an `http://` prefix); never empty.
+    endpoints: Vec<String>,
+    /// Index into `endpoints` of the last one that answered; calls start there so a dead
+    /// server costs one failed connect, not one per call.
+    preferred: AtomicUsize,
+}
+
+/// Builds a [`Client`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// Per-request timeout (connect, send, and read the whole answer).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Checks the endpoints and builds the client.
+    pub fn build(self) -> Result<Client> {
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| normalize_endpoint(e))
+            .collect::<Result<Vec<_>>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|source| Error::Transport {
+                endpoint: endpoints.join(","),
+                source,
+            })?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                endpoints,
+                preferred: AtomicUsize::new(0),
+            }),
+        })
+    }
+}
+
+/// Accepts `host:port` or `http://host:port` (a trailing `/` is dropped) and returns
+/// `host:port`.
+fn normalize_endpoint(endpoint: &str) -> Result<String> {
+    let invalid = |reason| Error::InvalidEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let trimmed = endpoint.trim();
+    let rest = match trimmed.split_once("://") {
+        None => trimmed,
+        Some(("http", rest)) => rest,
+        Some(_) => return Err(invalid("only http:// is supported")),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if rest.contains('/') {
+        return Err(invalid("expected host:port without a path"));
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(rest.to_owned())
+        }
+        _ => Err(invalid("expected host:port")),
+    }
+}
+
+impl Client {
+    /// A client over `endpoints` (`host:port`, plain HTTP) with the default timeout.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Self> {
+        Self::builder(endpoints).build()
+    }
+
+    /// Starts building a client over `endpoints`.
+    pub fn builder(endpoints: impl IntoIterator<Item = impl Into<String>>) -> ClientBuilder {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The endpoints this client talks to, as `host:port`.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// Grants a lease that lives `ttl` unless kept alive (`POST /v1/leases`). The server
+    /// accepts TTLs from [`api_spec::MIN_LEASE_TTL`] to [`api_spec::MAX_LEASE_TTL`].
+    pub async fn create_lease(&self, ttl: Duration) -> Result<Response<LeaseInfo>> {
+        let body = api_spec::CreateLeaseRequest {
+            ttl: api_spec::format_duration(ttl),
+        };
+        self.call(
+            Method::POST,
+            "/v1/leases",
+            Some(&body),
+            Retry::OnlyIfNotSent,
+        )
+        .await
+    }
+
+    /// Restarts the lease's countdown at its full TTL
+    /// (`PUT /v1/leases/{id}/keepalive`). An expired lease cannot be revived: that is an
+    /// [`Error::Api`] with code `lease_not_found`.
+    pub async fn keepalive(&self, lease: Uuid) -> Result<Response<LeaseInfo>> {
+        let path = format!("/v1/leases/{lease}/keepalive");
+        self.call(Method::PUT, &path, None::<&()>, Retry::Idempotent)
+            .await
+    }
+
+    /// Revokes the lease now (`DELETE /v1/leases/{id}`).
+    ///
+    /// Retried on another endpoint after a transport error or 503, so if the first try
+    /// did take effect the answer can be `lease_not_found` although the revoke worked.
+    pub async fn revoke_lease(&self, lease: Uuid) -> Result<Response<RevokeLeaseResponse>> {
+        let path = format!("/v1/leases/{lease}");
+        self.call(Method::DELETE, &path, None::<&()>, Retry::Idempotent)
+            .await
+    }
+
+    /// Reads a lease (`GET /v1/leases/{id}`, with `?stale` for [`Consistency::Stale`]).
+    /// `remaining_ms` is only set when the leader answered.
+    pub async fn get_lease(
+        &self,
+        lease: Uuid,
+        consistency: Consistency,
+    ) -> Result<Response<LeaseInfo>> {
+        let path = match consistency {
+            Consistency::Linearizable => format!("/v1/leases/{lease}"),
+            Consistency::Stale => format!("/v1/leases/{lease}?stale"),
+        };
+        self.call(Method::GET, &path, None::<&()>, Retry::Idempotent)
+            .await
+    }
+
+    /// The answering node's view of the cluster (`GET /v1/cluster`). With several
+    /// endpoints, which node answers is up to failover: build a client over a single
+    /// endpoint to ask a particular node.
+    pub async fn cluster_status(&self) -> Result<Response<ClusterStatus>> {
+        self.call(Method::GET, "/v1/cluster", None::<&()>, Retry::Idempotent)
+            .await
+    }
+
+    /// Adds a server to the cluster (`POST /v1/cluster/members`).
+    pub async fn add_member(
+        &self,
+        request: &AddMemberRequest,
+    ) -> Result<Response<MembershipResponse>> {
+        self.call(
+            Method::POST,
+            "/v1/cluster/members",
+            Some(request),
+            Retry::OnlyIfNotSent,
+        )
+        .await
+    }
+
+    /// Removes a server from the cluster (`DELETE /v1/cluster/members/{id}`).
+    ///
+    /// Retried like [`revoke_lease`](Self::revoke_lease): if a first try took effect,
+    /// the retry's answer says the member is unknown.
+    pub async fn remove_member(&self, id: u64) -> Result<Response<MembershipResponse>> {
+        let path = format!("/v1/cluster/members/{id}");
+        self.call(Method::DELETE, &path, None::<&()>, Retry::Idempotent)
+            .await
+    }
+
+    /// Sends one request, failing over between endpoints as [`Client`] describes.
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        retry: Retry,
+    ) -> Result<Response<T>> {
+        let endpoints = &self.inner.endpoints;
+        let start = self.inner.preferred.load(Ordering::Relaxed) % endpoints.len();
+        let mut last_error = Error::NoEndpoints;
+        for offset in 0..endpoints.len() {
+            let which = (start + offset) % endpoints.len();
+            match self
+                .attempt(&endpoints[which], method.clone(), path, body)
+                .await
+            {
+                Ok(response) => {
+                    self.inner.preferred.store(which, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(failure) => {
+                    let next = match retry {
+                        Retry::Idempotent => failure.error.is_retryable(),
+                        Retry::OnlyIfNotSent => !failure.may_have_been_sent,
+                    };
+                    last_error = failure.error;
+                    if !next {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// One request to one endpoint.
+    async fn attempt<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response<T>, Failure> {
+        let url = format!("http://{endpoint}{path}");
+        let mut request = self.inner.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let transport = |source: reqwest::Error| Error::Transport {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let response = request.send().await.map_err(|source| Failure {
+            // A connect error is the one case where the server cannot have seen the request.
+            may_have_been_sent: !source.is_connect(),
+            error: transport(source),
+        })?;
+        let status = response.status();
+        let index = response
+            .headers()
+            .get(api_spec::INDEX_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| Failure::sent(transport(source)))?;
+        if !status.is_success() {
+            return Err(Failure::sent(error::api_error(
+                endpoint,
+                status.as_u16(),
+                &bytes,
+            )));
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|source| {
+            Failure::sent(Error::Decode {
+                endpoint: endpoint.to_owned(),
+                source,
+            })
+        })?;
+        Ok(Response { value, index })
+    }
+}
+
+/// A failed attempt, and whether the server may have acted on it.
+struct Failure {
+    error: Error,
+    may_have_been_sent: bool,
+}
+
+impl Failure {
+    fn sent(error: Error) -> Self {
+        Failure {
+            error,
+            may_have_been_sent: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod failover_test;
