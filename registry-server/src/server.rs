@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,10 +42,7 @@ pub async fn run(
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let probe = data_dir.join(".write-test");
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("cannot write to data dir {}", data_dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    claim_data_dir(data_dir, config.node_id)?;
 
     let db = open_db(&data_dir.join("raft")).map_err(|e| {
         anyhow!(
@@ -135,6 +134,38 @@ pub async fn run(
         .map_err(|e| anyhow!("stopping Raft: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Records which node a data dir belongs to on first use, and refuses to start another
+/// node id on it later: a server that came up with someone else's Raft log and vote would
+/// break the cluster's safety.
+fn claim_data_dir(data_dir: &Path, node_id: u64) -> anyhow::Result<()> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let owner: u64 = text
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("{} is corrupt: {text:?}", path.display()))?;
+            if owner != node_id {
+                return Err(anyhow!(
+                    "data dir {} belongs to node {owner}, not --node-id {node_id}: start with \
+                     --node-id {owner}, or give this node its own --data-dir",
+                    data_dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&path)?;
+                file.write_all(format!("{node_id}\n").as_bytes())?;
+                file.sync_all()
+            };
+            write().with_context(|| format!("cannot write to data dir {}", data_dir.display()))
+        }
+        Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
+    }
 }
 
 async fn initialize(raft: &Raft, members: BTreeMap<u64, String>) -> anyhow::Result<()> {

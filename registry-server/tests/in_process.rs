@@ -34,7 +34,7 @@ struct Running {
     http: reqwest::Client,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn start(extra: &[&str]) -> Running {
@@ -167,4 +167,34 @@ async fn internal_routes_require_the_cluster_secret() {
         .status();
     assert_eq!(status, reqwest::StatusCode::OK);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_is_refused_to_another_node_id() {
+    let server = start(&[]).await;
+    let data_dir = server.dir.path().to_path_buf();
+    let (_keep, stop, task) = (server.dir, server.stop, server.task);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = data_dir.to_str().unwrap();
+    let config = Config::parse_from([
+        "registry-server",
+        "--listen",
+        &addr,
+        "--data-dir",
+        data,
+        "--node-id",
+        "2",
+    ]);
+    let error = registry_server::server::run(config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("belongs to node 1, not --node-id 2"),
+        "unexpected error: {error:#}"
+    );
 }
