@@ -73,7 +73,7 @@ async fn start(extra: &[&str]) -> Running {
         http,
         stop,
         task,
-        _dir: dir,
+        dir,
     }
 }
 
