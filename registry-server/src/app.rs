@@ -411,9 +411,8 @@ impl App {
                 },
                 None => KeepaliveAnswer::NotFound,
             },
-            Err(KeepaliveError::NotFound) | Err(KeepaliveError::Expired) => {
-                KeepaliveAnswer::NotFound
-            }
+            Err(KeepaliveError::NotFound) => KeepaliveAnswer::NotFound,
+            Err(KeepaliveError::Expired) => KeepaliveAnswer::Expired,
             Err(KeepaliveError::NotLeader) => KeepaliveAnswer::NotLeader {
                 leader: self.leader(),
             },
@@ -618,6 +617,7 @@ fn keepalive_failure<T>(id: LeaseId, answer: KeepaliveAnswer) -> Attempt<T> {
         KeepaliveAnswer::Renewed { .. } | KeepaliveAnswer::NotFound => {
             Attempt::Failed(AppError::LeaseNotFound(id))
         }
+        KeepaliveAnswer::Expired => Attempt::Failed(AppError::LeaseExpired(id)),
         KeepaliveAnswer::NotLeader { leader } => Attempt::NotLeader(leader),
         KeepaliveAnswer::Unavailable(m) => Attempt::Failed(AppError::Unavailable(m)),
     }

@@ -161,6 +161,8 @@ pub enum KeepaliveAnswer {
         remaining_ms: u64,
     },
     NotFound,
+    /// Its deadline passed; the expiry is being committed.
+    Expired,
     NotLeader {
         leader: Option<(NodeId, String)>,
     },
