@@ -8,6 +8,7 @@
 //! - errors are `{"error": {"code": "...", "message": "..."}}` ([`ErrorBody`]);
 //! - every response carries the index it reflects in the [`INDEX_HEADER`] header.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,11 @@ pub mod codes {
     pub const INVALID_DURATION: &str = "invalid_duration";
     /// 404: the lease does not exist (never did, was revoked, or expired).
     pub const LEASE_NOT_FOUND: &str = "lease_not_found";
+    /// 404: no instance with this service and id is registered (register it again).
+    pub const INSTANCE_NOT_FOUND: &str = "instance_not_found";
+    /// The instance's lease has ended, so it is `critical`: 404 on a heartbeat (register
+    /// it again), 409 on a status change.
+    pub const INSTANCE_CRITICAL: &str = "instance_critical";
     /// 404: the cluster has no member with this id.
     pub const MEMBER_NOT_FOUND: &str = "member_not_found";
     /// 404: no route matches the path.
@@ -165,6 +171,152 @@ pub struct RevokeLeaseResponse {
     pub lease: Uuid,
     /// Always `true`: an unknown lease is a 404, not `false`.
     pub revoked: bool,
+}
+
+/// TTL of an instance's own lease when the registration names none.
+pub const DEFAULT_INSTANCE_TTL: Duration = Duration::from_secs(10);
+
+/// How long an instance stays listed (as `critical`) after its lease ended.
+pub const DEFAULT_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+
+/// Longest `deregister_after` the server accepts (7 days).
+pub const MAX_DEREGISTER_AFTER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Blocking queries wait this long when `wait` is not given.
+pub const DEFAULT_BLOCKING_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// Longest `wait` a blocking query may ask for; longer values are capped to this.
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// `PUT /v1/services/{service}/instances/{id}`: register an instance, or update it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Host name or IP address callers connect to.
+    pub address: String,
+    /// Port callers connect to, 1 to 65535.
+    pub port: u16,
+    /// Free-form labels callers filter on (`?tag=`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// String key/value pairs callers filter on (`?meta.KEY=VALUE`).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Availability zone, for zone-aware callers (`?zone=`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Region, for region-aware callers (`?region=`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Relative share of traffic for weighted balancing (default 1, at most 1000).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// TTL of the instance's own lease (default `"10s"`); not allowed with `lease`.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// How long the instance stays listed as `critical` after its lease ends before it
+    /// is deregistered (default `"1m"`).
+    #[serde(default)]
+    pub deregister_after: Option<String>,
+    /// Bind to this existing lease instead of getting a lease of its own.
+    #[serde(default)]
+    pub lease: Option<Uuid>,
+}
+
+/// An instance's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// Its lease lives and it has not asked to drain: in healthy discovery.
+    Passing,
+    /// It asked to be taken out of discovery (graceful shutdown); its lease still lives.
+    Draining,
+    /// Its lease ended; listed only with `?status=any` until deregistered.
+    Critical,
+}
+
+/// `PUT /v1/services/{service}/instances/{id}/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatusRequest {
+    /// `passing` or `draining` (`critical` is the registry's call, not the instance's).
+    pub status: InstanceStatus,
+}
+
+/// A registered instance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    pub weight: u32,
+    pub status: InstanceStatus,
+    /// The lease keeping it alive (its own unless it registered with `lease`).
+    pub lease: Uuid,
+    /// `true` when the lease was created for this instance (and ends with it).
+    pub own_lease: bool,
+    /// The lease's TTL.
+    pub ttl: String,
+    pub ttl_ms: u64,
+    pub deregister_after: String,
+    pub deregister_after_ms: u64,
+    /// Leader's wall clock when the instance was first registered (ms since the epoch).
+    pub registered_at_ms: u64,
+    /// Log index of the entry that last changed this instance.
+    pub modify_index: u64,
+    /// When it turned critical (leader's wall clock, ms since the epoch), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_since_ms: Option<u64>,
+}
+
+/// `PUT .../heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub service: String,
+    pub id: String,
+    pub lease: Uuid,
+    pub ttl_ms: u64,
+    /// Milliseconds until the leader ends the lease unless it hears another heartbeat.
+    pub remaining_ms: u64,
+}
+
+/// `DELETE /v1/services/{service}/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeregisterResponse {
+    pub service: String,
+    pub id: String,
+    /// Always `true`: an unknown instance is a 404.
+    pub deregistered: bool,
+}
+
+/// One service in `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    /// Registered instances, whatever their status.
+    pub instances: u64,
+    /// Instances that are `passing`.
+    pub healthy: u64,
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    /// Services with at least one registered instance, by name.
+    pub services: Vec<ServiceSummary>,
+}
+
+/// `GET /v1/services/{service}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInstances {
+    pub service: String,
+    /// The instances that match the query's filters, by id.
+    pub instances: Vec<Instance>,
 }
 
 /// A server's role in the Raft group.

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use api_spec::INDEX_HEADER;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::app::App;
@@ -25,21 +25,56 @@ pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest internal body: a batch of log entries or one snapshot chunk.
 pub const INTERNAL_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
+/// Every public route: method, path (axum syntax), handler. The router is built from
+/// this table, and [`public_routes`] lists it, so the OpenAPI document can be checked
+/// against exactly what is served.
+fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>)> {
+    vec![
+        (Method::POST, "/v1/leases", post(public::create_lease)),
+        (Method::GET, "/v1/leases/{id}", get(public::get_lease)),
+        (
+            Method::DELETE,
+            "/v1/leases/{id}",
+            delete(public::revoke_lease),
+        ),
+        (
+            Method::PUT,
+            "/v1/leases/{id}/keepalive",
+            put(public::keepalive),
+        ),
+        (Method::GET, "/v1/cluster", get(public::cluster)),
+        (
+            Method::POST,
+            "/v1/cluster/members",
+            post(public::add_member),
+        ),
+        (
+            Method::DELETE,
+            "/v1/cluster/members/{id}",
+            delete(public::remove_member),
+        ),
+        (Method::GET, "/healthz", get(public::healthz)),
+        (Method::GET, "/readyz", get(public::readyz)),
+    ]
+}
+
+/// The public routes this server serves, as (method, path) pairs.
+pub fn public_routes() -> Vec<(Method, &'static str)> {
+    public_table()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 /// Builds the whole router. With a `cluster_secret`, internal routes answer 401 to
 /// requests that do not carry it.
 pub fn router(app: App, cluster_secret: Option<String>) -> Router {
-    let public = Router::new()
-        .route("/v1/leases", post(public::create_lease))
-        .route(
-            "/v1/leases/{id}",
-            get(public::get_lease).delete(public::revoke_lease),
-        )
-        .route("/v1/leases/{id}/keepalive", put(public::keepalive))
-        .route("/v1/cluster", get(public::cluster))
-        .route("/v1/cluster/members", post(public::add_member))
-        .route("/v1/cluster/members/{id}", delete(public::remove_member))
-        .route("/healthz", get(public::healthz))
-        .route("/readyz", get(public::readyz))
+    // `route` merges the method routers of a path given more than once.
+    let public = public_table()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
         .layer(axum::middleware::map_response_with_state(
             app.clone(),
