@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod openapi;
+
 /// Response header carrying the Raft log index a response reflects.
 pub const INDEX_HEADER: &str = "X-Registry-Index";
 
@@ -88,13 +90,13 @@ impl std::fmt::Display for DurationError {
 impl std::error::Error for DurationError {}
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// A stable machine-readable `code` and a human-readable `message`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// One of the constants in [`codes`]; stable across releases.
     pub code: String,
@@ -138,7 +140,7 @@ pub mod codes {
 }
 
 /// `POST /v1/leases`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLeaseRequest {
     /// Time to live, e.g. `"15s"`; between [`MIN_LEASE_TTL`] and [`MAX_LEASE_TTL`].
@@ -146,7 +148,7 @@ pub struct CreateLeaseRequest {
 }
 
 /// A lease as the API shows it (`POST /v1/leases`, `GET /v1/leases/{id}`, keepalive).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
     /// The lease id; pass it to keepalive, revoke, and (later) registrations and locks.
     pub lease: Uuid,
@@ -166,7 +168,7 @@ pub struct LeaseInfo {
 }
 
 /// `DELETE /v1/leases/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeLeaseResponse {
     pub lease: Uuid,
     /// Always `true`: an unknown lease is a 404, not `false`.
@@ -189,7 +191,7 @@ pub const DEFAULT_BLOCKING_WAIT: Duration = Duration::from_secs(5 * 60);
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// `PUT /v1/services/{service}/instances/{id}`: register an instance, or update it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Host name or IP address callers connect to.
@@ -224,7 +226,7 @@ pub struct RegisterRequest {
 }
 
 /// An instance's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     /// Its lease lives and it has not asked to drain: in healthy discovery.
@@ -236,7 +238,7 @@ pub enum InstanceStatus {
 }
 
 /// `PUT /v1/services/{service}/instances/{id}/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetStatusRequest {
     /// `passing` or `draining` (`critical` is the registry's call, not the instance's).
@@ -244,7 +246,7 @@ pub struct SetStatusRequest {
 }
 
 /// A registered instance as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub service: String,
     pub id: String,
@@ -275,7 +277,7 @@ pub struct Instance {
 }
 
 /// `PUT .../heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub service: String,
     pub id: String,
@@ -286,7 +288,7 @@ pub struct HeartbeatResponse {
 }
 
 /// `DELETE /v1/services/{service}/instances/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeregisterResponse {
     pub service: String,
     pub id: String,
@@ -295,7 +297,7 @@ pub struct DeregisterResponse {
 }
 
 /// One service in `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSummary {
     pub name: String,
     /// Registered instances, whatever their status.
@@ -305,14 +307,14 @@ pub struct ServiceSummary {
 }
 
 /// `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceList {
     /// Services with at least one registered instance, by name.
     pub services: Vec<ServiceSummary>,
 }
 
 /// `GET /v1/services/{service}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInstances {
     pub service: String,
     /// The instances that match the query's filters, by id.
@@ -320,7 +322,7 @@ pub struct ServiceInstances {
 }
 
 /// A server's role in the Raft group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Leader,
@@ -331,7 +333,7 @@ pub enum Role {
 }
 
 /// One member of the cluster as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: u64,
     /// The address other servers and clients reach it at (its `--advertise` address).
@@ -343,7 +345,7 @@ pub struct Member {
 }
 
 /// `GET /v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The id of the node that answered.
     pub node_id: u64,
@@ -366,10 +368,22 @@ pub struct ClusterStatus {
     /// Highest log index this node has purged (deleted behind a snapshot).
     pub purged_index: Option<u64>,
     pub members: Vec<Member>,
+    /// Expiry storm protection as the leader sees it; present when the leader answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_storm: Option<ExpiryStormStatus>,
+}
+
+/// Expiry storm protection on the leader (`GET /v1/cluster`).
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryStormStatus {
+    /// Services whose expiries are being held back and released at a bounded rate.
+    pub active_services: Vec<String>,
+    /// Lease expiries held back since this server started (each retried later).
+    pub deferred_total: u64,
 }
 
 /// `POST /v1/cluster/members`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     /// The new server's `--node-id`.
@@ -383,7 +397,7 @@ pub struct AddMemberRequest {
 }
 
 /// Answer to a membership change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipResponse {
     /// Log index of the membership entry that made the change.
     pub index: u64,
@@ -391,7 +405,7 @@ pub struct MembershipResponse {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthStatus {
     /// `true` when the probe passes.
     pub ok: bool,

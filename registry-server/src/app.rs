@@ -10,26 +10,32 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_spec::{ClusterStatus, Member, Role};
+use api_spec::{ClusterStatus, ExpiryStormStatus, InstanceStatus, Member, Role, ServiceSummary};
 use locks::{Lease, LeaseId};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::catalog::{CatalogError, Filter, InstanceKey, InstanceRecord, InstanceSpec};
 use crate::lease_clock::{KeepaliveError, LeaseClock};
 use crate::network::{
-    paths, KeepaliveAnswer, KeepaliveRequest, PeerClient, PeerError, ProposeAnswer, ProposeRequest,
-    ReadIndexAnswer,
+    paths, KeepaliveAnswer, KeepaliveRequest, KeepaliveTarget, PeerClient, PeerError,
+    ProposeAnswer, ProposeRequest, ReadIndexAnswer,
 };
-use crate::proposer::{ProposeError, Proposer};
+use crate::proposer::{wall_clock_ms, ProposeError, Proposer};
 use crate::read_barrier::{BarrierError, ReadBarrier};
-use crate::state::{Command, Outcome};
+use crate::state::{AppState, Binding, Command, Outcome};
 use crate::store::state_machine::SharedState;
+use crate::storm::{StormConfig, StormGuard};
 use crate::types::{Node, NodeId, Raft};
+use crate::watch::Watches;
 
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
 const EXPIRY_BATCH: usize = 10_000;
+
+/// Most critical instances deregistered by one Raft entry.
+const REAP_BATCH: usize = 10_000;
 
 /// How long adding a server waits for it to catch up before answering.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +52,10 @@ pub enum AppError {
     LeaseNotFound(LeaseId),
     #[error("lease {0} has expired")]
     LeaseExpired(LeaseId),
+    #[error("no such instance is registered; register it")]
+    InstanceNotFound,
+    #[error("the instance's lease has ended (it is critical); register it again")]
+    InstanceCritical,
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -58,6 +68,23 @@ pub enum AppError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<CatalogError> for AppError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::InstanceNotFound => AppError::InstanceNotFound,
+            CatalogError::InstanceCritical => AppError::InstanceCritical,
+        }
+    }
+}
+
+/// A blocking query's condition: answer once the index moves past `index`, or after
+/// `wait` (already capped and jittered by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub index: u64,
+    pub wait: Duration,
 }
 
 /// Read consistency requested by a client.
@@ -109,15 +136,25 @@ impl<T> From<PeerError> for Attempt<T> {
     }
 }
 
+/// Settings the application takes from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct AppConfig {
+    /// How long a request waits for a leader to be known before answering 503.
+    pub leader_wait: Duration,
+    pub storm: StormConfig,
+}
+
 struct Inner {
     id: NodeId,
     raft: Raft,
     state: SharedState,
     clock: LeaseClock,
+    watches: Watches,
     proposer: Proposer,
     barrier: ReadBarrier,
     peers: PeerClient,
-    /// How long a request waits for a leader to be known before answering 503.
+    /// Leader-side expiry storm protection. `std::sync::Mutex`: held only to decide.
+    storm: std::sync::Mutex<StormGuard>,
     leader_wait: Duration,
 }
 
@@ -141,8 +178,9 @@ impl App {
         raft: Raft,
         state: SharedState,
         clock: LeaseClock,
+        watches: Watches,
         peers: PeerClient,
-        leader_wait: Duration,
+        config: AppConfig,
     ) -> Self {
         let proposer = Proposer::start(raft.clone());
         let barrier = ReadBarrier::new(raft.clone());
@@ -152,10 +190,12 @@ impl App {
                 raft,
                 state,
                 clock,
+                watches,
                 proposer,
                 barrier,
                 peers,
-                leader_wait,
+                storm: std::sync::Mutex::new(StormGuard::new(config.storm)),
+                leader_wait: config.leader_wait,
             }),
         }
     }
@@ -264,7 +304,7 @@ impl App {
                     .await
                 {
                     Ok(ProposeAnswer::Applied { index, outcome }) => {
-                        Attempt::Done((index, outcome))
+                        Attempt::Done((index, *outcome))
                     }
                     Ok(ProposeAnswer::NotLeader { leader }) => Attempt::NotLeader(leader),
                     Ok(ProposeAnswer::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
@@ -278,7 +318,10 @@ impl App {
     /// Serves a write forwarded by a follower: proposes it here, never forwards again.
     pub async fn propose_forwarded(&self, command: Command) -> ProposeAnswer {
         match self.inner.proposer.propose(command).await {
-            Ok((index, outcome)) => ProposeAnswer::Applied { index, outcome },
+            Ok((index, outcome)) => ProposeAnswer::Applied {
+                index,
+                outcome: Box::new(outcome),
+            },
             Err(ProposeError::NotLeader { leader }) => ProposeAnswer::NotLeader { leader },
             Err(ProposeError::Unavailable(m)) => ProposeAnswer::Unavailable(m),
         }
@@ -358,29 +401,46 @@ impl App {
 
     /// Renews a lease on the leader; returns the lease and the time it now has left.
     pub async fn keepalive(&self, id: LeaseId) -> Result<(Lease, Duration), AppError> {
-        self.on_leader(
-            || async {
-                match self.keepalive_forwarded(id).await {
-                    KeepaliveAnswer::Renewed {
-                        lease,
-                        remaining_ms,
-                    } => Attempt::Done((lease, Duration::from_millis(remaining_ms))),
-                    answer => keepalive_failure(id, answer),
+        self.renew(KeepaliveTarget::Lease(id)).await
+    }
+
+    /// Renews a registered instance's lease (its heartbeat).
+    pub async fn heartbeat(&self, key: InstanceKey) -> Result<(Lease, Duration), AppError> {
+        self.renew(KeepaliveTarget::Instance(key)).await
+    }
+
+    async fn renew(&self, target: KeepaliveTarget) -> Result<(Lease, Duration), AppError> {
+        let target = &target;
+        let answer = |answer: KeepaliveAnswer| match answer {
+            KeepaliveAnswer::Renewed {
+                lease,
+                remaining_ms,
+            } => Attempt::Done((lease, Duration::from_millis(remaining_ms))),
+            KeepaliveAnswer::NotLeader { leader } => Attempt::NotLeader(leader),
+            KeepaliveAnswer::Unavailable(m) => Attempt::Failed(AppError::Unavailable(m)),
+            KeepaliveAnswer::InstanceNotFound => Attempt::Failed(AppError::InstanceNotFound),
+            KeepaliveAnswer::InstanceCritical => Attempt::Failed(AppError::InstanceCritical),
+            KeepaliveAnswer::NotFound | KeepaliveAnswer::Expired => Attempt::Failed(match target {
+                KeepaliveTarget::Lease(id) if answer_is_expired(&answer) => {
+                    AppError::LeaseExpired(*id)
                 }
-            },
+                KeepaliveTarget::Lease(id) => AppError::LeaseNotFound(*id),
+                KeepaliveTarget::Instance(_) => AppError::InstanceCritical,
+            }),
+        };
+        self.on_leader(
+            || async { answer(self.keepalive_forwarded(target.clone()).await) },
             |addr| async move {
-                let request = KeepaliveRequest { lease: id };
+                let request = KeepaliveRequest {
+                    target: target.clone(),
+                };
                 match self
                     .inner
                     .peers
                     .call(&addr, paths::KEEPALIVE, &request, FORWARD_TIMEOUT)
                     .await
                 {
-                    Ok(KeepaliveAnswer::Renewed {
-                        lease,
-                        remaining_ms,
-                    }) => Attempt::Done((lease, Duration::from_millis(remaining_ms))),
-                    Ok(answer) => keepalive_failure(id, answer),
+                    Ok(a) => answer(a),
                     Err(e) => e.into(),
                 }
             },
@@ -388,13 +448,13 @@ impl App {
         .await
     }
 
-    /// Renews a lease on this node, which must be the leader.
+    /// Renews a lease (or an instance's lease) on this node, which must be the leader.
     ///
     /// Leadership is confirmed with a quorum *after* the keepalive arrived: a deposed
     /// leader that has not noticed yet must not accept a keepalive the new leader will
     /// never hear of (the new leader's countdown started at its election, which is after
     /// that confirmation, so it ends later than the deadline set here).
-    pub async fn keepalive_forwarded(&self, id: LeaseId) -> KeepaliveAnswer {
+    pub async fn keepalive_forwarded(&self, target: KeepaliveTarget) -> KeepaliveAnswer {
         match self.inner.barrier.confirm().await {
             Ok(_) => {}
             Err(BarrierError::NotLeader { leader }) => {
@@ -403,6 +463,18 @@ impl App {
             Err(BarrierError::Unavailable(m)) => return KeepaliveAnswer::Unavailable(m),
         }
         self.observe_leadership();
+        let id = match &target {
+            KeepaliveTarget::Lease(id) => *id,
+            KeepaliveTarget::Instance(key) => {
+                match self.inner.state.read().app.catalog.instance(key) {
+                    None => return KeepaliveAnswer::InstanceNotFound,
+                    Some(r) if r.status == InstanceStatus::Critical => {
+                        return KeepaliveAnswer::InstanceCritical
+                    }
+                    Some(r) => r.lease,
+                }
+            }
+        };
         match self.inner.clock.keepalive(&id) {
             Ok(remaining) => match self.inner.state.read().app.coordinator.lease(&id) {
                 Some(lease) => KeepaliveAnswer::Renewed {
@@ -417,6 +489,133 @@ impl App {
                 leader: self.leader(),
             },
         }
+    }
+
+    /// Registers or updates an instance.
+    pub async fn register(
+        &self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        binding: Binding,
+    ) -> Result<(u64, InstanceRecord, Lease), AppError> {
+        match self
+            .propose(Command::Register { key, spec, binding })
+            .await?
+        {
+            (index, Outcome::Registered { record, lease }) => Ok((index, record, lease)),
+            (_, Outcome::LeaseNotFound(id)) => Err(AppError::LeaseNotFound(id)),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Deregisters an instance.
+    pub async fn deregister(&self, key: InstanceKey) -> Result<u64, AppError> {
+        match self.propose(Command::Deregister { key }).await? {
+            (index, Outcome::Deregistered(_)) => Ok(index),
+            (_, Outcome::Catalog(e)) => Err(e.into()),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets an instance `draining` (out of healthy discovery) or back to `passing`.
+    pub async fn set_status(
+        &self,
+        key: InstanceKey,
+        draining: bool,
+    ) -> Result<(u64, InstanceRecord, Option<Lease>), AppError> {
+        match self.propose(Command::SetStatus { key, draining }).await? {
+            (index, Outcome::StatusSet(record)) => {
+                let lease = self
+                    .inner
+                    .state
+                    .read()
+                    .app
+                    .coordinator
+                    .lease(&record.lease)
+                    .cloned();
+                Ok((index, record, lease))
+            }
+            (_, Outcome::Catalog(e)) => Err(e.into()),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits, for a blocking query, until `index_of(state)` moves past `block.index` or the
+    /// wait runs out; `watch` must have been subscribed before the read index was taken.
+    async fn block_until(
+        &self,
+        mut watch: tokio::sync::watch::Receiver<u64>,
+        block: Option<Block>,
+        index_of: impl Fn(&AppState) -> u64,
+    ) {
+        let Some(block) = block else { return };
+        let deadline = Instant::now() + block.wait;
+        loop {
+            watch.borrow_and_update();
+            if index_of(&self.inner.state.read().app) > block.index {
+                return;
+            }
+            tokio::select! {
+                changed = watch.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// `GET /v1/services`: every service with its instance and healthy counts.
+    pub async fn services(
+        &self,
+        consistency: Consistency,
+        block: Option<Block>,
+    ) -> Result<(u64, Vec<ServiceSummary>), AppError> {
+        let watch = self.inner.watches.catalog();
+        self.read_index(consistency).await?;
+        self.block_until(watch, block, |app| app.catalog.catalog_index())
+            .await;
+        let state = self.inner.state.read();
+        let services = state
+            .app
+            .catalog
+            .services()
+            .map(|(name, service)| ServiceSummary {
+                name: name.clone(),
+                instances: service.instances.len() as u64,
+                healthy: service
+                    .instances
+                    .values()
+                    .filter(|r| r.status == InstanceStatus::Passing)
+                    .count() as u64,
+            })
+            .collect();
+        Ok((state.last_applied.map_or(0, |l| l.index), services))
+    }
+
+    /// `GET /v1/services/{service}`: the instances that pass `filter`.
+    pub async fn service(
+        &self,
+        name: &str,
+        filter: &Filter,
+        consistency: Consistency,
+        block: Option<Block>,
+    ) -> Result<(u64, Vec<api_spec::Instance>), AppError> {
+        let watch = self.inner.watches.service(name);
+        self.read_index(consistency).await?;
+        self.block_until(watch, block, |app| app.catalog.service_index(name))
+            .await;
+        let state = self.inner.state.read();
+        let instances = state
+            .app
+            .catalog
+            .service(name)
+            .into_iter()
+            .flat_map(|s| s.instances.iter())
+            .filter(|(_, record)| filter.matches(record))
+            .map(|(id, record)| {
+                let lease = state.app.coordinator.lease(&record.lease);
+                instance_view(name, id, record, lease)
+            })
+            .collect();
+        Ok((state.last_applied.map_or(0, |l| l.index), instances))
     }
 
     /// Reads a lease (after `read_index`); `remaining` is known only on the leader.
@@ -458,20 +657,80 @@ impl App {
                 _ = shutdown.changed() => return,
             }
             self.observe_leadership();
-            let due = self.inner.clock.take_due(EXPIRY_BATCH);
-            if due.is_empty() {
+            if self.inner.clock.leading_term().is_none() {
                 continue;
             }
-            let command = Command::Lease(locks::Command::ExpireLeases { ids: due.clone() });
-            match self.inner.proposer.propose(command).await {
-                Ok((index, Outcome::Lease(locks::Outcome::LeasesExpired(gone)))) => {
-                    tracing::info!(index, expired = gone.len(), "leases expired");
-                }
-                Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),
-                Err(e) => {
-                    tracing::warn!(error = %e, leases = due.len(), "lease expiry not committed; will retry");
-                    self.inner.clock.unmark(&due);
-                }
+            self.expire_due_leases().await;
+            self.reap_critical_instances().await;
+        }
+    }
+
+    fn storm(&self) -> std::sync::MutexGuard<'_, StormGuard> {
+        self.inner.storm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Proposes the expiry of the leases whose deadline passed, minus those storm
+    /// protection holds back.
+    async fn expire_due_leases(&self) {
+        let due = self.inner.clock.take_due(EXPIRY_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        let decision = {
+            let state = self.inner.state.read();
+            self.storm().decide(due, &state.app.catalog, Instant::now())
+        };
+        // Held back: still due, and a keepalive arriving meanwhile revives them.
+        self.inner.clock.unmark(&decision.defer);
+        let expire = decision.expire;
+        if expire.is_empty() {
+            return;
+        }
+        let command = Command::Lease(locks::Command::ExpireLeases {
+            ids: expire.clone(),
+        });
+        match self.inner.proposer.propose(command).await {
+            Ok((index, Outcome::Lease(locks::Outcome::LeasesExpired(gone)))) => {
+                tracing::info!(index, expired = gone.len(), "leases expired");
+            }
+            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),
+            Err(e) => {
+                tracing::warn!(error = %e, leases = expire.len(), "lease expiry not committed; will retry");
+                self.inner.clock.unmark(&expire);
+            }
+        }
+    }
+
+    /// Proposes the deregistration of critical instances whose `deregister_after` passed
+    /// on this leader's wall clock.
+    async fn reap_critical_instances(&self) {
+        let due = self
+            .inner
+            .state
+            .read()
+            .app
+            .catalog
+            .due_reaps(wall_clock_ms(), REAP_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        match self
+            .inner
+            .proposer
+            .propose(Command::Reap { instances: due })
+            .await
+        {
+            Ok((index, Outcome::Reaped(gone))) if !gone.is_empty() => {
+                tracing::info!(
+                    index,
+                    deregistered = gone.len(),
+                    "critical instances deregistered"
+                );
+            }
+            Ok((_, Outcome::Reaped(_))) => {}
+            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a reap"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deregistration of critical instances not committed; will retry")
             }
         }
     }
@@ -541,6 +800,13 @@ impl App {
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
             members,
+            expiry_storm: (metrics.state == ServerState::Leader).then(|| {
+                let storm = self.storm();
+                ExpiryStormStatus {
+                    active_services: storm.active(),
+                    deferred_total: storm.deferred_total(),
+                }
+            }),
         }
     }
 
@@ -612,14 +878,46 @@ fn role_of(state: ServerState, voter: bool) -> Role {
     }
 }
 
-fn keepalive_failure<T>(id: LeaseId, answer: KeepaliveAnswer) -> Attempt<T> {
-    match answer {
-        KeepaliveAnswer::Renewed { .. } | KeepaliveAnswer::NotFound => {
-            Attempt::Failed(AppError::LeaseNotFound(id))
-        }
-        KeepaliveAnswer::Expired => Attempt::Failed(AppError::LeaseExpired(id)),
-        KeepaliveAnswer::NotLeader { leader } => Attempt::NotLeader(leader),
-        KeepaliveAnswer::Unavailable(m) => Attempt::Failed(AppError::Unavailable(m)),
+fn answer_is_expired(answer: &KeepaliveAnswer) -> bool {
+    matches!(answer, KeepaliveAnswer::Expired)
+}
+
+fn unexpected(outcome: Outcome) -> AppError {
+    AppError::Internal(format!("unexpected outcome {outcome:?}"))
+}
+
+/// An instance as the API shows it. `lease` is `None` once the lease has ended; the
+/// TTL is then unknown and shown as 0.
+pub fn instance_view(
+    service: &str,
+    id: &str,
+    record: &InstanceRecord,
+    lease: Option<&Lease>,
+) -> api_spec::Instance {
+    let ttl_ms = lease.map_or(0, |l| l.ttl_ms);
+    let spec = &record.spec;
+    api_spec::Instance {
+        service: service.to_owned(),
+        id: id.to_owned(),
+        address: spec.address.clone(),
+        port: spec.port,
+        tags: spec.tags.clone(),
+        meta: spec.meta.clone(),
+        zone: spec.zone.clone(),
+        region: spec.region.clone(),
+        weight: spec.weight,
+        status: record.status,
+        lease: record.lease,
+        own_lease: record.own_lease,
+        ttl: api_spec::format_duration(Duration::from_millis(ttl_ms)),
+        ttl_ms,
+        deregister_after: api_spec::format_duration(Duration::from_millis(
+            spec.deregister_after_ms,
+        )),
+        deregister_after_ms: spec.deregister_after_ms,
+        registered_at_ms: record.registered_at_ms,
+        modify_index: record.modify_index,
+        critical_since_ms: record.critical_since.map(|(ms, _)| ms),
     }
 }
 

@@ -73,6 +73,24 @@ pub struct Config {
     )]
     pub cluster_secret: Option<String>,
 
+    /// Expiry storm protection: when more than this share (0 < x ≤ 1) of a service's
+    /// instances would turn critical within one --expiry-storm-window, expire them at
+    /// --expiry-storm-rate instead of all at once.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub expiry_storm_threshold: f64,
+
+    /// The window over which expiries count toward the storm threshold.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub expiry_storm_window: Duration,
+
+    /// Instances per second per service expired while storm protection holds it.
+    #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_rate)]
+    pub expiry_storm_rate: f64,
+
+    /// Turn expiry storm protection off: expire every due lease at once.
+    #[arg(long)]
+    pub no_expiry_storm_protection: bool,
+
     /// How often the leader checks lease deadlines and expires the leases that are due.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub lease_tick: Duration,
@@ -89,6 +107,22 @@ Logging is controlled by RUST_LOG (default: info).";
 /// The `--bootstrap` member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bootstrap(pub BTreeMap<NodeId, String>);
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!(
+            "{text:?} is not a share between 0 (exclusive) and 1"
+        )),
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     api_spec::parse_duration(text).map_err(|e| e.to_string())
@@ -196,6 +230,16 @@ impl Config {
         Ok(bound.to_string())
     }
 
+    /// The storm protection settings these flags describe.
+    pub fn storm(&self) -> crate::storm::StormConfig {
+        crate::storm::StormConfig {
+            enabled: !self.no_expiry_storm_protection,
+            threshold: self.expiry_storm_threshold,
+            window: self.expiry_storm_window,
+            rate: self.expiry_storm_rate,
+        }
+    }
+
     /// The openraft configuration these flags describe.
     pub fn raft_config(&self) -> Result<openraft::Config, String> {
         let millis = |d: Duration| d.as_millis().max(1) as u64;
@@ -265,6 +309,10 @@ mod tests {
         assert!(parse(&["--lease-tick", "5"]).unwrap_err().contains("unit"));
         assert!(parse(&["--join", "x", "--bootstrap", "1=a:1"]).is_err());
         assert!(parse(&["--snapshot-every", "0"]).is_err());
+        assert!(parse(&["--expiry-storm-threshold", "0"]).is_err());
+        assert!(parse(&["--expiry-storm-threshold", "1.5"]).is_err());
+        assert!(parse(&["--expiry-storm-rate", "-1"]).is_err());
+        assert!(parse(&["--expiry-storm-threshold", "0.3"]).is_ok());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!   at the full TTL from that moment (it cannot know when the last keepalive reached the
 //!   previous leader), so a failover never expires a lease early;
 //! - a keepalive moves the deadline to now + TTL on this monotonic clock; a keepalive for
-//!   a lease whose deadline already passed is refused, so an accepted keepalive always
-//!   means "not expired before now + TTL";
+//!   a lease whose expiry has already been proposed is refused, so an accepted keepalive
+//!   always means "not expired before now + TTL";
 //! - the expiry loop (in `crate::app`) takes the due leases and proposes one Raft entry
 //!   expiring them all.
 //!
@@ -45,7 +45,7 @@ struct Inner {
 pub enum KeepaliveError {
     /// No such lease (never existed, revoked, or expired and applied).
     NotFound,
-    /// The deadline passed; the expiry is being (or is about to be) proposed.
+    /// The expiry of this lease has been proposed.
     Expired,
     /// This node is not leading; the caller forwards to the leader.
     NotLeader,
@@ -134,7 +134,9 @@ impl LeaseClock {
             return Err(KeepaliveError::NotLeader);
         }
         let countdown = inner.leases.get_mut(id).ok_or(KeepaliveError::NotFound)?;
-        if countdown.expiring || countdown.deadline <= now {
+        // Past its deadline but not yet taken for expiry (e.g. held back by storm
+        // protection): the lease has not ended, so a keepalive revives it.
+        if countdown.expiring {
             return Err(KeepaliveError::Expired);
         }
         countdown.deadline = now + countdown.ttl;
@@ -234,7 +236,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keepalive_moves_deadline_and_late_keepalive_is_refused() {
+    async fn keepalive_moves_deadline_and_is_refused_once_expiry_is_proposed() {
         let clock = LeaseClock::default();
         let id = LeaseId::from_u128(1);
         clock.track(&lease(1, 1000));
@@ -245,14 +247,25 @@ mod tests {
         assert!(clock.take_due(10).is_empty());
         assert_eq!(clock.remaining(&id), Some(Duration::from_millis(200)));
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(clock.keepalive(&id), Err(KeepaliveError::Expired));
         assert_eq!(clock.take_due(10), vec![id]);
+        assert_eq!(
+            clock.keepalive(&id),
+            Err(KeepaliveError::Expired),
+            "expiry in flight"
+        );
         assert!(
             clock.take_due(10).is_empty(),
             "a lease being expired is proposed once"
         );
         clock.unmark(&[id]);
         assert_eq!(clock.take_due(10), vec![id], "a failed proposal is retried");
+        clock.unmark(&[id]);
+        assert_eq!(
+            clock.keepalive(&id),
+            Ok(Duration::from_millis(1000)),
+            "a held-back lease revives"
+        );
+        assert!(clock.take_due(10).is_empty());
         clock.forget(&id);
         assert_eq!(clock.keepalive(&id), Err(KeepaliveError::NotFound));
     }

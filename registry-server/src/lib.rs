@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of these modules.
 
 pub mod app;
+pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod lease_clock;
@@ -13,4 +14,7 @@ pub mod read_barrier;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod storm;
 pub mod types;
+pub mod validate;
+pub mod watch;

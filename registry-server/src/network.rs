@@ -146,10 +146,17 @@ pub struct ProposeRequest {
     pub command: Command,
 }
 
+/// What a keepalive renews: a lease, or the lease of a registered instance (heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeepaliveTarget {
+    Lease(locks::LeaseId),
+    Instance(crate::catalog::InstanceKey),
+}
+
 /// A keepalive forwarded from a follower to the leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct KeepaliveRequest {
-    pub lease: locks::LeaseId,
+    pub target: KeepaliveTarget,
 }
 
 /// The leader's answer to a forwarded keepalive.
@@ -163,6 +170,10 @@ pub enum KeepaliveAnswer {
     NotFound,
     /// Its deadline passed; the expiry is being committed.
     Expired,
+    /// Heartbeat for an instance that is not registered.
+    InstanceNotFound,
+    /// Heartbeat for an instance whose lease has ended.
+    InstanceCritical,
     NotLeader {
         leader: Option<(NodeId, String)>,
     },
@@ -173,7 +184,7 @@ pub enum KeepaliveAnswer {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ProposeAnswer {
     /// Committed and applied at `index`.
-    Applied { index: u64, outcome: Outcome },
+    Applied { index: u64, outcome: Box<Outcome> },
     /// The answering node is not the leader (it names the leader if it knows one).
     /// The command was not appended.
     NotLeader { leader: Option<(NodeId, String)> },

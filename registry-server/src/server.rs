@@ -13,13 +13,14 @@ use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, AppConfig};
 use crate::config::{Bootstrap, Config};
 use crate::lease_clock::LeaseClock;
 use crate::network::{Network, PeerClient};
 use crate::store::log::{open_db, LogStore};
 use crate::store::state_machine::StateMachineStore;
 use crate::types::{Node, Raft};
+use crate::watch::Watches;
 
 /// How long in-flight requests may run after a shutdown signal before being cut off.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,8 +52,10 @@ pub async fn run(
         )
     })?;
     let clock = LeaseClock::default();
-    let state_machine = StateMachineStore::open(data_dir.join("snapshot"), clock.clone())
-        .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
+    let watches = Watches::default();
+    let state_machine =
+        StateMachineStore::open(data_dir.join("snapshot"), clock.clone(), watches.clone())
+            .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
     let state = state_machine.shared();
     let peers = PeerClient::new(config.cluster_secret.clone());
     let network = Network {
@@ -68,14 +71,18 @@ pub async fn run(
     .await
     .context("cannot start Raft")?;
 
-    let leader_wait = config.election_timeout * 3;
+    let app_config = AppConfig {
+        leader_wait: config.election_timeout * 3,
+        storm: config.storm(),
+    };
     let app = App::new(
         config.node_id,
         raft.clone(),
         state,
         clock,
+        watches,
         peers.clone(),
-        leader_wait,
+        app_config,
     );
 
     if !raft.is_initialized().await? {

@@ -1,22 +1,76 @@
 //! The replicated application state: everything the Raft log builds, in memory.
 //!
 //! [`AppState::apply`] is deterministic and reads no clock; the leader's time arrives in
-//! the entry. Leases live in the `locks` crate's [`locks::Coordinator`]; the catalog of
-//! services will sit beside it.
+//! the entry. Leases live in the `locks` crate's [`locks::Coordinator`], instances in the
+//! [`Catalog`]; this module is where the two meet (an instance's own lease is granted and
+//! revoked with it, a lease's end turns its instances critical). What an apply did that
+//! the rest of the server must hear about (leases granted or ended, services changed) is
+//! collected in [`Effects`].
 
+use std::collections::BTreeSet;
+
+use locks::{Lease, LeaseId};
 use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec};
+
+/// Which lease a registration binds to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Binding {
+    /// A lease of the instance's own with this TTL. The proposer picks `new_lease` in case
+    /// one is needed: an instance that already has a live own lease with the same TTL
+    /// keeps it.
+    Own { new_lease: LeaseId, ttl_ms: u64 },
+    /// An existing lease, named by the client.
+    Existing(LeaseId),
+}
 
 /// One replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A lease grant, revocation or expiry.
     Lease(locks::Command),
+    /// Register or update an instance.
+    Register {
+        key: InstanceKey,
+        spec: InstanceSpec,
+        binding: Binding,
+    },
+    /// Deregister an instance (and revoke its own lease).
+    Deregister { key: InstanceKey },
+    /// Take an instance out of healthy discovery (`draining`) or put it back.
+    SetStatus { key: InstanceKey, draining: bool },
+    /// Deregister critical instances whose `deregister_after` passed, each unless it was
+    /// registered again since it turned critical at the given index.
+    Reap { instances: Vec<(InstanceKey, u64)> },
 }
 
 /// What one [`Command`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Lease(locks::Outcome),
+    /// The instance as registered, with the lease it is bound to.
+    Registered {
+        record: InstanceRecord,
+        lease: Lease,
+    },
+    Deregistered(InstanceRecord),
+    StatusSet(InstanceRecord),
+    Reaped(Vec<InstanceKey>),
+    /// The command named a lease that does not exist.
+    LeaseNotFound(LeaseId),
+    Catalog(CatalogError),
+}
+
+/// Side effects of applying commands, for the parts of the server outside the state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Leases granted (the leader starts their countdowns).
+    pub granted: Vec<Lease>,
+    /// Leases that ended, by revocation or expiry.
+    pub ended: Vec<LeaseId>,
+    /// Services whose instances changed (their watchers are woken).
+    pub services: BTreeSet<String>,
 }
 
 /// The state machine's application data (what snapshots contain besides Raft metadata).
@@ -24,13 +78,313 @@ pub enum Outcome {
 pub struct AppState {
     /// Leases (and later locks and elections).
     pub coordinator: locks::Coordinator,
+    /// Registered service instances.
+    pub catalog: Catalog,
 }
 
 impl AppState {
     /// Applies one command from the entry at `index`, stamped `now_ms` by the leader.
-    pub fn apply(&mut self, command: Command, index: u64, now_ms: u64) -> Outcome {
+    pub fn apply(
+        &mut self,
+        command: Command,
+        index: u64,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) -> Outcome {
         match command {
-            Command::Lease(cmd) => Outcome::Lease(self.coordinator.apply(cmd, index, now_ms)),
+            Command::Lease(cmd) => Outcome::Lease(self.lease(cmd, index, now_ms, fx)),
+            Command::Register { key, spec, binding } => {
+                self.register(key, spec, binding, index, now_ms, fx)
+            }
+            Command::Deregister { key } => match self.catalog.remove(&key, index) {
+                Ok(record) => {
+                    fx.services.insert(key.0);
+                    if record.own_lease {
+                        self.lease(
+                            locks::Command::RevokeLease { id: record.lease },
+                            index,
+                            now_ms,
+                            fx,
+                        );
+                    }
+                    Outcome::Deregistered(record)
+                }
+                Err(e) => Outcome::Catalog(e),
+            },
+            Command::SetStatus { key, draining } => {
+                match self.catalog.set_status(&key, draining, index) {
+                    Ok(record) => {
+                        fx.services.insert(key.0);
+                        Outcome::StatusSet(record)
+                    }
+                    Err(e) => Outcome::Catalog(e),
+                }
+            }
+            Command::Reap { instances } => {
+                let mut reaped = Vec::new();
+                for (key, critical_index) in instances {
+                    if let Some(record) = self.catalog.reap(&key, critical_index, index) {
+                        if record.own_lease {
+                            // Already ended (that is what made it critical); revoking an
+                            // unknown lease changes nothing.
+                            self.lease(
+                                locks::Command::RevokeLease { id: record.lease },
+                                index,
+                                now_ms,
+                                fx,
+                            );
+                        }
+                        fx.services.insert(key.0.clone());
+                        reaped.push(key);
+                    }
+                }
+                Outcome::Reaped(reaped)
+            }
         }
+    }
+
+    /// Applies a lease command and carries a lease's end over to its instances.
+    fn lease(
+        &mut self,
+        cmd: locks::Command,
+        index: u64,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) -> locks::Outcome {
+        let outcome = self.coordinator.apply(cmd, index, now_ms);
+        let ended: Vec<LeaseId> = match &outcome {
+            locks::Outcome::LeaseGranted(lease) => {
+                if lease.granted_index == index {
+                    fx.granted.push(lease.clone());
+                }
+                Vec::new()
+            }
+            locks::Outcome::LeaseRevoked(lease) => vec![lease.id],
+            locks::Outcome::LeasesExpired(leases) => leases.iter().map(|l| l.id).collect(),
+            locks::Outcome::LeaseNotFound(_) => Vec::new(),
+        };
+        for id in ended {
+            fx.services
+                .extend(self.catalog.lease_ended(&id, index, now_ms));
+            fx.ended.push(id);
+        }
+        outcome
+    }
+
+    fn register(
+        &mut self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        binding: Binding,
+        index: u64,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) -> Outcome {
+        let (lease, own) = match binding {
+            Binding::Existing(id) => match self.coordinator.lease(&id) {
+                Some(lease) => (lease.clone(), false),
+                None => return Outcome::LeaseNotFound(id),
+            },
+            Binding::Own { new_lease, ttl_ms } => {
+                // Keep the instance's live own lease when the TTL is unchanged, so a
+                // re-registration does not reset who holds what.
+                let current = self
+                    .catalog
+                    .instance(&key)
+                    .filter(|r| r.own_lease)
+                    .and_then(|r| self.coordinator.lease(&r.lease))
+                    .filter(|l| l.ttl_ms == ttl_ms)
+                    .cloned();
+                match current {
+                    Some(lease) => (lease, true),
+                    None => {
+                        let grant = locks::Command::GrantLease {
+                            id: new_lease,
+                            ttl_ms,
+                        };
+                        match self.lease(grant, index, now_ms, fx) {
+                            locks::Outcome::LeaseGranted(lease) => (lease, true),
+                            // A grant always answers `LeaseGranted`; were `locks` ever to
+                            // say otherwise, refuse the registration rather than panic.
+                            _ => return Outcome::LeaseNotFound(new_lease),
+                        }
+                    }
+                }
+            }
+        };
+        let replaced = self
+            .catalog
+            .upsert(key.clone(), spec, lease.id, own, index, now_ms);
+        if let Some(old) = replaced {
+            self.lease(locks::Command::RevokeLease { id: old }, index, now_ms, fx);
+        }
+        fx.services.insert(key.0.clone());
+        match self.catalog.instance(&key) {
+            Some(record) => Outcome::Registered {
+                record: record.clone(),
+                lease,
+            },
+            None => Outcome::Catalog(CatalogError::InstanceNotFound),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use api_spec::InstanceStatus;
+
+    use super::*;
+
+    fn key(s: &str, i: &str) -> InstanceKey {
+        (s.to_owned(), i.to_owned())
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            zone: None,
+            region: None,
+            weight: 1,
+            deregister_after_ms: 1_000,
+        }
+    }
+
+    fn own(n: u128, ttl_ms: u64) -> Binding {
+        Binding::Own {
+            new_lease: LeaseId::from_u128(n),
+            ttl_ms,
+        }
+    }
+
+    fn register(
+        state: &mut AppState,
+        k: InstanceKey,
+        binding: Binding,
+        index: u64,
+    ) -> (Outcome, Effects) {
+        let mut fx = Effects::default();
+        let out = state.apply(
+            Command::Register {
+                key: k,
+                spec: spec(),
+                binding,
+            },
+            index,
+            0,
+            &mut fx,
+        );
+        (out, fx)
+    }
+
+    #[test]
+    fn registration_grants_an_own_lease_once() {
+        let mut s = AppState::default();
+        let (out, fx) = register(&mut s, key("a", "1"), own(1, 5000), 1);
+        assert!(
+            matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
+        );
+        assert_eq!(fx.granted.len(), 1);
+        // Same TTL: the live own lease is kept, the proposed new one is not granted.
+        let (out, fx) = register(&mut s, key("a", "1"), own(2, 5000), 2);
+        assert!(
+            matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
+        );
+        assert!(fx.granted.is_empty() && fx.ended.is_empty());
+        assert_eq!(s.coordinator.lease_count(), 1);
+        // New TTL: a new own lease, and the old one is revoked.
+        let (_, fx) = register(&mut s, key("a", "1"), own(3, 9000), 3);
+        assert_eq!(
+            fx.granted.iter().map(|l| l.id).collect::<Vec<_>>(),
+            vec![LeaseId::from_u128(3)]
+        );
+        assert_eq!(fx.ended, vec![LeaseId::from_u128(1)]);
+        assert_eq!(s.coordinator.lease_count(), 1);
+        assert_eq!(
+            s.catalog.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Passing
+        );
+    }
+
+    #[test]
+    fn binding_to_an_unknown_lease_changes_nothing() {
+        let mut s = AppState::default();
+        let before = s.clone();
+        let (out, fx) = register(
+            &mut s,
+            key("a", "1"),
+            Binding::Existing(LeaseId::from_u128(7)),
+            1,
+        );
+        assert_eq!(out, Outcome::LeaseNotFound(LeaseId::from_u128(7)));
+        assert_eq!(fx, Effects::default());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn lease_expiry_makes_instances_critical_then_reap_deregisters() {
+        let mut s = AppState::default();
+        let mut fx = Effects::default();
+        let shared = LeaseId::from_u128(9);
+        s.apply(
+            Command::Lease(locks::Command::GrantLease {
+                id: shared,
+                ttl_ms: 1000,
+            }),
+            1,
+            0,
+            &mut fx,
+        );
+        register(&mut s, key("a", "1"), Binding::Existing(shared), 2);
+        register(&mut s, key("b", "1"), Binding::Existing(shared), 3);
+        let mut fx = Effects::default();
+        s.apply(
+            Command::Lease(locks::Command::ExpireLeases { ids: vec![shared] }),
+            4,
+            10_000,
+            &mut fx,
+        );
+        assert_eq!(fx.ended, vec![shared]);
+        assert_eq!(fx.services, ["a".to_owned(), "b".to_owned()].into());
+        assert_eq!(
+            s.catalog.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Critical
+        );
+
+        let due = s.catalog.due_reaps(11_000, 10);
+        assert_eq!(due.len(), 2);
+        let mut fx = Effects::default();
+        let out = s.apply(Command::Reap { instances: due }, 5, 11_000, &mut fx);
+        assert_eq!(out, Outcome::Reaped(vec![key("a", "1"), key("b", "1")]));
+        assert_eq!(s.catalog.services().count(), 0);
+    }
+
+    #[test]
+    fn deregister_revokes_the_own_lease_but_not_a_shared_one() {
+        let mut s = AppState::default();
+        let mut fx = Effects::default();
+        let shared = LeaseId::from_u128(9);
+        s.apply(
+            Command::Lease(locks::Command::GrantLease {
+                id: shared,
+                ttl_ms: 1000,
+            }),
+            1,
+            0,
+            &mut fx,
+        );
+        register(&mut s, key("a", "1"), own(1, 5000), 2);
+        register(&mut s, key("a", "2"), Binding::Existing(shared), 3);
+        let mut fx = Effects::default();
+        s.apply(Command::Deregister { key: key("a", "1") }, 4, 0, &mut fx);
+        s.apply(Command::Deregister { key: key("a", "2") }, 5, 0, &mut fx);
+        assert_eq!(fx.ended, vec![LeaseId::from_u128(1)]);
+        assert!(s.coordinator.lease(&shared).is_some());
+        let out = s.apply(Command::Deregister { key: key("a", "1") }, 6, 0, &mut fx);
+        assert_eq!(out, Outcome::Catalog(CatalogError::InstanceNotFound));
     }
 }

@@ -44,6 +44,9 @@ impl From<AppError> for ApiError {
             AppError::LeaseNotFound(_) | AppError::LeaseExpired(_) => {
                 (StatusCode::NOT_FOUND, codes::LEASE_NOT_FOUND)
             }
+            AppError::InstanceNotFound => (StatusCode::NOT_FOUND, codes::INSTANCE_NOT_FOUND),
+            // A heartbeat's answer; a status change answers 409 instead (see its handler).
+            AppError::InstanceCritical => (StatusCode::NOT_FOUND, codes::INSTANCE_CRITICAL),
             AppError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT),
             AppError::InvalidDuration(_) => (StatusCode::BAD_REQUEST, codes::INVALID_DURATION),
             AppError::MemberNotFound(_) => (StatusCode::NOT_FOUND, codes::MEMBER_NOT_FOUND),

@@ -110,7 +110,7 @@ pub async fn propose(State(app): State<App>, body: Bytes) -> Response {
 
 pub async fn keepalive(State(app): State<App>, body: Bytes) -> Response {
     handle(body, |req: KeepaliveRequest| async move {
-        app.keepalive_forwarded(req.lease).await
+        app.keepalive_forwarded(req.target).await
     })
     .await
 }

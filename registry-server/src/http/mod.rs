@@ -5,13 +5,14 @@
 pub mod error;
 mod internal;
 mod public;
+mod services;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use api_spec::INDEX_HEADER;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method};
-use axum::response::Response;
+use axum::http::{header, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
@@ -53,9 +54,44 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>)> {
             "/v1/cluster/members/{id}",
             delete(public::remove_member),
         ),
+        (Method::GET, "/v1/services", get(services::list_services)),
+        (
+            Method::GET,
+            "/v1/services/{service}",
+            get(services::get_service),
+        ),
+        (
+            Method::PUT,
+            "/v1/services/{service}/instances/{id}",
+            put(services::register),
+        ),
+        (
+            Method::DELETE,
+            "/v1/services/{service}/instances/{id}",
+            delete(services::deregister),
+        ),
+        (
+            Method::PUT,
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(services::heartbeat),
+        ),
+        (
+            Method::PUT,
+            "/v1/services/{service}/instances/{id}/status",
+            put(services::set_status),
+        ),
         (Method::GET, "/healthz", get(public::healthz)),
         (Method::GET, "/readyz", get(public::readyz)),
+        (Method::GET, "/v1/openapi.json", get(openapi_document)),
     ]
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI document of the public API. It never changes
+/// while the process runs, so it is serialized once, on first request.
+async fn openapi_document() -> Response {
+    static JSON: OnceLock<String> = OnceLock::new();
+    let json = JSON.get_or_init(api_spec::openapi::openapi_json);
+    ([(header::CONTENT_TYPE, "application/json")], json.as_str()).into_response()
 }
 
 /// The public routes this server serves, as (method, path) pairs.

@@ -40,7 +40,7 @@ impl ReadParams {
 }
 
 /// A JSON answer carrying the index it reflects.
-fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {
+pub(super) fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()

@@ -223,6 +223,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             let result = db.write_opt(batch, &opts).map_err(std::io::Error::other);
+            // Release the database before reporting, so that nothing holds it once the
+            // caller knows the write is done (a reopen in the same process would fail).
+            drop(db);
             callback.log_io_completed(result);
         });
         Ok(())
@@ -269,8 +272,12 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
             let db =
                 open_db(&dir.path().join("raft")).map_err(|e| StorageIOError::write(db_err(e)))?;
-            let sm = StateMachineStore::open(dir.path().join("snapshot"), Default::default())
-                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+            let sm = StateMachineStore::open(
+                dir.path().join("snapshot"),
+                Default::default(),
+                Default::default(),
+            )
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
             Ok((dir, LogStore::new(db), sm))
         }
     }

@@ -18,8 +18,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::lease_clock::LeaseClock;
-use crate::state::{AppState, Outcome};
+use crate::state::{AppState, Effects};
 use crate::types::{Node, NodeId, Response, TypeConfig};
+use crate::watch::Watches;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -74,13 +75,19 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// Leader-side lease deadlines; told about every lease granted or ended.
     clock: LeaseClock,
+    /// Blocking queries waiting for services to change.
+    watches: Watches,
     /// Makes snapshot ids unique even when two are built at the same log id.
     snapshot_seq: u64,
 }
 
 impl StateMachineStore {
     /// Opens the state machine, loading the last snapshot in `snapshot_dir` if any.
-    pub fn open(snapshot_dir: PathBuf, clock: LeaseClock) -> std::io::Result<Self> {
+    pub fn open(
+        snapshot_dir: PathBuf,
+        clock: LeaseClock,
+        watches: Watches,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = SharedState::default();
         if let Some(file) = read_snapshot_file(&snapshot_dir)? {
@@ -93,6 +100,7 @@ impl StateMachineStore {
             state,
             snapshot_dir,
             clock,
+            watches,
             snapshot_seq: 0,
         })
     }
@@ -102,15 +110,14 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn tell_clock(&self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Lease(locks::Outcome::LeaseGranted(lease)) => self.clock.track(lease),
-            Outcome::Lease(locks::Outcome::LeaseRevoked(lease)) => self.clock.forget(&lease.id),
-            Outcome::Lease(locks::Outcome::LeasesExpired(leases)) => {
-                leases.iter().for_each(|l| self.clock.forget(&l.id))
-            }
-            Outcome::Lease(locks::Outcome::LeaseNotFound(_)) => {}
-        }
+    /// Tells the lease clock and the watchers what a batch of entries did.
+    fn publish(&self, effects: Effects, index: u64) {
+        effects
+            .granted
+            .iter()
+            .for_each(|lease| self.clock.track(lease));
+        effects.ended.iter().for_each(|id| self.clock.forget(id));
+        self.watches.notify(&effects.services, index);
     }
 }
 
@@ -197,31 +204,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
-        let mut state = self.state.write();
-        for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => Response::default(),
-                EntryPayload::Membership(membership) => {
-                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Response::default()
-                }
-                EntryPayload::Normal(request) => {
-                    let index = entry.log_id.index;
-                    let outcomes = request
-                        .commands
-                        .into_iter()
-                        .map(|cmd| {
-                            let outcome = state.app.apply(cmd, index, request.now_ms);
-                            self.tell_clock(&outcome);
-                            outcome
-                        })
-                        .collect();
-                    Response { outcomes }
-                }
-            };
-            responses.push(response);
+        let mut effects = Effects::default();
+        let mut last_index = 0;
+        {
+            let mut state = self.state.write();
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                last_index = entry.log_id.index;
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::default(),
+                    EntryPayload::Membership(membership) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::default()
+                    }
+                    EntryPayload::Normal(request) => {
+                        let index = entry.log_id.index;
+                        let outcomes = request
+                            .commands
+                            .into_iter()
+                            .map(|cmd| state.app.apply(cmd, index, request.now_ms, &mut effects))
+                            .collect();
+                        Response { outcomes }
+                    }
+                };
+                responses.push(response);
+            }
         }
+        // After the write lock is released, so woken readers see the new state.
+        self.publish(effects, last_index);
         Ok(responses)
     }
 
@@ -262,6 +272,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: meta.last_membership.clone(),
             app: data.app,
         };
+        self.watches
+            .notify_all(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
     }
 

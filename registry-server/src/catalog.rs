@@ -1,0 +1,570 @@
+//! The service catalog: registered instances, their health and their indexes, as a pure
+//! synchronous state machine (no IO, no clock, no async; time and log index are inputs).
+//!
+//! Instances are bound to leases (`locks`). The catalog does not own leases: it is told
+//! when one ends ([`Catalog::lease_ended`]) and turns the instances bound to it
+//! `critical`; [`crate::state::AppState`] wires the two together. Critical instances are
+//! queued by the time they are due to be deregistered (`deregister_after` after turning
+//! critical), so the leader finds the due ones without scanning.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use api_spec::InstanceStatus;
+use locks::LeaseId;
+use serde::{Deserialize, Serialize};
+
+/// (service, instance id).
+pub type InstanceKey = (String, String);
+
+/// What a registration says about an instance (validated by the HTTP layer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    pub weight: u32,
+    pub deregister_after_ms: u64,
+}
+
+/// A registered instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub spec: InstanceSpec,
+    /// `Passing`/`Draining` while the lease lives, `Critical` after.
+    pub status: InstanceStatus,
+    pub lease: LeaseId,
+    /// The lease was made for this instance: it is revoked when the instance goes.
+    pub own_lease: bool,
+    pub registered_at_ms: u64,
+    pub modify_index: u64,
+    /// When (leader's wall clock, ms) and at which index it turned critical.
+    pub critical_since: Option<(u64, u64)>,
+}
+
+/// One service's instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub instances: BTreeMap<String, InstanceRecord>,
+    /// Log index of the last change to any of its instances.
+    pub modify_index: u64,
+}
+
+/// The catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    services: BTreeMap<String, ServiceEntry>,
+    /// Which instances each lease keeps alive.
+    by_lease: HashMap<LeaseId, BTreeSet<InstanceKey>>,
+    /// Critical instances by the time (ms) they are due to be deregistered.
+    reap_queue: BTreeSet<(u64, InstanceKey)>,
+    /// Log index of the last change anywhere in the catalog: the index of
+    /// `GET /v1/services`, and of any service that does not exist (so a watcher of a
+    /// service that was just removed is woken by its removal).
+    catalog_index: u64,
+}
+
+/// Why a catalog command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogError {
+    InstanceNotFound,
+    /// The instance's lease has ended; it must register again.
+    InstanceCritical,
+}
+
+impl Catalog {
+    /// Registers or updates an instance bound to `lease`. Returns the lease the instance
+    /// was bound to before, if it was another one of its own (the caller revokes it).
+    pub fn upsert(
+        &mut self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        lease: LeaseId,
+        own_lease: bool,
+        index: u64,
+        now_ms: u64,
+    ) -> Option<LeaseId> {
+        let previous = self
+            .services
+            .get(&key.0)
+            .and_then(|s| s.instances.get(&key.1))
+            .cloned();
+        let mut registered_at_ms = now_ms;
+        let mut status = InstanceStatus::Passing;
+        let mut replaced_own_lease = None;
+        if let Some(old) = &previous {
+            registered_at_ms = old.registered_at_ms;
+            if old.status == InstanceStatus::Draining && old.lease == lease {
+                // Re-registering on the same lease does not undo a drain request.
+                status = InstanceStatus::Draining;
+            }
+            if old.lease != lease {
+                self.unbind(&key, old.lease);
+                if old.own_lease {
+                    replaced_own_lease = Some(old.lease);
+                }
+            }
+            if let Some((since_ms, _)) = old.critical_since {
+                self.reap_queue
+                    .remove(&(since_ms + old.spec.deregister_after_ms, key.clone()));
+            }
+        }
+        self.by_lease.entry(lease).or_default().insert(key.clone());
+        let record = InstanceRecord {
+            spec,
+            status,
+            lease,
+            own_lease,
+            registered_at_ms,
+            modify_index: index,
+            critical_since: None,
+        };
+        let service = self.services.entry(key.0.clone()).or_default();
+        service.instances.insert(key.1, record);
+        service.modify_index = index;
+        self.catalog_index = index;
+        replaced_own_lease
+    }
+
+    /// Removes an instance. Returns it (the caller revokes its own lease).
+    pub fn remove(
+        &mut self,
+        key: &InstanceKey,
+        index: u64,
+    ) -> Result<InstanceRecord, CatalogError> {
+        let service = self
+            .services
+            .get_mut(&key.0)
+            .ok_or(CatalogError::InstanceNotFound)?;
+        let record = service
+            .instances
+            .remove(&key.1)
+            .ok_or(CatalogError::InstanceNotFound)?;
+        service.modify_index = index;
+        if service.instances.is_empty() {
+            self.services.remove(&key.0);
+        }
+        self.unbind(key, record.lease);
+        if let Some((since_ms, _)) = record.critical_since {
+            self.reap_queue
+                .remove(&(since_ms + record.spec.deregister_after_ms, key.clone()));
+        }
+        self.catalog_index = index;
+        Ok(record)
+    }
+
+    /// Sets `passing` or `draining`. Critical instances cannot be revived this way.
+    pub fn set_status(
+        &mut self,
+        key: &InstanceKey,
+        draining: bool,
+        index: u64,
+    ) -> Result<InstanceRecord, CatalogError> {
+        let service = self
+            .services
+            .get_mut(&key.0)
+            .ok_or(CatalogError::InstanceNotFound)?;
+        let record = service
+            .instances
+            .get_mut(&key.1)
+            .ok_or(CatalogError::InstanceNotFound)?;
+        if record.status == InstanceStatus::Critical {
+            return Err(CatalogError::InstanceCritical);
+        }
+        let status = if draining {
+            InstanceStatus::Draining
+        } else {
+            InstanceStatus::Passing
+        };
+        if record.status != status {
+            record.status = status;
+            record.modify_index = index;
+            service.modify_index = index;
+            self.catalog_index = index;
+        }
+        Ok(record.clone())
+    }
+
+    /// A lease ended: every instance bound to it turns critical and is queued for
+    /// deregistration. Returns the services that changed.
+    pub fn lease_ended(&mut self, lease: &LeaseId, index: u64, now_ms: u64) -> Vec<String> {
+        let Some(keys) = self.by_lease.remove(lease) else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        for key in keys {
+            let Some(service) = self.services.get_mut(&key.0) else {
+                continue;
+            };
+            let Some(record) = service.instances.get_mut(&key.1) else {
+                continue;
+            };
+            record.status = InstanceStatus::Critical;
+            record.critical_since = Some((now_ms, index));
+            record.modify_index = index;
+            service.modify_index = index;
+            self.reap_queue
+                .insert((now_ms + record.spec.deregister_after_ms, key.clone()));
+            changed.push(key.0);
+        }
+        if !changed.is_empty() {
+            self.catalog_index = index;
+        }
+        changed.dedup();
+        changed
+    }
+
+    /// Critical instances due for deregistration at `now_ms`, oldest first, with the index
+    /// at which each turned critical (so a reap can tell it is still the same episode).
+    pub fn due_reaps(&self, now_ms: u64, limit: usize) -> Vec<(InstanceKey, u64)> {
+        self.reap_queue
+            .iter()
+            .take_while(|(due, _)| *due <= now_ms)
+            .filter_map(|(_, key)| {
+                let record = self.instance(key)?;
+                Some((key.clone(), record.critical_since?.1))
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Deregisters a critical instance whose `deregister_after` passed, unless it was
+    /// registered again since it turned critical at `critical_index`.
+    pub fn reap(
+        &mut self,
+        key: &InstanceKey,
+        critical_index: u64,
+        index: u64,
+    ) -> Option<InstanceRecord> {
+        let record = self.instance(key)?;
+        if record.status != InstanceStatus::Critical
+            || record.critical_since.map(|(_, i)| i) != Some(critical_index)
+        {
+            return None;
+        }
+        self.remove(key, index).ok()
+    }
+
+    fn unbind(&mut self, key: &InstanceKey, lease: LeaseId) {
+        if let Some(keys) = self.by_lease.get_mut(&lease) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_lease.remove(&lease);
+            }
+        }
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Option<&InstanceRecord> {
+        self.services.get(&key.0)?.instances.get(&key.1)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = (&String, &ServiceEntry)> {
+        self.services.iter()
+    }
+
+    /// The index a blocking query on `name` waits to move past.
+    pub fn service_index(&self, name: &str) -> u64 {
+        self.services
+            .get(name)
+            .map_or(self.catalog_index, |s| s.modify_index)
+    }
+
+    /// The index of `GET /v1/services`.
+    pub fn catalog_index(&self) -> u64 {
+        self.catalog_index
+    }
+
+    /// The instances a lease keeps alive.
+    pub fn bound_to(&self, lease: &LeaseId) -> impl Iterator<Item = &InstanceKey> {
+        self.by_lease.get(lease).into_iter().flatten()
+    }
+
+    /// How many instances a service has, whatever their status.
+    pub fn instance_count(&self, name: &str) -> usize {
+        self.services.get(name).map_or(0, |s| s.instances.len())
+    }
+}
+
+/// Which instances of a service a discovery query wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Every one of these tags must be present.
+    pub tags: Vec<String>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    /// Every one of these meta pairs must be present with this value.
+    pub meta: Vec<(String, String)>,
+    /// `None` for any status; by default only `passing` (healthy discovery).
+    pub status: Option<InstanceStatus>,
+}
+
+impl Filter {
+    /// Healthy instances only, no other condition.
+    pub fn healthy() -> Self {
+        Self {
+            status: Some(InstanceStatus::Passing),
+            ..Self::default()
+        }
+    }
+
+    pub fn matches(&self, record: &InstanceRecord) -> bool {
+        let spec = &record.spec;
+        self.status.is_none_or(|s| s == record.status)
+            && self.tags.iter().all(|t| spec.tags.contains(t))
+            && self
+                .zone
+                .as_ref()
+                .is_none_or(|z| spec.zone.as_ref() == Some(z))
+            && self
+                .region
+                .as_ref()
+                .is_none_or(|r| spec.region.as_ref() == Some(r))
+            && self.meta.iter().all(|(k, v)| spec.meta.get(k) == Some(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str, i: &str) -> InstanceKey {
+        (s.to_owned(), i.to_owned())
+    }
+
+    fn spec(port: u16) -> InstanceSpec {
+        InstanceSpec {
+            address: "10.0.0.1".into(),
+            port,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            zone: None,
+            region: None,
+            weight: 1,
+            deregister_after_ms: 60_000,
+        }
+    }
+
+    fn lease(n: u128) -> LeaseId {
+        LeaseId::from_u128(n)
+    }
+
+    #[test]
+    fn register_is_an_idempotent_upsert_that_keeps_registration_time() {
+        let mut c = Catalog::default();
+        assert_eq!(
+            c.upsert(key("a", "1"), spec(80), lease(1), true, 5, 1_000),
+            None
+        );
+        assert_eq!(
+            c.upsert(key("a", "1"), spec(81), lease(1), true, 6, 2_000),
+            None
+        );
+        let r = c.instance(&key("a", "1")).unwrap();
+        assert_eq!(
+            (r.spec.port, r.registered_at_ms, r.modify_index),
+            (81, 1_000, 6)
+        );
+        assert_eq!(c.service_index("a"), 6);
+        assert_eq!(c.instance_count("a"), 1);
+    }
+
+    #[test]
+    fn rebinding_to_another_lease_reports_the_old_own_lease() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        assert_eq!(
+            c.upsert(key("a", "1"), spec(80), lease(2), false, 2, 0),
+            Some(lease(1))
+        );
+        assert_eq!(c.bound_to(&lease(1)).count(), 0);
+        assert_eq!(c.bound_to(&lease(2)).count(), 1);
+        // The old lease ending no longer touches the instance.
+        assert!(c.lease_ended(&lease(1), 3, 0).is_empty());
+        assert_eq!(
+            c.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Passing
+        );
+    }
+
+    #[test]
+    fn lease_end_turns_bound_instances_critical_and_queues_them() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), false, 1, 0);
+        c.upsert(key("a", "2"), spec(80), lease(1), false, 2, 0);
+        c.upsert(key("b", "1"), spec(80), lease(2), false, 3, 0);
+        assert_eq!(c.lease_ended(&lease(1), 4, 10_000), vec!["a".to_owned()]);
+        assert_eq!(
+            c.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Critical
+        );
+        assert_eq!(
+            c.instance(&key("b", "1")).unwrap().status,
+            InstanceStatus::Passing
+        );
+        assert_eq!(c.service_index("a"), 4);
+        assert_eq!(c.service_index("b"), 3, "other services keep their index");
+        assert!(c.due_reaps(69_999, 10).is_empty());
+        let due = c.due_reaps(70_000, 10);
+        assert_eq!(due, vec![(key("a", "1"), 4), (key("a", "2"), 4)]);
+        assert!(c.reap(&key("a", "1"), 4, 5).is_some());
+        assert!(c.reap(&key("a", "2"), 4, 6).is_some());
+        assert!(c.service("a").is_none(), "an empty service disappears");
+        assert_eq!(
+            c.service_index("a"),
+            6,
+            "a missing service reports the catalog index"
+        );
+    }
+
+    #[test]
+    fn reregistering_a_critical_instance_revives_it_and_cancels_its_reap() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        c.lease_ended(&lease(1), 2, 0);
+        c.upsert(key("a", "1"), spec(80), lease(2), true, 3, 0);
+        assert_eq!(
+            c.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Passing
+        );
+        assert!(c.due_reaps(u64::MAX, 10).is_empty());
+        assert!(
+            c.reap(&key("a", "1"), 2, 4).is_none(),
+            "a stale reap changes nothing"
+        );
+        assert!(c.instance(&key("a", "1")).is_some());
+    }
+
+    #[test]
+    fn drain_and_back_and_critical_cannot_be_revived_by_status() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        assert_eq!(
+            c.set_status(&key("a", "1"), true, 2).unwrap().status,
+            InstanceStatus::Draining
+        );
+        // Re-registering on the same lease keeps the drain.
+        c.upsert(key("a", "1"), spec(80), lease(1), true, 3, 0);
+        assert_eq!(
+            c.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Draining
+        );
+        assert_eq!(
+            c.set_status(&key("a", "1"), false, 4).unwrap().status,
+            InstanceStatus::Passing
+        );
+        c.lease_ended(&lease(1), 5, 0);
+        assert_eq!(
+            c.set_status(&key("a", "1"), false, 6),
+            Err(CatalogError::InstanceCritical)
+        );
+        assert_eq!(
+            c.set_status(&key("a", "9"), false, 6),
+            Err(CatalogError::InstanceNotFound)
+        );
+    }
+
+    #[test]
+    fn remove_unbinds_and_reports_not_found_twice() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        let gone = c.remove(&key("a", "1"), 2).unwrap();
+        assert!(gone.own_lease);
+        assert_eq!(c.bound_to(&lease(1)).count(), 0);
+        assert_eq!(
+            c.remove(&key("a", "1"), 3),
+            Err(CatalogError::InstanceNotFound)
+        );
+        assert_eq!(c.catalog_index(), 2);
+    }
+
+    #[test]
+    fn filters_combine_tags_zone_region_meta_and_status() {
+        let mut c = Catalog::default();
+        let mut s1 = spec(80);
+        s1.tags = vec!["v2".into(), "canary".into()];
+        s1.zone = Some("eu-1a".into());
+        s1.region = Some("eu".into());
+        s1.meta = BTreeMap::from([("team".into(), "web".into())]);
+        c.upsert(key("a", "1"), s1, lease(1), true, 1, 0);
+        c.upsert(key("a", "2"), spec(80), lease(2), true, 2, 0);
+        let pick = |c: &Catalog, f: Filter| -> Vec<String> {
+            let service = c.service("a").unwrap();
+            service
+                .instances
+                .iter()
+                .filter(|(_, r)| f.matches(r))
+                .map(|(i, _)| i.clone())
+                .collect()
+        };
+        assert_eq!(pick(&c, Filter::healthy()), vec!["1", "2"]);
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    tags: vec!["v2".into()],
+                    ..Filter::healthy()
+                }
+            ),
+            vec!["1"]
+        );
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    tags: vec!["v2".into(), "x".into()],
+                    ..Filter::healthy()
+                }
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    zone: Some("eu-1a".into()),
+                    ..Filter::healthy()
+                }
+            ),
+            vec!["1"]
+        );
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    region: Some("us".into()),
+                    ..Filter::healthy()
+                }
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    meta: vec![("team".into(), "web".into())],
+                    ..Filter::healthy()
+                }
+            ),
+            vec!["1"]
+        );
+        c.lease_ended(&lease(2), 3, 0);
+        assert_eq!(pick(&c, Filter::healthy()), vec!["1"]);
+        assert_eq!(pick(&c, Filter::default()), vec!["1", "2"]);
+        assert_eq!(
+            pick(
+                &c,
+                Filter {
+                    status: Some(InstanceStatus::Critical),
+                    ..Filter::default()
+                }
+            ),
+            vec!["2"]
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The OpenAPI document and the router agree: every documented route is served, every
+//! served public route is documented, and `GET /v1/openapi.json` serves the document.
+
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use api_spec::{codes, ErrorBody, INDEX_HEADER};
+use clap::Parser;
+use registry_server::config::Config;
+use serde_json::Value;
+
+/// HTTP methods as OpenAPI path items name them.
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+/// The document as JSON, the way any OpenAPI consumer sees it.
+fn document() -> Value {
+    serde_json::from_str(&api_spec::openapi::openapi_json()).unwrap()
+}
+
+/// (METHOD, path) of every documented operation, with the operation itself.
+fn documented(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if let Some(operation) = item.get(method) {
+                operations.push((method.to_uppercase(), path.clone(), operation.clone()));
+            }
+        }
+    }
+    operations
+}
+
+#[test]
+fn documented_routes_are_exactly_the_served_routes() {
+    // axum 0.8 writes path parameters as `{id}`, like OpenAPI, so paths compare as they are.
+    let served: BTreeSet<(String, String)> = registry_server::http::public_routes()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_owned(), path.to_owned()))
+        .collect();
+    let documented: BTreeSet<(String, String)> = documented(&document())
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+    );
+    assert!(served.len() >= 16, "only {} routes", served.len());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A single-node server running in this process; stops (gracefully) on `shutdown`.
+struct Running {
+    base: String,
+    http: reqwest::Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = Config::parse_from([
+        "registry-server",
+        "--listen",
+        &addr,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(registry_server::server::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    // No test request blocks: reads are sent without `index`, so they answer at once.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Running {
+        base,
+        http,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A concrete path for a documented template: each parameter gets a value of the
+/// right shape (a lease id must be a UUID, a node id a number) that names nothing, so
+/// no request changes anything.
+fn concrete(path: &str) -> String {
+    let id = if path.starts_with("/v1/leases/") {
+        uuid::Uuid::new_v4().to_string()
+    } else if path.starts_with("/v1/cluster/members/") {
+        "9".to_owned()
+    } else {
+        "i1".to_owned()
+    };
+    let concrete = path.replace("{service}", "svc").replace("{id}", &id);
+    assert!(
+        !concrete.contains('{'),
+        "{path}: a path parameter this test does not know how to fill"
+    );
+    concrete
+}
+
+/// What the router answers when no route matched the method and path, if it did.
+async fn router_miss(response: reqwest::Response) -> Option<String> {
+    let status = response.status();
+    if status == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+        return Some("405".to_owned());
+    }
+    if status != reqwest::StatusCode::NOT_FOUND {
+        return None;
+    }
+    let body: ErrorBody = response.json().await.unwrap();
+    (body.error.code == codes::NOT_FOUND).then(|| format!("404 {}", body.error.code))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_serves_every_documented_route_and_the_document() {
+    let server = start().await;
+    let (http, base) = (&server.http, server.base.as_str());
+
+    // The document, as served.
+    let response = http
+        .get(format!("{base}/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "application/json"
+    );
+    let served: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(served, document());
+
+    // The check below can tell a routed request from a miss: an unknown path and a
+    // known path with a method it does not take are both recognised as misses.
+    let miss = http
+        .get(format!("{base}/v1/no-such-route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(router_miss(miss).await.as_deref(), Some("404 not_found"));
+    let miss = http
+        .patch(format!("{base}/v1/cluster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(router_miss(miss).await.as_deref(), Some("405"));
+
+    // Every documented operation reaches a handler (whatever it then answers: these
+    // requests name nothing that exists, or carry an empty body, so many are 4xx).
+    let operations = documented(&document());
+    assert!(
+        operations.len() >= 16,
+        "only {} operations",
+        operations.len()
+    );
+    let mut misses = Vec::new();
+    for (method, path, operation) in operations {
+        let url = format!("{base}{}", concrete(&path));
+        let mut request = http.request(method.parse().unwrap(), &url);
+        if operation.get("requestBody").is_some() {
+            request = request.json(&serde_json::json!({}));
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        assert!(
+            response.headers().contains_key(INDEX_HEADER),
+            "{method} {url} answered {status} without {INDEX_HEADER}"
+        );
+        if let Some(miss) = router_miss(response).await {
+            misses.push(format!("{method} {path} answered {miss}"));
+        }
+    }
+    assert!(misses.is_empty(), "documented but not routed: {misses:#?}");
+
+    server.shutdown().await;
+}
