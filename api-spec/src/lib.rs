@@ -197,6 +197,7 @@ pub struct RegisterRequest {
     /// Host name or IP address callers connect to.
     pub address: String,
     /// Port callers connect to, 1 to 65535.
+    #[schema(minimum = 1)]
     pub port: u16,
     /// Free-form labels callers filter on (`?tag=`).
     #[serde(default)]
@@ -210,7 +211,7 @@ pub struct RegisterRequest {
     /// Region, for region-aware callers (`?region=`).
     #[serde(default)]
     pub region: Option<String>,
-    /// Relative share of traffic for weighted balancing (default 1, at most 1000).
+    /// Relative share of traffic for weighted balancing: 0 (no traffic) to 1000, default 1.
     #[serde(default)]
     pub weight: Option<u32>,
     /// TTL of the instance's own lease (default `"10s"`); not allowed with `lease`.

@@ -310,12 +310,27 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         // Two more within the window: 4 of 4 > 50%, a storm. The rate (1/s) lets one go.
         let d = guard.decide(vec![leases[2], leases[3]], &catalog, Instant::now());
-        assert_eq!(d, Decision { expire: vec![leases[2]], defer: vec![leases[3]] });
+        assert_eq!(
+            d,
+            Decision {
+                expire: vec![leases[2]],
+                defer: vec![leases[3]]
+            }
+        );
         assert_eq!(guard.active(), vec!["web".to_owned()]);
         // After the window has passed, the earlier expiries no longer count: 1 of 4.
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(guard.decide(vec![leases[3]], &catalog, Instant::now()).expire.len(), 1);
-        assert!(guard.active().is_empty(), "nothing held back: the storm is over");
+        assert_eq!(
+            guard
+                .decide(vec![leases[3]], &catalog, Instant::now())
+                .expire
+                .len(),
+            1
+        );
+        assert!(
+            guard.active().is_empty(),
+            "nothing held back: the storm is over"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 pub mod error;
 mod internal;
 mod public;
+mod query;
 mod services;
 
 use std::sync::{Arc, OnceLock};
@@ -111,11 +112,7 @@ pub fn router(app: App, cluster_secret: Option<String>) -> Router {
         .fold(Router::new(), |router, (_, path, handler)| {
             router.route(path, handler)
         })
-        .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
-        .layer(axum::middleware::map_response_with_state(
-            app.clone(),
-            add_index_header,
-        ));
+        .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT));
     let internal = Router::new()
         .route(paths::APPEND, post(internal::append))
         .route(paths::VOTE, post(internal::vote))
@@ -132,11 +129,15 @@ pub fn router(app: App, cluster_secret: Option<String>) -> Router {
         .merge(internal)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            add_index_header,
+        ))
         .with_state(app)
 }
 
-/// Every public answer says which index it reflects; handlers that know better (writes,
-/// linearizable reads) set it themselves.
+/// Every answer (errors and unknown routes included) says which index it reflects;
+/// handlers that know better (writes, linearizable reads) set it themselves.
 async fn add_index_header(State(app): State<App>, mut response: Response) -> Response {
     if !response.headers().contains_key(INDEX_HEADER) {
         let index = app.state().applied_index();

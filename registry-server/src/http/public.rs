@@ -6,38 +6,14 @@ use api_spec::{
     AddMemberRequest, ClusterStatus, CreateLeaseRequest, HealthStatus, LeaseInfo,
     MembershipResponse, RevokeLeaseResponse, INDEX_HEADER, MAX_LEASE_TTL, MIN_LEASE_TTL,
 };
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::error::{ApiError, Json};
-use crate::app::{App, AppError, Consistency};
-
-/// Query parameters every read accepts: `?stale` or `?consistency=stale|linearizable`.
-#[derive(Debug, Default, Deserialize)]
-pub struct ReadParams {
-    stale: Option<String>,
-    consistency: Option<String>,
-}
-
-impl ReadParams {
-    fn consistency(&self) -> Result<Consistency, ApiError> {
-        match (self.stale.as_deref(), self.consistency.as_deref()) {
-            (Some("" | "true" | "1"), _) | (None, Some("stale")) => Ok(Consistency::Stale),
-            (Some("false" | "0"), _) | (None, None | Some("linearizable")) => {
-                Ok(Consistency::Linearizable)
-            }
-            (Some(v), _) => Err(ApiError::invalid_argument(format!(
-                "`stale` takes no value (or true/false), not {v:?}"
-            ))),
-            (None, Some(v)) => Err(ApiError::invalid_argument(format!(
-                "`consistency` is `linearizable` or `stale`, not {v:?}"
-            ))),
-        }
-    }
-}
+use super::query::{query_pairs, unknown_parameter, ReadQuery};
+use crate::app::{App, AppError};
 
 /// A JSON answer carrying the index it reflects.
 pub(super) fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {
@@ -89,10 +65,16 @@ pub async fn create_lease(
 pub async fn get_lease(
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(params): Query<ReadParams>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = parse_lease_id(&id)?;
-    let (index, lease, remaining) = app.get_lease(id, params.consistency()?).await?;
+    let mut query = ReadQuery::default();
+    for (key, value) in query_pairs(raw)? {
+        if !query.take(&key, &value)? || query.index.is_some() || query.wait.is_some() {
+            return Err(unknown_parameter(&key, "stale, consistency"));
+        }
+    }
+    let (index, lease, remaining) = app.get_lease(id, query.consistency()).await?;
     Ok(indexed(index, lease_info(&lease, remaining)))
 }
 
@@ -229,10 +211,9 @@ pub async fn readyz(State(app): State<App>) -> Response {
         leader: status.leader,
         reason,
     };
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(body)).into_response()
+    if ok {
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let retry = [(axum::http::header::RETRY_AFTER, "1")];
+    (StatusCode::SERVICE_UNAVAILABLE, retry, axum::Json(body)).into_response()
 }
