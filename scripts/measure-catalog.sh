@@ -41,8 +41,11 @@ echo "== blocking queries: $("$watch" "$L" 1000 watched)"
 # Fill up to 100,000 instances in all and measure the leader's memory.
 count() { curl -sf "$L/v1/services?stale" | python3 -c 'import sys,json; print(sum(s["instances"] for s in json.load(sys.stdin)["services"]))'; }
 n=$(count)
+round=0
 while [ "$n" -lt 100000 ]; do
-  PREFIX=m wrk -t2 -c64 -d2s -s "$here/register.lua" "http://$L" >/dev/null
+  # A new prefix each round: wrk numbers instances from 1 again in every run.
+  round=$((round + 1))
+  PREFIX="m$round" wrk -t2 -c64 -d2s -s "$here/register.lua" "http://$L" >/dev/null
   n=$(count)
 done
 sleep 1
