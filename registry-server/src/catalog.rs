@@ -291,6 +291,21 @@ impl Catalog {
     }
 }
 
+/// A plain instance for tests of this crate.
+#[cfg(test)]
+pub(crate) fn test_spec() -> InstanceSpec {
+    InstanceSpec {
+        address: "10.0.0.1".into(),
+        port: 80,
+        tags: vec![],
+        meta: BTreeMap::new(),
+        zone: None,
+        region: None,
+        weight: 1,
+        deregister_after_ms: 60_000,
+    }
+}
+
 /// Which instances of a service a discovery query wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -339,14 +354,8 @@ mod tests {
 
     fn spec(port: u16) -> InstanceSpec {
         InstanceSpec {
-            address: "10.0.0.1".into(),
             port,
-            tags: vec![],
-            meta: BTreeMap::new(),
-            zone: None,
-            region: None,
-            weight: 1,
-            deregister_after_ms: 60_000,
+            ..test_spec()
         }
     }
 

@@ -231,11 +231,10 @@ impl AppState {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use api_spec::InstanceStatus;
 
     use super::*;
+    use crate::catalog::test_spec;
 
     fn key(s: &str, i: &str) -> InstanceKey {
         (s.to_owned(), i.to_owned())
@@ -243,14 +242,8 @@ mod tests {
 
     fn spec() -> InstanceSpec {
         InstanceSpec {
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: BTreeMap::new(),
-            zone: None,
-            region: None,
-            weight: 1,
             deregister_after_ms: 1_000,
+            ..test_spec()
         }
     }
 

@@ -217,23 +217,8 @@ impl StormGuard {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::catalog::InstanceSpec;
-
-    fn spec() -> InstanceSpec {
-        InstanceSpec {
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: BTreeMap::new(),
-            zone: None,
-            region: None,
-            weight: 1,
-            deregister_after_ms: 60_000,
-        }
-    }
+    use crate::catalog::test_spec;
 
     /// A catalog with `n` instances of `service`, each on its own lease numbered from
     /// `first`.
@@ -241,7 +226,14 @@ mod tests {
         (0..n)
             .map(|i| {
                 let lease = LeaseId::from_u128(first + i);
-                catalog.upsert((service.into(), format!("i{i}")), spec(), lease, true, 1, 0);
+                catalog.upsert(
+                    (service.into(), format!("i{i}")),
+                    test_spec(),
+                    lease,
+                    true,
+                    1,
+                    0,
+                );
                 lease
             })
             .collect()

@@ -3,18 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
-use std::time::Duration;
+mod common;
+
+use common::{free_port, start};
 
 use clap::Parser;
 use registry_server::config::Config;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn last_log_index(http: &reqwest::Client, base: &str) -> u64 {
     let status: serde_json::Value = http
@@ -26,62 +20,6 @@ async fn last_log_index(http: &reqwest::Client, base: &str) -> u64 {
         .await
         .unwrap();
     status["last_log_index"].as_u64().unwrap()
-}
-
-/// A server running in this process; stops (gracefully) when `stop` is called.
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: tempfile::TempDir,
-}
-
-async fn start(extra: &[&str]) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "registry-server",
-        "--listen",
-        &addr,
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let config = Config::parse_from(args);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(registry_server::server::run(config, async move {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Running {
-        base,
-        http,
-        stop,
-        task,
-        dir,
-    }
-}
-
-impl Running {
-    async fn shutdown(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
+mod common;
+
+use common::start;
+
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use api_spec::{codes, ErrorBody, INDEX_HEADER};
-use clap::Parser;
-use registry_server::config::Config;
 use serde_json::Value;
 
 /// HTTP methods as OpenAPI path items name them.
@@ -54,72 +55,6 @@ fn documented_routes_are_exactly_the_served_routes() {
     assert!(served.len() >= 16, "only {} routes", served.len());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A single-node server running in this process; stops (gracefully) on `shutdown`.
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = Config::parse_from([
-        "registry-server",
-        "--listen",
-        &addr,
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(registry_server::server::run(config, async move {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
-    // No test request blocks: reads are sent without `index`, so they answer at once.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Running {
-        base,
-        http,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-impl Running {
-    async fn shutdown(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 /// A concrete path for a documented template: each parameter gets a value of the
 /// right shape (a lease id must be a UUID, a node id a number) that names nothing, so
 /// no request changes anything.
@@ -154,7 +89,7 @@ async fn router_miss(response: reqwest::Response) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_serves_every_documented_route_and_the_document() {
-    let server = start().await;
+    let server = start(&[]).await;
     let (http, base) = (&server.http, server.base.as_str());
 
     // The document, as served.
