@@ -379,7 +379,8 @@ pub struct ClusterStatus {
 pub struct ExpiryStormStatus {
     /// Services whose expiries are being held back and released at a bounded rate.
     pub active_services: Vec<String>,
-    /// Lease expiries held back since this server started (each retried later).
+    /// Leases whose expiry was held back since this server started (a lease held back
+    /// over several ticks counts once; each is expired later or revived by a heartbeat).
     pub deferred_total: u64,
 }
 

@@ -12,7 +12,7 @@
 //! Leader-only and in memory: the decision affects *when* an expiry is proposed, never
 //! what applying it does.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use api_spec::InstanceStatus;
@@ -20,6 +20,9 @@ use locks::LeaseId;
 use tokio::time::Instant;
 
 use crate::catalog::Catalog;
+
+/// Services with fewer instances are never held back.
+pub const MIN_STORM_INSTANCES: usize = 2;
 
 /// Storm protection settings (flags `--expiry-storm-*`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,8 +71,11 @@ pub struct Decision {
 pub struct StormGuard {
     config: StormConfig,
     services: HashMap<String, ServiceWindow>,
-    /// Expiries deferred since this node started (exposed in `GET /v1/cluster`).
+    /// Leases held back since this node started (exposed in `GET /v1/cluster`); a lease
+    /// held back over several ticks counts once.
     deferred_total: u64,
+    /// The leases held back by the last decision.
+    deferred: HashSet<LeaseId>,
 }
 
 impl StormGuard {
@@ -133,7 +139,9 @@ impl StormGuard {
             let total = catalog.instance_count(service);
             let (rate, threshold) = (self.config.rate, self.config.threshold);
             let window = self.window(service, now);
-            let storm = (window.recent.len() + n) as f64 > threshold * total as f64;
+            // One instance alone is not a storm: holding it back protects nothing.
+            let storm = total >= MIN_STORM_INSTANCES
+                && (window.recent.len() + n) as f64 > threshold * total as f64;
             if storm {
                 let elapsed = now.saturating_duration_since(window.refilled).as_secs_f64();
                 window.tokens = (window.tokens + elapsed * rate).min(rate.max(1.0));
@@ -145,9 +153,13 @@ impl StormGuard {
         let mut decision = Decision::default();
         let mut deferred_services: BTreeMap<String, usize> = BTreeMap::new();
         for (lease, per_service) in impact {
+            // A lease may go when each storming service it touches has a whole token; it
+            // then costs one token per instance, which may leave the bucket in debt (a
+            // lease shared by many instances would otherwise never fit), and the debt
+            // delays the next expiry so the average rate stays bounded.
             let fits = per_service
-                .iter()
-                .all(|(s, n)| allowance.get(s).is_none_or(|a| *a >= *n as f64));
+                .keys()
+                .all(|s| allowance.get(s).is_none_or(|a| *a >= 1.0));
             if !fits {
                 for (service, n) in per_service {
                     *deferred_services.entry(service).or_insert(0) += n;
@@ -165,7 +177,9 @@ impl StormGuard {
             }
             decision.expire.push(lease);
         }
-        self.deferred_total += decision.defer.len() as u64;
+        let deferred: HashSet<LeaseId> = decision.defer.iter().copied().collect();
+        self.deferred_total += deferred.difference(&self.deferred).count() as u64;
+        self.deferred = deferred;
 
         // In a storm = had expiries held back in this decision. Log the transitions.
         for (service, window) in self.services.iter_mut() {
@@ -259,24 +273,82 @@ mod tests {
     async fn a_whole_service_going_at_once_is_expired_at_the_bounded_rate() {
         let mut catalog = Catalog::default();
         let leases = add(&mut catalog, "web", 4, 0);
-        let other = add(&mut catalog, "db", 1, 100);
+        let alone = add(&mut catalog, "db", 1, 100);
         let mut guard = StormGuard::new(StormConfig::default());
         let mut due: Vec<LeaseId> = leases.clone();
-        due.push(other[0]);
-        // At first no tokens have accumulated: all of `web` waits; `db` is not affected.
+        due.push(alone[0]);
+        // No tokens yet: all of `web` waits. `db`'s only instance is not a storm.
         let d = guard.decide(due.clone(), &catalog, Instant::now());
         assert_eq!(
-            d.expire.len(),
-            0,
-            "db's single instance is alone in a storm too"
+            d,
+            Decision {
+                expire: vec![alone[0]],
+                defer: leases.clone()
+            }
         );
-        assert_eq!(d.defer.len(), 5);
-        assert_eq!(guard.active(), vec!["db".to_owned(), "web".to_owned()]);
-        // One second later one token per service: one `web` lease and the `db` one go.
+        assert_eq!(guard.active(), vec!["web".to_owned()]);
+        // One second later one token: one `web` lease goes.
         tokio::time::advance(Duration::from_secs(1)).await;
-        let d = guard.decide(due.clone(), &catalog, Instant::now());
-        assert_eq!(d.expire, vec![leases[0], other[0]]);
-        assert_eq!(guard.deferred_total(), 5 + 3);
+        let d = guard.decide(leases.clone(), &catalog, Instant::now());
+        assert_eq!(d.expire, vec![leases[0]]);
+        assert_eq!(
+            guard.deferred_total(),
+            4,
+            "a lease held back twice counts once"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            guard
+                .decide(leases[1..].to_vec(), &catalog, Instant::now())
+                .expire,
+            vec![leases[1]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_shared_by_many_instances_still_expires() {
+        let mut catalog = Catalog::default();
+        let shared = LeaseId::from_u128(7);
+        for i in 0..6 {
+            catalog.upsert(
+                ("web".into(), format!("s{i}")),
+                test_spec(),
+                shared,
+                false,
+                1,
+                0,
+            );
+        }
+        let other = add(&mut catalog, "web", 2, 100);
+        let mut guard = StormGuard::new(StormConfig::default());
+        assert_eq!(
+            guard.decide(vec![shared], &catalog, Instant::now()).defer,
+            vec![shared]
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let d = guard.decide(vec![shared, other[0]], &catalog, Instant::now());
+        assert_eq!(
+            d,
+            Decision {
+                expire: vec![shared],
+                defer: vec![other[0]]
+            }
+        );
+        // Six instances cost six tokens: the next expiry waits until the debt is repaid.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            guard
+                .decide(vec![other[0]], &catalog, Instant::now())
+                .expire,
+            Vec::<LeaseId>::new()
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            guard
+                .decide(vec![other[0]], &catalog, Instant::now())
+                .expire,
+            vec![other[0]]
+        );
     }
 
     #[tokio::test(start_paused = true)]
