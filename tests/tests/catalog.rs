@@ -1071,6 +1071,49 @@ async fn expiry_storm_protection_releases_a_wholly_silent_service_at_the_bounded
 }
 
 #[tokio::test]
+async fn a_lease_shared_by_a_whole_service_still_expires_under_storm_protection() {
+    let cluster = Cluster::start_single(&STORM_FLAGS)
+        .await
+        .expect("start a single node");
+    must_pass(async {
+        let api = Api::of(&cluster, 1);
+        let lease = cluster
+            .client_for(1)
+            .create_lease(Duration::from_secs(1))
+            .await?
+            .value
+            .lease;
+        let granted = Instant::now();
+        for i in 0..6 {
+            let mut req = registration(8000 + i, "1s", "1m");
+            req.ttl = None;
+            req.lease = Some(lease);
+            api.register("shared", &format!("s{i}"), &req).await?;
+        }
+        // The whole service rides on one lease that nobody keeps alive: a storm, held
+        // back for about a second (the first token), then the lease goes as one.
+        let bound =
+            granted + Duration::from_secs(1) + Duration::from_secs(1) + LEASE_TICK + EXPIRY_SLACK;
+        let critical = wait_until(
+            until(bound),
+            "the shared lease's instances to turn critical",
+            || async {
+                let critical = critical_since(&api, "shared").await?;
+                ensure!(critical.len() == 6, "{} of 6 critical", critical.len());
+                Ok(critical)
+            },
+        )
+        .await?;
+        ensure!(
+            critical.iter().all(|t| *t == critical[0]),
+            "one lease, one expiry: {critical:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn one_silent_instance_of_a_healthy_service_expires_at_once_without_storm_protection() {
     let cluster = Cluster::start_single(&STORM_FLAGS)
         .await
