@@ -146,44 +146,44 @@ fn io_err(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
-/// Builds a snapshot from a copy of the state taken when openraft asked for a builder.
+/// Writes a snapshot of the state as it was encoded when openraft asked for a builder.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    data: StateData,
+    /// The bincode of [`StateData`], or why it could not be encoded.
+    encoded: Result<Vec<u8>, String>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
     snapshot_dir: PathBuf,
     seq: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let data = std::mem::take(&mut self.data);
+        let bytes = std::mem::replace(&mut self.encoded, Ok(Vec::new()))
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
         let dir = self.snapshot_dir.clone();
-        let seq = self.seq;
-        let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, AnyError> {
-            let bytes = bincode::serialize(&data).map_err(io_err)?;
-            let snapshot_id = match data.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
-                None => format!("0-0-{seq}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: data.last_applied,
-                last_membership: data.membership.clone(),
-                snapshot_id,
-            };
-            let file = SnapshotFile {
-                meta: meta.clone(),
-                data: bytes,
-            };
-            write_snapshot_file(&dir, &file).map_err(io_err)?;
-            Ok((meta, file.data))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
-        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        let file =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|()| file))
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
+                .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = file.data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(file.data)),
         })
     }
 }
@@ -237,8 +237,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
+        // This runs on openraft's state machine task, so nothing is applied meanwhile:
+        // encode the state right here (one buffer, much quicker than a deep copy of
+        // every instance) and leave the file writing to the builder.
+        let started = std::time::Instant::now();
+        let state = self.state.read();
+        let encoded = bincode::serialize(&*state).map_err(|e| e.to_string());
+        let last_applied = state.last_applied;
+        let membership = state.membership.clone();
+        drop(state);
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state encoded for a snapshot"
+        );
         SnapshotBuilder {
-            data: self.state.read().clone(),
+            encoded,
+            last_applied,
+            membership,
             snapshot_dir: self.snapshot_dir.clone(),
             seq: self.snapshot_seq,
         }
