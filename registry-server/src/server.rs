@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use api_spec::AddMemberRequest;
+use axum::serve::ListenerExt;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -116,6 +117,10 @@ pub async fn run(
         "registry-server listening on {bound}"
     );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // Small request/response exchanges: never let Nagle's algorithm hold a reply back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(
         listener,
         crate::http::router(app.clone(), config.cluster_secret.clone()),
