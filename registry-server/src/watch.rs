@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+/// Channel count from which [`Watches::service`] sweeps unwatched channels.
+const SWEEP_AT: usize = 1024;
+
 #[derive(Debug)]
 struct Inner {
     services: Mutex<HashMap<String, watch::Sender<u64>>>,
@@ -46,6 +49,12 @@ impl Watches {
     /// A receiver woken whenever `service` changes (the value is the change's index).
     pub fn service(&self, service: &str) -> watch::Receiver<u64> {
         let mut services = self.services();
+        // Channels of services nobody watches any more are dropped when those services
+        // change; names that never change (watched once, never registered) are swept
+        // here, once there are enough of them to matter.
+        if services.len() >= SWEEP_AT && services.len().is_power_of_two() {
+            services.retain(|_, sender| sender.receiver_count() > 0);
+        }
         match services.get(service) {
             Some(sender) => sender.subscribe(),
             None => {
@@ -114,6 +123,21 @@ mod tests {
         assert_eq!(*all.borrow_and_update(), 7);
         watches.notify(std::iter::empty(), 8);
         assert!(!all.has_changed().unwrap(), "no change, no wake-up");
+    }
+
+    #[tokio::test]
+    async fn channels_of_names_that_never_change_are_swept() {
+        let watches = Watches::default();
+        for i in 0..SWEEP_AT {
+            drop(watches.service(&format!("nobody-{i}")));
+        }
+        let kept = watches.service("kept");
+        assert!(
+            watches.services().len() <= SWEEP_AT,
+            "unwatched channels were swept"
+        );
+        assert!(watches.services().contains_key("kept"));
+        drop(kept);
     }
 
     #[tokio::test]
