@@ -52,12 +52,58 @@ pub struct ServiceEntry {
     pub modify_index: u64,
 }
 
+/// The instances one lease keeps alive. Nearly every lease keeps exactly one (an
+/// instance's own lease), so that case is stored inline rather than in a B-tree node,
+/// which costs about half a kilobyte per lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Bound {
+    One(InstanceKey),
+    Many(BTreeSet<InstanceKey>),
+}
+
+impl Bound {
+    fn insert(&mut self, key: InstanceKey) {
+        match self {
+            Bound::One(one) if *one == key => {}
+            Bound::One(one) => *self = Bound::Many(BTreeSet::from([one.clone(), key])),
+            Bound::Many(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; `true` when no instance is left.
+    fn remove(&mut self, key: &InstanceKey) -> bool {
+        match self {
+            Bound::One(one) => one == key,
+            Bound::Many(set) => {
+                set.remove(key);
+                set.is_empty()
+            }
+        }
+    }
+
+    fn keys(&self) -> Box<dyn Iterator<Item = &InstanceKey> + '_> {
+        match self {
+            Bound::One(one) => Box::new(std::iter::once(one)),
+            Bound::Many(set) => Box::new(set.iter()),
+        }
+    }
+
+    fn into_keys(self) -> Vec<InstanceKey> {
+        match self {
+            Bound::One(one) => vec![one],
+            Bound::Many(set) => set.into_iter().collect(),
+        }
+    }
+}
+
 /// The catalog.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     services: BTreeMap<String, ServiceEntry>,
     /// Which instances each lease keeps alive.
-    by_lease: HashMap<LeaseId, BTreeSet<InstanceKey>>,
+    by_lease: HashMap<LeaseId, Bound>,
     /// Critical instances by the time (ms) they are due to be deregistered.
     reap_queue: BTreeSet<(u64, InstanceKey)>,
     /// Log index of the last change anywhere in the catalog: the index of
@@ -111,7 +157,12 @@ impl Catalog {
                     .remove(&(since_ms + old.spec.deregister_after_ms, key.clone()));
             }
         }
-        self.by_lease.entry(lease).or_default().insert(key.clone());
+        match self.by_lease.get_mut(&lease) {
+            Some(bound) => bound.insert(key.clone()),
+            None => {
+                self.by_lease.insert(lease, Bound::One(key.clone()));
+            }
+        }
         let record = InstanceRecord {
             spec,
             status,
@@ -190,11 +241,11 @@ impl Catalog {
     /// A lease ended: every instance bound to it turns critical and is queued for
     /// deregistration. Returns the services that changed.
     pub fn lease_ended(&mut self, lease: &LeaseId, index: u64, now_ms: u64) -> Vec<String> {
-        let Some(keys) = self.by_lease.remove(lease) else {
+        let Some(bound) = self.by_lease.remove(lease) else {
             return Vec::new();
         };
         let mut changed = Vec::new();
-        for key in keys {
+        for key in bound.into_keys() {
             let Some(service) = self.services.get_mut(&key.0) else {
                 continue;
             };
@@ -248,11 +299,12 @@ impl Catalog {
     }
 
     fn unbind(&mut self, key: &InstanceKey, lease: LeaseId) {
-        if let Some(keys) = self.by_lease.get_mut(&lease) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_lease.remove(&lease);
-            }
+        if self
+            .by_lease
+            .get_mut(&lease)
+            .is_some_and(|bound| bound.remove(key))
+        {
+            self.by_lease.remove(&lease);
         }
     }
 
@@ -282,7 +334,7 @@ impl Catalog {
 
     /// The instances a lease keeps alive.
     pub fn bound_to(&self, lease: &LeaseId) -> impl Iterator<Item = &InstanceKey> {
-        self.by_lease.get(lease).into_iter().flatten()
+        self.by_lease.get(lease).into_iter().flat_map(Bound::keys)
     }
 
     /// How many instances a service has, whatever their status.
@@ -575,5 +627,28 @@ mod tests {
             ),
             vec!["2"]
         );
+    }
+
+    #[test]
+    fn a_lease_keeps_one_or_many_instances() {
+        let mut c = Catalog::default();
+        c.upsert(key("a", "1"), spec(80), lease(1), false, 1, 0);
+        assert!(matches!(c.by_lease.get(&lease(1)), Some(Bound::One(_))));
+        c.upsert(key("a", "2"), spec(80), lease(1), false, 2, 0);
+        c.upsert(key("b", "1"), spec(80), lease(1), false, 3, 0);
+        assert_eq!(c.bound_to(&lease(1)).count(), 3);
+        c.remove(&key("a", "2"), 4).unwrap();
+        assert_eq!(
+            c.bound_to(&lease(1)).cloned().collect::<Vec<_>>(),
+            vec![key("a", "1"), key("b", "1")]
+        );
+        c.remove(&key("a", "1"), 5).unwrap();
+        c.remove(&key("b", "1"), 6).unwrap();
+        assert!(c.by_lease.is_empty());
+        // Removing a key a single-instance lease does not hold changes nothing.
+        c.upsert(key("a", "1"), spec(80), lease(2), false, 7, 0);
+        let mut bound = c.by_lease[&lease(2)].clone();
+        assert!(!bound.remove(&key("z", "9")));
+        assert_eq!(bound.keys().count(), 1);
     }
 }
