@@ -420,11 +420,13 @@ impl App {
             KeepaliveAnswer::Unavailable(m) => Attempt::Failed(AppError::Unavailable(m)),
             KeepaliveAnswer::InstanceNotFound => Attempt::Failed(AppError::InstanceNotFound),
             KeepaliveAnswer::InstanceCritical => Attempt::Failed(AppError::InstanceCritical),
-            KeepaliveAnswer::NotFound | KeepaliveAnswer::Expired => Attempt::Failed(match target {
-                KeepaliveTarget::Lease(id) if answer_is_expired(&answer) => {
-                    AppError::LeaseExpired(*id)
-                }
+            // A lease that is gone or going; for an instance, both mean "register again".
+            KeepaliveAnswer::NotFound => Attempt::Failed(match target {
                 KeepaliveTarget::Lease(id) => AppError::LeaseNotFound(*id),
+                KeepaliveTarget::Instance(_) => AppError::InstanceCritical,
+            }),
+            KeepaliveAnswer::Expired => Attempt::Failed(match target {
+                KeepaliveTarget::Lease(id) => AppError::LeaseExpired(*id),
                 KeepaliveTarget::Instance(_) => AppError::InstanceCritical,
             }),
         };
@@ -876,10 +878,6 @@ fn role_of(state: ServerState, voter: bool) -> Role {
         ServerState::Follower if voter => Role::Follower,
         ServerState::Follower | ServerState::Learner => Role::Learner,
     }
-}
-
-fn answer_is_expired(answer: &KeepaliveAnswer) -> bool {
-    matches!(answer, KeepaliveAnswer::Expired)
 }
 
 fn unexpected(outcome: Outcome) -> AppError {

@@ -44,6 +44,14 @@ pub struct InstanceRecord {
     pub critical_since: Option<(u64, u64)>,
 }
 
+impl InstanceRecord {
+    /// When a critical instance is due to be deregistered (its key in the reap queue).
+    fn reap_at(&self) -> Option<u64> {
+        let (since_ms, _) = self.critical_since?;
+        Some(since_ms.saturating_add(self.spec.deregister_after_ms))
+    }
+}
+
 /// One service's instances.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
@@ -132,29 +140,34 @@ impl Catalog {
         index: u64,
         now_ms: u64,
     ) -> Option<LeaseId> {
-        let previous = self
-            .services
-            .get(&key.0)
-            .and_then(|s| s.instances.get(&key.1))
-            .cloned();
+        // What the new record keeps of the old one; copied out rather than cloning the
+        // whole record (its strings and maps) on every re-registration.
+        let previous = self.instance(&key).map(|old| {
+            (
+                old.registered_at_ms,
+                old.status,
+                old.lease,
+                old.own_lease,
+                old.reap_at(),
+            )
+        });
         let mut registered_at_ms = now_ms;
         let mut status = InstanceStatus::Passing;
         let mut replaced_own_lease = None;
-        if let Some(old) = &previous {
-            registered_at_ms = old.registered_at_ms;
-            if old.status == InstanceStatus::Draining && old.lease == lease {
+        if let Some((old_registered_at, old_status, old_lease, old_own, old_reap_at)) = previous {
+            registered_at_ms = old_registered_at;
+            if old_status == InstanceStatus::Draining && old_lease == lease {
                 // Re-registering on the same lease does not undo a drain request.
                 status = InstanceStatus::Draining;
             }
-            if old.lease != lease {
-                self.unbind(&key, old.lease);
-                if old.own_lease {
-                    replaced_own_lease = Some(old.lease);
+            if old_lease != lease {
+                self.unbind(&key, old_lease);
+                if old_own {
+                    replaced_own_lease = Some(old_lease);
                 }
             }
-            if let Some((since_ms, _)) = old.critical_since {
-                self.reap_queue
-                    .remove(&(since_ms + old.spec.deregister_after_ms, key.clone()));
+            if let Some(at) = old_reap_at {
+                self.reap_queue.remove(&(at, key.clone()));
             }
         }
         match self.by_lease.get_mut(&lease) {
@@ -198,9 +211,8 @@ impl Catalog {
             self.services.remove(&key.0);
         }
         self.unbind(key, record.lease);
-        if let Some((since_ms, _)) = record.critical_since {
-            self.reap_queue
-                .remove(&(since_ms + record.spec.deregister_after_ms, key.clone()));
+        if let Some(at) = record.reap_at() {
+            self.reap_queue.remove(&(at, key.clone()));
         }
         self.catalog_index = index;
         Ok(record)
@@ -256,8 +268,9 @@ impl Catalog {
             record.critical_since = Some((now_ms, index));
             record.modify_index = index;
             service.modify_index = index;
-            self.reap_queue
-                .insert((now_ms + record.spec.deregister_after_ms, key.clone()));
+            if let Some(at) = record.reap_at() {
+                self.reap_queue.insert((at, key.clone()));
+            }
             changed.push(key.0);
         }
         if !changed.is_empty() {
