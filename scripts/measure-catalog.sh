@@ -11,17 +11,9 @@ secs=${1:-10}
 bin=${BIN:-target/release/registry-server}
 watch=${WATCH:-target/release/watch-latency}
 here=$(cd "$(dirname "$0")" && pwd)
-dir=$(mktemp -d)
 ports=(17601 17602 17603)
-boot="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-for i in 1 2 3; do "$bin" --node-id "$i" --data-dir "$dir/n$i" --bootstrap "$boot" >"$dir/log$i" 2>&1 & pids+=($!); done
-# Wait until every node is ready and the first election has settled.
-for p in "${ports[@]}"; do until curl -sf "127.0.0.1:$p/readyz" >/dev/null; do sleep 0.1; done; done
-sleep 2
-leader=$(curl -sf "127.0.0.1:${ports[0]}/v1/cluster" | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
+source "$here/lib/cluster.sh"
+start_cluster
 L="127.0.0.1:${ports[$((leader-1))]}"
 rss() { awk '/VmRSS/ {print $2}' "/proc/${pids[$((leader-1))]}/status"; }
 summary() { grep -E "Requests/sec|Non-2xx|Socket errors|^ +50%|^ +99%" | tr -s ' ' | paste -sd' '; }
