@@ -643,3 +643,96 @@ pub async fn http_status(addr: &str, path: &str) -> Result<u16> {
     let response = client.get(format!("http://{addr}{path}")).send().await?;
     Ok(response.status().as_u16())
 }
+
+/// A request the server must refuse with a JSON error.
+#[derive(Debug, Clone)]
+pub struct BadRequest {
+    /// What the case tries, for the failure report.
+    pub name: &'static str,
+    pub method: reqwest::Method,
+    pub path: String,
+    /// `Content-Type` to send; `None` sends none.
+    pub content_type: Option<&'static str>,
+    pub body: Vec<u8>,
+    /// The status and error code the server must answer with.
+    pub status: u16,
+    pub code: &'static str,
+}
+
+/// Sends every case to the server at `addr`. Each must be answered with its status and
+/// code in a JSON error body with a message and an `X-Registry-Index` header, and the
+/// server must still pass `/healthz` after each. All failures are reported at once.
+pub async fn check_bad_requests(addr: &str, cases: &[BadRequest]) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut failures = Vec::new();
+    for case in cases {
+        if let Err(e) = check_bad_request(&http, addr, case).await {
+            failures.push(format!(
+                "{} ({} {}): {e:#}",
+                case.name, case.method, case.path
+            ));
+        }
+        let health = http_status(addr, "/healthz").await;
+        ensure!(
+            matches!(health, Ok(200)),
+            "/healthz after {:?}: {health:?}",
+            case.name
+        );
+    }
+    ensure!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+async fn check_bad_request(http: &reqwest::Client, addr: &str, case: &BadRequest) -> Result<()> {
+    let mut request = http.request(case.method.clone(), format!("http://{addr}{}", case.path));
+    if let Some(content_type) = case.content_type {
+        request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+    }
+    let response = request
+        .body(case.body.clone())
+        .send()
+        .await
+        .context("send")?;
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(reqwest::header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    let index = header(api_spec::INDEX_HEADER);
+    let body = response.text().await.context("read the answer")?;
+    ensure!(
+        status == case.status,
+        "status {status}, expected {}; body {body:?}",
+        case.status
+    );
+    ensure!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type:?}"
+    );
+    let error: api_spec::ErrorBody =
+        serde_json::from_str(&body).with_context(|| format!("not an error body: {body:?}"))?;
+    ensure!(
+        error.error.code == case.code,
+        "code {:?}, expected {:?}",
+        error.error.code,
+        case.code
+    );
+    ensure!(!error.error.message.is_empty(), "empty message");
+    ensure!(
+        index.is_some(),
+        "error answer without {}",
+        api_spec::INDEX_HEADER
+    );
+    Ok(())
+}

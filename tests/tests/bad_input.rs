@@ -2,22 +2,10 @@
 //! 4xx with a JSON error body carrying the documented code, and none of them stops the
 //! server from serving the next request.
 
-use anyhow::{ensure, Context as _, Result};
-use api_spec::{codes, ErrorBody, LeaseInfo};
+use anyhow::ensure;
+use api_spec::{codes, LeaseInfo};
 use reqwest::Method;
-use tests::{must_pass, Cluster};
-
-/// One bad request and the answer it must get.
-struct Case {
-    name: &'static str,
-    method: Method,
-    path: String,
-    /// `Content-Type` to send; `None` sends none.
-    content_type: Option<&'static str>,
-    body: Vec<u8>,
-    status: u16,
-    code: &'static str,
-}
+use tests::{must_pass, BadRequest as Case, Cluster};
 
 const JSON: Option<&str> = Some("application/json");
 
@@ -186,46 +174,6 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// Sends `case` and checks the status, that the body is a JSON error body, and its code.
-async fn check(http: &reqwest::Client, addr: &str, case: &Case) -> Result<()> {
-    let mut request = http.request(case.method.clone(), format!("http://{addr}{}", case.path));
-    if let Some(content_type) = case.content_type {
-        request = request.header(reqwest::header::CONTENT_TYPE, content_type);
-    }
-    let response = request
-        .body(case.body.clone())
-        .send()
-        .await
-        .context("send")?;
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = response.text().await.context("read the answer")?;
-    ensure!(
-        status == case.status,
-        "status {status}, expected {}; body {body:?}",
-        case.status
-    );
-    ensure!(
-        content_type.starts_with("application/json"),
-        "content-type {content_type:?}"
-    );
-    let error: ErrorBody =
-        serde_json::from_str(&body).with_context(|| format!("not an error body: {body:?}"))?;
-    ensure!(
-        error.error.code == case.code,
-        "code {:?}, expected {:?}",
-        error.error.code,
-        case.code
-    );
-    ensure!(!error.error.message.is_empty(), "empty message");
-    Ok(())
-}
-
 #[tokio::test]
 async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
     let cluster = Cluster::start_single(&[])
@@ -233,31 +181,10 @@ async fn bad_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
         .expect("start a single node");
     must_pass(async {
         let addr = cluster.addr(1);
-        let http = reqwest::Client::new();
-        let mut failures = Vec::new();
-        for case in cases() {
-            if let Err(e) = check(&http, &addr, &case).await {
-                failures.push(format!(
-                    "{} ({} {}): {e:#}",
-                    case.name, case.method, case.path
-                ));
-            }
-            let health = tests::http_status(&addr, "/healthz").await;
-            ensure!(
-                matches!(health, Ok(200)),
-                "/healthz after {:?}: {health:?}",
-                case.name
-            );
-        }
-        ensure!(
-            failures.is_empty(),
-            "{} case(s) failed:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        tests::check_bad_requests(&addr, &cases()).await?;
 
         // And it still does its job.
-        let created = http
+        let created = reqwest::Client::new()
             .post(format!("http://{addr}/v1/leases"))
             .json(&serde_json::json!({"ttl": "5s"}))
             .send()

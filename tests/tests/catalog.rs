@@ -117,7 +117,6 @@ struct Indexed<T> {
 #[derive(Debug)]
 struct Answer {
     status: u16,
-    content_type: String,
     index: Option<u64>,
     body: String,
 }
@@ -203,7 +202,6 @@ impl Api {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let content_type = header(reqwest::header::CONTENT_TYPE.as_str()).unwrap_or_default();
         let index = header(INDEX_HEADER).and_then(|v| v.parse().ok());
         let body = response
             .text()
@@ -211,7 +209,6 @@ impl Api {
             .with_context(|| format!("{method} {path}: read the body"))?;
         Ok(Answer {
             status,
-            content_type,
             index,
             body,
         })
@@ -1415,6 +1412,21 @@ struct Case {
     code: &'static str,
 }
 
+impl Case {
+    /// The request as the shared checker sends it (a JSON body when there is one).
+    fn into_request(self) -> tests::BadRequest {
+        tests::BadRequest {
+            name: self.name,
+            method: self.method,
+            path: self.path,
+            content_type: self.body.is_some().then_some("application/json"),
+            body: self.body.map(String::into_bytes).unwrap_or_default(),
+            status: self.status,
+            code: self.code,
+        }
+    }
+}
+
 fn bad_register(
     name: &'static str,
     body: serde_json::Value,
@@ -1613,34 +1625,6 @@ fn bad_input_cases(unknown_lease: &str) -> Vec<Case> {
 }
 
 /// Sends `case` and checks status, JSON content type, code, and the index header.
-async fn check(api: &Api, case: &Case) -> Result<()> {
-    let answer = api
-        .send(
-            case.method.clone(),
-            &case.path,
-            case.body.as_deref(),
-            REQUEST_TIMEOUT,
-        )
-        .await?;
-    let refusal = answer.refusal();
-    ensure!(
-        answer.status == case.status && refusal.code == case.code,
-        "answered {refusal}, expected {} {}",
-        case.status,
-        case.code
-    );
-    ensure!(
-        answer.content_type.starts_with("application/json"),
-        "content-type {:?}",
-        answer.content_type
-    );
-    ensure!(!refusal.message.is_empty(), "empty message");
-    ensure!(
-        answer.index.is_some(),
-        "error answer without {INDEX_HEADER}"
-    );
-    Ok(())
-}
 
 #[tokio::test]
 async fn bad_service_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
@@ -1651,27 +1635,11 @@ async fn bad_service_requests_get_4xx_json_errors_and_the_server_keeps_serving()
         let addr = cluster.addr(1);
         let api = Api::new(&addr);
         let unknown_lease = "67e55044-10b1-426f-9247-bb680e5fe0c8";
-        let mut failures = Vec::new();
-        for case in bad_input_cases(unknown_lease) {
-            if let Err(e) = check(&api, &case).await {
-                failures.push(format!(
-                    "{} ({} {}): {e:#}",
-                    case.name, case.method, case.path
-                ));
-            }
-            let health = tests::http_status(&addr, "/healthz").await;
-            ensure!(
-                matches!(health, Ok(200)),
-                "/healthz after {:?}: {health:?}",
-                case.name
-            );
-        }
-        ensure!(
-            failures.is_empty(),
-            "{} case(s) failed:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        let cases: Vec<tests::BadRequest> = bad_input_cases(unknown_lease)
+            .into_iter()
+            .map(Case::into_request)
+            .collect();
+        tests::check_bad_requests(&addr, &cases).await?;
 
         // Nothing was registered by the bad requests, and good ones still work, including
         // one bound to an existing lease.
