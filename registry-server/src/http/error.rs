@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppError;
+use crate::validate::Invalid;
 
 /// An error answer.
 #[derive(Debug)]
@@ -81,6 +82,15 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        match e {
+            Invalid::Argument(m) => ApiError::invalid_argument(m),
+            Invalid::Duration(m) => ApiError::invalid_duration(m),
+        }
     }
 }
 

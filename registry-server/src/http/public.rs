@@ -30,16 +30,12 @@ fn parse_lease_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
-    let ttl = api_spec::parse_duration(text)
-        .map_err(|e| ApiError::invalid_duration(format!("ttl: {e}")))?;
-    if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&ttl) {
-        return Err(ApiError::invalid_duration(format!(
-            "ttl {text:?} is out of range: it must be between {} and {}",
-            api_spec::format_duration(MIN_LEASE_TTL),
-            api_spec::format_duration(MAX_LEASE_TTL),
-        )));
-    }
-    Ok(ttl)
+    Ok(crate::validate::duration(
+        "ttl",
+        text,
+        MIN_LEASE_TTL,
+        MAX_LEASE_TTL,
+    )?)
 }
 
 fn lease_info(lease: &locks::Lease, remaining: Option<Duration>) -> LeaseInfo {

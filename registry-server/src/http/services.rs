@@ -15,16 +15,7 @@ use super::public::indexed;
 use super::query::{query_pairs, unknown_parameter, ReadQuery};
 use crate::app::{instance_view, App, AppError};
 use crate::catalog::{Filter, InstanceKey};
-use crate::validate::{self, Invalid};
-
-impl From<Invalid> for ApiError {
-    fn from(e: Invalid) -> Self {
-        match e {
-            Invalid::Argument(m) => ApiError::invalid_argument(m),
-            Invalid::Duration(m) => ApiError::invalid_duration(m),
-        }
-    }
-}
+use crate::validate;
 
 fn instance_key(service: String, id: String) -> Result<InstanceKey, ApiError> {
     validate::service_name(&service)?;
