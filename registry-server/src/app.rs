@@ -23,12 +23,12 @@ use crate::network::{
     paths, KeepaliveAnswer, KeepaliveRequest, KeepaliveTarget, PeerClient, PeerError,
     ProposeAnswer, ProposeRequest, ReadIndexAnswer,
 };
-use crate::proposer::{wall_clock_ms, ProposeError, Proposer};
-use crate::read_barrier::{BarrierError, ReadBarrier};
+use crate::proposer::{wall_clock_ms, Proposer};
+use crate::read_barrier::ReadBarrier;
 use crate::state::{AppState, Binding, Command, Outcome};
 use crate::store::state_machine::SharedState;
 use crate::storm::{StormConfig, StormGuard};
-use crate::types::{Node, NodeId, Raft};
+use crate::types::{LeaderError, Node, NodeId, Raft};
 use crate::watch::Watches;
 
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
@@ -104,22 +104,12 @@ enum Attempt<T> {
     NotLeader(Option<(NodeId, String)>),
 }
 
-impl<T> From<Result<T, ProposeError>> for Attempt<T> {
-    fn from(r: Result<T, ProposeError>) -> Self {
+impl<T> From<Result<T, LeaderError>> for Attempt<T> {
+    fn from(r: Result<T, LeaderError>) -> Self {
         match r {
             Ok(v) => Attempt::Done(v),
-            Err(ProposeError::NotLeader { leader }) => Attempt::NotLeader(leader),
-            Err(ProposeError::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
-        }
-    }
-}
-
-impl<T> From<Result<T, BarrierError>> for Attempt<T> {
-    fn from(r: Result<T, BarrierError>) -> Self {
-        match r {
-            Ok(v) => Attempt::Done(v),
-            Err(BarrierError::NotLeader { leader }) => Attempt::NotLeader(leader),
-            Err(BarrierError::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
+            Err(LeaderError::NotLeader { leader }) => Attempt::NotLeader(leader),
+            Err(LeaderError::Unavailable(m)) => Attempt::Failed(AppError::Unavailable(m)),
         }
     }
 }
@@ -322,8 +312,8 @@ impl App {
                 index,
                 outcome: Box::new(outcome),
             },
-            Err(ProposeError::NotLeader { leader }) => ProposeAnswer::NotLeader { leader },
-            Err(ProposeError::Unavailable(m)) => ProposeAnswer::Unavailable(m),
+            Err(LeaderError::NotLeader { leader }) => ProposeAnswer::NotLeader { leader },
+            Err(LeaderError::Unavailable(m)) => ProposeAnswer::Unavailable(m),
         }
     }
 
@@ -367,8 +357,8 @@ impl App {
     pub async fn read_index_forwarded(&self) -> ReadIndexAnswer {
         match self.inner.barrier.confirm().await {
             Ok(i) => ReadIndexAnswer::Index(i),
-            Err(BarrierError::NotLeader { leader }) => ReadIndexAnswer::NotLeader { leader },
-            Err(BarrierError::Unavailable(m)) => ReadIndexAnswer::Unavailable(m),
+            Err(LeaderError::NotLeader { leader }) => ReadIndexAnswer::NotLeader { leader },
+            Err(LeaderError::Unavailable(m)) => ReadIndexAnswer::Unavailable(m),
         }
     }
 
@@ -459,10 +449,8 @@ impl App {
     pub async fn keepalive_forwarded(&self, target: KeepaliveTarget) -> KeepaliveAnswer {
         match self.inner.barrier.confirm().await {
             Ok(_) => {}
-            Err(BarrierError::NotLeader { leader }) => {
-                return KeepaliveAnswer::NotLeader { leader }
-            }
-            Err(BarrierError::Unavailable(m)) => return KeepaliveAnswer::Unavailable(m),
+            Err(LeaderError::NotLeader { leader }) => return KeepaliveAnswer::NotLeader { leader },
+            Err(LeaderError::Unavailable(m)) => return KeepaliveAnswer::Unavailable(m),
         }
         self.observe_leadership();
         let id = match &target {

@@ -14,7 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::state::{Command, Outcome};
-use crate::types::{NodeId, Raft, Request};
+use crate::types::{LeaderError, NodeId, Raft, Request};
 
 /// Most commands packed into one entry.
 pub const MAX_BATCH: usize = 1024;
@@ -22,31 +22,21 @@ pub const MAX_BATCH: usize = 1024;
 /// Batches in flight at once.
 pub const PIPELINE_DEPTH: usize = 2;
 
-/// Why a proposal failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ProposeError {
-    /// This node is not the leader; nothing was appended. Carries the leader if known.
-    #[error("not the leader")]
-    NotLeader { leader: Option<(NodeId, String)> },
-    /// The outcome is unknown or the node is stopping.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl ProposeError {
+impl LeaderError {
+    /// A failed `client_write`: "not the leader" means nothing was appended.
     pub(crate) fn from_raft(
         e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>,
     ) -> Self {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
             },
-            other => ProposeError::Unavailable(other.to_string()),
+            other => LeaderError::Unavailable(other.to_string()),
         }
     }
 }
 
-type Reply = oneshot::Sender<Result<(u64, Outcome), ProposeError>>;
+type Reply = oneshot::Sender<Result<(u64, Outcome), LeaderError>>;
 
 struct Pending {
     command: Command,
@@ -85,13 +75,13 @@ impl Proposer {
 
     /// Proposes one command on this node (which must be the leader) and waits until it
     /// is committed and applied; returns the entry's log index and the outcome.
-    pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), ProposeError> {
+    pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), LeaderError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { command, reply })
-            .map_err(|_| ProposeError::Unavailable("server is shutting down".into()))?;
+            .map_err(|_| LeaderError::Unavailable("server is shutting down".into()))?;
         rx.await
-            .unwrap_or_else(|_| Err(ProposeError::Unavailable("server is shutting down".into())))
+            .unwrap_or_else(|_| Err(LeaderError::Unavailable("server is shutting down".into())))
     }
 }
 
@@ -121,13 +111,13 @@ async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
                 let mut outcomes = response.data.outcomes.into_iter();
                 for reply in replies {
                     let result = outcomes.next().map(|o| (index, o)).ok_or_else(|| {
-                        ProposeError::Unavailable("state machine returned too few outcomes".into())
+                        LeaderError::Unavailable("state machine returned too few outcomes".into())
                     });
                     let _ = reply.send(result);
                 }
             }
             Err(e) => {
-                let error = ProposeError::from_raft(e);
+                let error = LeaderError::from_raft(e);
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }

@@ -11,18 +11,9 @@ use std::sync::{Arc, Mutex};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 
-use crate::types::{NodeId, Raft};
+use crate::types::{LeaderError, Raft};
 
-/// Why leadership could not be confirmed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BarrierError {
-    #[error("not the leader")]
-    NotLeader { leader: Option<(NodeId, String)> },
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-type Waiter = oneshot::Sender<Result<u64, BarrierError>>;
+type Waiter = oneshot::Sender<Result<u64, LeaderError>>;
 
 #[derive(Default)]
 struct Rounds {
@@ -53,7 +44,7 @@ impl ReadBarrier {
 
     /// Confirms this node is still the leader, after the call began, and that its state
     /// machine has applied everything committed before; returns that read index.
-    pub async fn confirm(&self) -> Result<u64, BarrierError> {
+    pub async fn confirm(&self) -> Result<u64, LeaderError> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
@@ -64,7 +55,7 @@ impl ReadBarrier {
             tokio::spawn(self.clone().run());
         }
         rx.await
-            .unwrap_or_else(|_| Err(BarrierError::Unavailable("shutting down".into())))
+            .unwrap_or_else(|_| Err(LeaderError::Unavailable("shutting down".into())))
     }
 
     async fn run(self) {
@@ -80,11 +71,11 @@ impl ReadBarrier {
             let result = match self.raft.ensure_linearizable().await {
                 Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(BarrierError::NotLeader {
+                    Err(LeaderError::NotLeader {
                         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
                     })
                 }
-                Err(e) => Err(BarrierError::Unavailable(e.to_string())),
+                Err(e) => Err(LeaderError::Unavailable(e.to_string())),
             };
             for waiter in waiters {
                 let _ = waiter.send(result.clone());

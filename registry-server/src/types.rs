@@ -43,3 +43,14 @@ pub struct Request {
 pub struct Response {
     pub outcomes: Vec<Outcome>,
 }
+
+/// Why something that must run on the leader did not run here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaderError {
+    /// This node is not the leader; nothing was done. Carries the leader if known.
+    #[error("not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// The node is stopping, has no quorum, or the outcome is unknown.
+    #[error("{0}")]
+    Unavailable(String),
+}
