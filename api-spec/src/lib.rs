@@ -93,6 +93,13 @@ impl std::error::Error for DurationError {}
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// With `lock_held` and `token_mismatch` on a lock route: the lock as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockInfo>,
+    /// With `election_held` and `token_mismatch` on an election route: the election as
+    /// it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<ElectionInfo>,
 }
 
 /// A stable machine-readable `code` and a human-readable `message`.
@@ -135,6 +142,17 @@ pub mod codes {
     pub const NO_LEADER: &str = "no_leader";
     /// 503: the node is shutting down or not yet part of a cluster.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 409: the lock is held (or has waiters, or is in its lock-delay) and the request did
+    /// not wait, or its `wait` ran out. The body's `lock` shows the holder.
+    pub const LOCK_HELD: &str = "lock_held";
+    /// 409: another candidate leads the election and the campaign did not wait, or its
+    /// `wait` ran out. The body's `election` shows the leader.
+    pub const ELECTION_HELD: &str = "election_held";
+    /// 409: the token is not the current holder's (it was released, expired or handed
+    /// on); nothing changed. The body shows the lock or election as it is.
+    pub const TOKEN_MISMATCH: &str = "token_mismatch";
+    /// 429: the lock's wait queue is full; retry later.
+    pub const QUEUE_FULL: &str = "queue_full";
     /// 500: a server-side failure; details are in the server's log, not the response.
     pub const INTERNAL: &str = "internal";
 }
@@ -419,6 +437,206 @@ pub struct HealthStatus {
     pub reason: Option<String>,
 }
 
+/// Lock-delay applied when an acquire gives none: how long a lock whose holder's lease
+/// *expired* stays ungranted, for resources that do not check fencing tokens.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest `lock_delay` an acquire may ask for.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+
+/// Longest `wait` an acquire or campaign may ask for.
+pub const MAX_LOCK_WAIT: Duration = MAX_BLOCKING_WAIT;
+
+/// Longest `holder` text on an acquire, in bytes.
+pub const MAX_HOLDER_LEN: usize = 256;
+
+/// Longest election `candidate` value, in bytes.
+pub const MAX_CANDIDATE_LEN: usize = 4096;
+
+/// `POST /v1/locks/{name}/acquire`.
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Hold the lock under this existing lease. Give this or `ttl`.
+    #[serde(default)]
+    pub lease: Option<Uuid>,
+    /// Make a lease of the lock's own with this TTL (e.g. `"15s"`), returned in the
+    /// answer; keep it alive with `PUT /v1/leases/{lease}/keepalive`. Releasing the lock
+    /// revokes it. Give this or `lease`.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// How long to wait in line when the lock is held (default `"0s"`: answer `409` at
+    /// once). While the request waits, the server keeps its lease alive.
+    #[serde(default)]
+    pub wait: Option<String>,
+    /// Free text shown to others as the holder (e.g. host and pid), up to 256 bytes.
+    #[serde(default)]
+    pub holder: Option<String>,
+    /// How long the lock stays ungranted if this holder's lease *expires* (default
+    /// `"1s"`, at most `"1m"`); a clean release or revoke has no delay.
+    #[serde(default)]
+    pub lock_delay: Option<String>,
+}
+
+/// `200` answer to an acquire: the caller holds the lock.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockGrant {
+    pub name: String,
+    /// The fencing token: pass it to the protected resource, which must reject any token
+    /// lower than the highest it has seen. Strictly greater than every earlier grant's.
+    pub token: u64,
+    /// The lease the lock is bound to: keep it alive, or the lock is lost.
+    pub lease: Uuid,
+    /// `true` when the lease was made for this lock (from `ttl`); releasing revokes it.
+    pub own_lease: bool,
+    /// The lease's TTL in milliseconds.
+    pub ttl_ms: u64,
+    pub holder: String,
+    pub lock_delay_ms: u64,
+    /// Log index of the granting entry.
+    pub granted_index: u64,
+    /// Leader's wall clock at the grant (ms since the Unix epoch).
+    pub granted_at_ms: u64,
+}
+
+/// `POST /v1/locks/{name}/release` and `POST /v1/elections/{name}/resign`.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The token of the grant being given up.
+    pub token: u64,
+}
+
+/// Answer to a release or resign.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub name: String,
+    pub token: u64,
+    /// Always `true`: a token that is not the current one is a `409`.
+    pub released: bool,
+    /// `true` when the lock's own lease was revoked with it.
+    pub lease_revoked: bool,
+}
+
+/// The current holder of a lock.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub holder: String,
+    pub token: u64,
+    pub lease: Uuid,
+    pub own_lease: bool,
+    pub lock_delay_ms: u64,
+    pub granted_index: u64,
+    pub granted_at_ms: u64,
+}
+
+/// A request waiting for a lock (or a candidate waiting to lead).
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockWaiter {
+    pub holder: String,
+    pub lease: Uuid,
+    /// Log index of the entry that queued it.
+    pub queued_index: u64,
+    /// Leader's wall clock when it was queued (ms since the Unix epoch).
+    pub queued_at_ms: u64,
+}
+
+/// `GET /v1/locks/{name}`: a lock as it is. A lock nobody holds has no holder and no
+/// waiters.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub name: String,
+    pub held: bool,
+    pub holder: Option<LockHolder>,
+    /// Waiters in the order they will be granted.
+    pub waiters: Vec<LockWaiter>,
+    /// The previous holder's lease expired: the lock is not granted before this time
+    /// (leader's wall clock, ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_until_ms: Option<u64>,
+    /// Log index of the last change to this lock (0 for a lock that never changed or
+    /// has been free since the last change to any lock).
+    pub modify_index: u64,
+}
+
+/// `GET /v1/locks`.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockList {
+    /// Locks that are held, have waiters or are in their lock-delay, by name.
+    pub locks: Vec<LockInfo>,
+}
+
+/// `POST /v1/elections/{name}/campaign`.
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    /// The value this candidate announces when it leads (e.g. its address), up to 4096
+    /// bytes.
+    pub candidate: String,
+    /// Campaign under this existing lease. Give this or `ttl`.
+    #[serde(default)]
+    pub lease: Option<Uuid>,
+    /// Make a lease of the candidacy's own with this TTL; resigning revokes it. Give this
+    /// or `lease`.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// How long to wait for leadership (default `"0s"`: answer `409` at once with the
+    /// current leader). While the request waits, the server keeps its lease alive.
+    #[serde(default)]
+    pub wait: Option<String>,
+}
+
+/// `POST /v1/elections/{name}/proclaim`: the leader announces a new value.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProclaimRequest {
+    pub token: u64,
+    pub candidate: String,
+}
+
+/// An election's leader.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionLeader {
+    pub name: String,
+    /// The leader's announced value.
+    pub candidate: String,
+    /// Fencing token of this leadership term.
+    pub token: u64,
+    pub lease: Uuid,
+    pub own_lease: bool,
+    /// Log index of the entry that made it leader.
+    pub since_index: u64,
+    /// Leader's wall clock when it became leader (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
+/// Answer to a campaign that won: this candidate leads.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignResponse {
+    #[serde(flatten)]
+    pub leader: ElectionLeader,
+    /// The lease's TTL in milliseconds: keep the lease alive to keep leading.
+    pub ttl_ms: u64,
+}
+
+/// `GET /v1/elections/{name}`: who leads, and who waits to.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionInfo {
+    pub name: String,
+    pub leader: Option<ElectionLeader>,
+    /// Candidates waiting to lead, in order.
+    pub candidates: Vec<LockWaiter>,
+    /// Log index of the last change to this election.
+    pub modify_index: u64,
+}
+
+/// `GET /v1/elections`.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionList {
+    /// Elections with a leader or candidates, by name.
+    pub elections: Vec<ElectionInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,10 +688,13 @@ mod tests {
                 code: codes::LEASE_NOT_FOUND.into(),
                 message: "gone".into(),
             },
+            lock: None,
+            election: None,
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["error"]["code"], "lease_not_found");
         assert_eq!(json["error"]["message"], "gone");
+        assert!(json.get("lock").is_none() && json.get("election").is_none());
     }
 
     #[test]

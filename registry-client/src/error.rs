@@ -84,7 +84,7 @@ const MAX_FOREIGN_BODY: usize = 512;
 /// registry error body is kept (truncated) as the message with an empty code.
 pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error }) => (error.code, error.message),
+        Ok(ErrorBody { error, .. }) => (error.code, error.message),
         Err(_) => {
             let text = String::from_utf8_lossy(body);
             let mut end = text.len().min(MAX_FOREIGN_BODY);

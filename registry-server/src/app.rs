@@ -365,12 +365,12 @@ impl App {
     /// Grants a new lease.
     pub async fn create_lease(&self, ttl: Duration) -> Result<(u64, Lease), AppError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let command = Command::Lease(locks::Command::GrantLease {
+        let command = Command::Coordinate(locks::Command::GrantLease {
             id: LeaseId::new_v4(),
             ttl_ms,
         });
         match self.propose(command).await? {
-            (index, Outcome::Lease(locks::Outcome::LeaseGranted(lease))) => Ok((index, lease)),
+            (index, Outcome::Coordinate(locks::Outcome::LeaseGranted(lease))) => Ok((index, lease)),
             (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -378,11 +378,11 @@ impl App {
     /// Revokes a lease.
     pub async fn revoke_lease(&self, id: LeaseId) -> Result<(u64, Lease), AppError> {
         match self
-            .propose(Command::Lease(locks::Command::RevokeLease { id }))
+            .propose(Command::Coordinate(locks::Command::RevokeLease { id }))
             .await?
         {
-            (index, Outcome::Lease(locks::Outcome::LeaseRevoked(lease))) => Ok((index, lease)),
-            (_, Outcome::Lease(locks::Outcome::LeaseNotFound(_))) => {
+            (index, Outcome::Coordinate(locks::Outcome::LeaseRevoked(lease))) => Ok((index, lease)),
+            (_, Outcome::Coordinate(locks::Outcome::LeaseNotFound(_))) => {
                 Err(AppError::LeaseNotFound(id))
             }
             (_, other) => Err(AppError::Internal(format!("unexpected outcome {other:?}"))),
@@ -676,11 +676,11 @@ impl App {
         if expire.is_empty() {
             return;
         }
-        let command = Command::Lease(locks::Command::ExpireLeases {
+        let command = Command::Coordinate(locks::Command::ExpireLeases {
             ids: expire.clone(),
         });
         match self.inner.proposer.propose(command).await {
-            Ok((index, Outcome::Lease(locks::Outcome::LeasesExpired(gone)))) => {
+            Ok((index, Outcome::Coordinate(locks::Outcome::LeasesExpired(gone)))) => {
                 tracing::info!(index, expired = gone.len(), "leases expired");
             }
             Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),

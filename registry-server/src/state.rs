@@ -28,8 +28,8 @@ pub enum Binding {
 /// One replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// A lease grant, revocation or expiry.
-    Lease(locks::Command),
+    /// A lease, lock or election command for the coordination core.
+    Coordinate(locks::Command),
     /// Register or update an instance.
     Register {
         key: InstanceKey,
@@ -48,7 +48,7 @@ pub enum Command {
 /// What one [`Command`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Lease(locks::Outcome),
+    Coordinate(locks::Outcome),
     /// The instance as registered, with the lease it is bound to.
     Registered {
         record: InstanceRecord,
@@ -71,12 +71,16 @@ pub struct Effects {
     pub ended: Vec<LeaseId>,
     /// Services whose instances changed (their watchers are woken).
     pub services: BTreeSet<String>,
+    /// Locks and elections that changed (their watchers are woken).
+    pub locks: BTreeSet<locks::Key>,
+    /// Parked acquire/campaign requests whose fate was decided (granted or dropped).
+    pub woken: Vec<locks::Ticket>,
 }
 
 /// The state machine's application data (what snapshots contain besides Raft metadata).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppState {
-    /// Leases (and later locks and elections).
+    /// Leases, locks and elections.
     pub coordinator: locks::Coordinator,
     /// Registered service instances.
     pub catalog: Catalog,
@@ -92,7 +96,7 @@ impl AppState {
         fx: &mut Effects,
     ) -> Outcome {
         match command {
-            Command::Lease(cmd) => Outcome::Lease(self.lease(cmd, index, now_ms, fx)),
+            Command::Coordinate(cmd) => Outcome::Coordinate(self.lease(cmd, index, now_ms, fx)),
             Command::Register { key, spec, binding } => {
                 self.register(key, spec, binding, index, now_ms, fx)
             }
@@ -143,7 +147,8 @@ impl AppState {
         }
     }
 
-    /// Applies a lease command and carries a lease's end over to its instances.
+    /// Applies a coordination command and carries the end of any lease over to the
+    /// instances bound to it.
     fn lease(
         &mut self,
         cmd: locks::Command,
@@ -151,23 +156,18 @@ impl AppState {
         now_ms: u64,
         fx: &mut Effects,
     ) -> locks::Outcome {
-        let outcome = self.coordinator.apply(cmd, index, now_ms);
-        let ended: Vec<LeaseId> = match &outcome {
-            locks::Outcome::LeaseGranted(lease) => {
-                if lease.granted_index == index {
-                    fx.granted.push(lease.clone());
-                }
-                Vec::new()
-            }
-            locks::Outcome::LeaseRevoked(lease) => vec![lease.id],
-            locks::Outcome::LeasesExpired(leases) => leases.iter().map(|l| l.id).collect(),
-            locks::Outcome::LeaseNotFound(_) => Vec::new(),
-        };
-        for id in ended {
+        let mut coordination = locks::Effects::default();
+        let outcome = self
+            .coordinator
+            .apply(cmd, index, now_ms, &mut coordination);
+        for id in &coordination.ended {
             fx.services
-                .extend(self.catalog.lease_ended(&id, index, now_ms));
-            fx.ended.push(id);
+                .extend(self.catalog.lease_ended(id, index, now_ms));
         }
+        fx.granted.extend(coordination.granted);
+        fx.ended.extend(coordination.ended);
+        fx.locks.extend(coordination.changed);
+        fx.woken.extend(coordination.woken);
         outcome
     }
 
@@ -324,7 +324,7 @@ mod tests {
         let mut fx = Effects::default();
         let shared = LeaseId::from_u128(9);
         s.apply(
-            Command::Lease(locks::Command::GrantLease {
+            Command::Coordinate(locks::Command::GrantLease {
                 id: shared,
                 ttl_ms: 1000,
             }),
@@ -336,7 +336,7 @@ mod tests {
         register(&mut s, key("b", "1"), Binding::Existing(shared), 3);
         let mut fx = Effects::default();
         s.apply(
-            Command::Lease(locks::Command::ExpireLeases { ids: vec![shared] }),
+            Command::Coordinate(locks::Command::ExpireLeases { ids: vec![shared] }),
             4,
             10_000,
             &mut fx,
@@ -362,7 +362,7 @@ mod tests {
         let mut fx = Effects::default();
         let shared = LeaseId::from_u128(9);
         s.apply(
-            Command::Lease(locks::Command::GrantLease {
+            Command::Coordinate(locks::Command::GrantLease {
                 id: shared,
                 ttl_ms: 1000,
             }),

@@ -1,7 +1,7 @@
 //! Errors as HTTP answers: every failure becomes `{"error": {"code", "message"}}` with a
 //! fitting status and a stable code from `api_spec::codes`; 5xx details go to the log.
 
-use api_spec::{codes, ErrorBody, ErrorDetail};
+use api_spec::{codes, ElectionInfo, ErrorBody, ErrorDetail, LockInfo};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,6 +17,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The lock the error is about, shown with `lock_held` and `token_mismatch`.
+    pub lock: Option<Box<LockInfo>>,
+    /// The election the error is about, shown with `election_held` and `token_mismatch`.
+    pub election: Option<Box<ElectionInfo>>,
 }
 
 impl ApiError {
@@ -25,7 +29,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            lock: None,
+            election: None,
         }
+    }
+
+    /// Adds the lock's current state to the answer.
+    pub fn with_lock(mut self, lock: LockInfo) -> Self {
+        self.lock = Some(Box::new(lock));
+        self
+    }
+
+    /// Adds the election's current state to the answer.
+    pub fn with_election(mut self, election: ElectionInfo) -> Self {
+        self.election = Some(Box::new(election));
+        self
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -74,6 +92,8 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message,
             },
+            lock: self.lock.map(|l| *l),
+            election: self.election.map(|e| *e),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
