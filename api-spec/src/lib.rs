@@ -119,7 +119,8 @@ pub mod codes {
     pub const INVALID_ARGUMENT: &str = "invalid_argument";
     /// 400: a duration string could not be read, or is outside the allowed range.
     pub const INVALID_DURATION: &str = "invalid_duration";
-    /// 404: the lease does not exist (never did, was revoked, or expired).
+    /// 404: the lease does not exist (never did, was revoked, or expired); also the answer
+    /// to an acquire or campaign whose lease ended while it waited.
     pub const LEASE_NOT_FOUND: &str = "lease_not_found";
     /// 404: no instance with this service and id is registered (register it again).
     pub const INSTANCE_NOT_FOUND: &str = "instance_not_found";
@@ -461,7 +462,7 @@ pub struct AcquireRequest {
     #[serde(default)]
     pub lease: Option<Uuid>,
     /// Make a lease of the lock's own with this TTL (e.g. `"15s"`), returned in the
-    /// answer; keep it alive with `PUT /v1/leases/{lease}/keepalive`. Releasing the lock
+    /// answer; keep it alive with `PUT /v1/leases/{id}/keepalive`. Releasing the lock
     /// revokes it. Give this or `lease`.
     #[serde(default)]
     pub ttl: Option<String>,
@@ -570,7 +571,7 @@ pub struct LockList {
 #[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
-    /// The value this candidate announces when it leads (e.g. its address), up to 4096
+    /// The value this candidate announces when it leads (e.g. its address), 1 to 4096
     /// bytes.
     pub candidate: String,
     /// Campaign under this existing lease. Give this or `ttl`.

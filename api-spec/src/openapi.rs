@@ -51,7 +51,10 @@ Any route may answer `500` with code `internal`; the details are in the server's
 (or `?consistency=stale`) answers from the receiving server's memory instead.
 - Blocking queries: pass the `X-Registry-Index` of a previous answer as `?index=`, and the \
 server holds the request until something changes past that index or `wait` runs out.
-- Writes may be sent to any server; followers forward them to the leader.";
+- Writes may be sent to any server; followers forward them to the leader.
+- Every lock grant and election win carries a fencing `token` that strictly increases \
+across all grants; a resource the holder acts on should reject any token lower than the \
+highest it has seen.";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -71,6 +74,15 @@ server holds the request until something changes past that index or `wait` runs 
         routes::get_lease,
         routes::revoke_lease,
         routes::keepalive_lease,
+        routes::acquire_lock,
+        routes::release_lock,
+        routes::get_lock,
+        routes::list_locks,
+        routes::campaign,
+        routes::proclaim,
+        routes::resign,
+        routes::get_election,
+        routes::list_elections,
         routes::cluster_status,
         routes::add_member,
         routes::remove_member,
@@ -84,7 +96,9 @@ server holds the request until something changes past that index or `wait` runs 
     modifiers(&CommonHeaders),
     tags(
         (name = "services", description = "Register instances and discover them."),
-        (name = "leases", description = "Time-limited liveness tokens that instances (and later locks) hang on."),
+        (name = "leases", description = "Time-limited liveness tokens that instances, locks and elections hang on."),
+        (name = "locks", description = "Distributed locks: one holder at a time, bound to a lease, with a FIFO wait queue and fencing tokens."),
+        (name = "elections", description = "Leader election: one leader at a time, bound to a lease, announcing a value that observers follow with blocking queries."),
         (name = "cluster", description = "Raft membership and status."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
         (name = "meta", description = "This document."),
@@ -195,6 +209,34 @@ pub struct ServicePath {
     pub service: String,
 }
 
+/// The path of a lock: `/v1/locks/{name}...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct LockPath {
+    /// The lock name: letters, digits, `.`, `_`, `-`, starting with a letter or digit
+    /// (the rule of service names). Locks and elections have separate name spaces.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
+    pub name: String,
+}
+
+/// The path of an election: `/v1/elections/{name}...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ElectionPath {
+    /// The election name: letters, digits, `.`, `_`, `-`, starting with a letter or digit
+    /// (the rule of service names). Elections and locks have separate name spaces.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
+    pub name: String,
+}
+
 /// Query parameters every read takes.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -272,11 +314,15 @@ pub enum StatusFilter {
 mod routes {
     #![allow(dead_code)]
 
-    use super::{BlockingQuery, InstanceFilter, InstancePath, ReadQuery, ServicePath};
+    use super::{
+        BlockingQuery, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery, ServicePath,
+    };
     use crate::{
-        AddMemberRequest, ClusterStatus, CreateLeaseRequest, DeregisterResponse, ErrorBody,
-        HealthStatus, HeartbeatResponse, Instance, LeaseInfo, MembershipResponse, RegisterRequest,
-        RevokeLeaseResponse, ServiceInstances, ServiceList, SetStatusRequest,
+        AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
+        CreateLeaseRequest, DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList,
+        ErrorBody, HealthStatus, HeartbeatResponse, Instance, LeaseInfo, LockGrant, LockInfo,
+        LockList, MembershipResponse, ProclaimRequest, RegisterRequest, ReleaseRequest,
+        ReleaseResponse, RevokeLeaseResponse, ServiceInstances, ServiceList, SetStatusRequest,
     };
 
     /// Register an instance, or update it.
@@ -464,6 +510,223 @@ mod routes {
     )]
     fn keepalive_lease() {}
 
+    /// Acquire a lock, waiting in line for it if asked to.
+    ///
+    /// Give `lease` (hold the lock under a lease you keep alive) or `ttl` (the server makes
+    /// a lease of the lock's own, returned in the answer: keep it alive with
+    /// `PUT /v1/leases/{id}/keepalive`). The lock is held until it is released, or until its
+    /// lease is revoked or expires.
+    ///
+    /// A free lock is granted at once. When it is held, has waiters or is in its
+    /// lock-delay, the request answers `409` at once unless `wait` is given (at most
+    /// `"10m"`): then it joins the lock's FIFO queue and the request blocks server-side until
+    /// it reaches the front and is granted (`200`), or `wait` runs out (`409`). A release,
+    /// or the end of the holder's lease, hands the lock to the next waiter only, so one
+    /// release wakes one request. A waiter whose HTTP request goes away (the client
+    /// disconnects or times out) leaves the queue, and a grant that reached it meanwhile is
+    /// released, since nobody learns its token. While a request waits, the server keeps
+    /// its lease alive. Set the client's HTTP timeout above `wait`.
+    ///
+    /// Every grant carries a fencing `token`, strictly greater than every earlier grant's
+    /// (of any lock or election): pass it to the resource the lock protects, which should
+    /// reject tokens lower than the highest it has seen. Acquiring again under the `lease`
+    /// that already holds the lock answers that same grant (same token); under a lease that
+    /// already waits, it takes over that place in line.
+    ///
+    /// Lock-delay: when a holder's lease *expires* (rather than the lock being released or
+    /// the lease revoked), the lock is not granted again for that holder's `lock_delay`
+    /// (default `"1s"`, at most `"1m"`), protecting resources that do not check tokens.
+    #[utoipa::path(
+        post,
+        path = "/v1/locks/{name}/acquire",
+        tag = "locks",
+        params(LockPath),
+        request_body = AcquireRequest,
+        responses(
+            (status = 200, description = "The caller holds the lock, with its fencing token.", body = LockGrant),
+            (status = 400, description = "`invalid_json`: the body is not an `AcquireRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `holder` is longer than 256 bytes or contains control characters; `invalid_duration`: `ttl`, `wait` or `lock_delay` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m, `lock_delay` at most 1m).", body = ErrorBody),
+            (status = 404, description = "`lease_not_found`: `lease` names no live lease, or the request's lease ended while it waited in line.", body = ErrorBody),
+            (status = 409, description = "`lock_held`: the lock is held, has waiters or is in its lock-delay, and `wait` was 0 or ran out. The body's `lock` shows the lock as it is (holder, waiters, `delay_until_ms`).", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 429, description = "`queue_full`: the lock's wait queue is full; nothing changed. Retry later.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn acquire_lock() {}
+
+    /// Release a lock held with `token`.
+    ///
+    /// The lock passes to the next waiter, if any, in the same log entry. Releasing a lock
+    /// acquired with `ttl` also revokes its own lease; a lease given as `lease` lives on.
+    /// A release has no lock-delay.
+    #[utoipa::path(
+        post,
+        path = "/v1/locks/{name}/release",
+        tag = "locks",
+        params(LockPath),
+        request_body = ReleaseRequest,
+        responses(
+            (status = 200, description = "The lock is released.", body = ReleaseResponse),
+            (status = 400, description = "`invalid_json`: the body is not a `ReleaseRequest`; `invalid_argument`: the name is not valid.", body = ErrorBody),
+            (status = 409, description = "`token_mismatch`: `token` is not the current holder's (the lock was already released, its lease ended, or it passed on); nothing changed. The body's `lock` shows the lock as it is.", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn release_lock() {}
+
+    /// Read a lock: its holder and waiters (a blocking query).
+    ///
+    /// A lock nobody holds answers 200 with `held: false`, no holder and no waiters, so a
+    /// blocking query can wait for it to be taken. With `index`, the answer comes when the
+    /// lock changes after that index, or when `wait` runs out.
+    #[utoipa::path(
+        get,
+        path = "/v1/locks/{name}",
+        tag = "locks",
+        params(LockPath, BlockingQuery, ReadQuery),
+        responses(
+            (status = 200, description = "The lock as it is.", body = LockInfo),
+            (status = 400, description = "`invalid_argument`: the name is not valid, `index`, `stale` or `consistency` cannot be read, or a query parameter is unknown; `invalid_duration`: `wait` cannot be read.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable` (linearizable reads only): retry later, or read with `?stale`.", body = ErrorBody),
+        )
+    )]
+    fn get_lock() {}
+
+    /// List the locks that are held, have waiters or are in their lock-delay (a blocking
+    /// query).
+    ///
+    /// With `index`, the answer comes when any lock changes after that index, or when
+    /// `wait` runs out.
+    #[utoipa::path(
+        get,
+        path = "/v1/locks",
+        tag = "locks",
+        params(BlockingQuery, ReadQuery),
+        responses(
+            (status = 200, description = "Every lock that is not free, by name.", body = LockList),
+            (status = 400, description = "`invalid_argument`: `index`, `stale` or `consistency` cannot be read, or a query parameter is unknown; `invalid_duration`: `wait` cannot be read.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable` (linearizable reads only): retry later, or read with `?stale`.", body = ErrorBody),
+        )
+    )]
+    fn list_locks() {}
+
+    /// Campaign to lead an election, waiting for leadership if asked to.
+    ///
+    /// An election is a lock whose holder announces a value (`candidate`, e.g. its
+    /// address) for observers, who follow leadership with blocking queries on
+    /// `GET /v1/elections/{name}`. Give `lease` or `ttl`, as for a lock; the candidate leads
+    /// until it resigns or its lease is revoked or expires, and then the next waiting
+    /// candidate leads. Elections have no lock-delay: when a leader's lease expires, the
+    /// next candidate leads at once (tokens tell the old leader's actions from the new).
+    ///
+    /// When another candidate leads, the request answers `409` at once unless `wait` is
+    /// given (at most `"10m"`): then it joins the FIFO line of candidates and blocks until
+    /// it leads (`200`) or `wait` runs out (`409`). A candidate whose HTTP request goes away
+    /// leaves the line; while it waits, the server keeps its lease alive.
+    ///
+    /// Each leadership term has a fencing `token`, strictly greater than every earlier
+    /// grant's: pass it with the leader's actions so that a deposed leader's are rejected.
+    #[utoipa::path(
+        post,
+        path = "/v1/elections/{name}/campaign",
+        tag = "elections",
+        params(ElectionPath),
+        request_body = CampaignRequest,
+        responses(
+            (status = 200, description = "This candidate leads, with the term's fencing token.", body = CampaignResponse),
+            (status = 400, description = "`invalid_json`: the body is not a `CampaignRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `candidate` is empty or longer than 4096 bytes; `invalid_duration`: `ttl` or `wait` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m).", body = ErrorBody),
+            (status = 404, description = "`lease_not_found`: `lease` names no live lease, or the candidacy's lease ended while it waited in line.", body = ErrorBody),
+            (status = 409, description = "`election_held`: another candidate leads, and `wait` was 0 or ran out. The body's `election` shows the election as it is (leader, candidates).", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 429, description = "`queue_full`: the election's line of candidates is full; nothing changed. Retry later.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn campaign() {}
+
+    /// Announce a new value as the election's leader.
+    ///
+    /// Only the current leader's `token` changes anything; observers blocked on the
+    /// election are woken with the new value.
+    #[utoipa::path(
+        post,
+        path = "/v1/elections/{name}/proclaim",
+        tag = "elections",
+        params(ElectionPath),
+        request_body = ProclaimRequest,
+        responses(
+            (status = 200, description = "The leader with its new value.", body = ElectionLeader),
+            (status = 400, description = "`invalid_json`: the body is not a `ProclaimRequest`; `invalid_argument`: the name is not valid, or `candidate` is empty or longer than 4096 bytes.", body = ErrorBody),
+            (status = 409, description = "`token_mismatch`: `token` is not the current leader's (it resigned, its lease ended, or leadership passed on); nothing changed. The body's `election` shows the election as it is.", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn proclaim() {}
+
+    /// Resign the leadership held with `token`.
+    ///
+    /// The next waiting candidate, if any, leads from the same log entry. Resigning a
+    /// candidacy made with `ttl` also revokes its own lease; a lease given as `lease` lives
+    /// on.
+    #[utoipa::path(
+        post,
+        path = "/v1/elections/{name}/resign",
+        tag = "elections",
+        params(ElectionPath),
+        request_body = ReleaseRequest,
+        responses(
+            (status = 200, description = "The leadership is given up.", body = ReleaseResponse),
+            (status = 400, description = "`invalid_json`: the body is not a `ReleaseRequest`; `invalid_argument`: the name is not valid.", body = ErrorBody),
+            (status = 409, description = "`token_mismatch`: `token` is not the current leader's; nothing changed. The body's `election` shows the election as it is.", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn resign() {}
+
+    /// Read an election: its leader and waiting candidates (a blocking query).
+    ///
+    /// Observers follow leadership with blocking queries: pass the `X-Registry-Index` of
+    /// the previous answer as `index`, and the answer comes when the election changes
+    /// after it (a new leader, a proclaimed value, a resignation) or when `wait` runs out.
+    /// An election nobody leads answers 200 with no leader.
+    #[utoipa::path(
+        get,
+        path = "/v1/elections/{name}",
+        tag = "elections",
+        params(ElectionPath, BlockingQuery, ReadQuery),
+        responses(
+            (status = 200, description = "The election as it is.", body = ElectionInfo),
+            (status = 400, description = "`invalid_argument`: the name is not valid, `index`, `stale` or `consistency` cannot be read, or a query parameter is unknown; `invalid_duration`: `wait` cannot be read.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable` (linearizable reads only): retry later, or read with `?stale`.", body = ErrorBody),
+        )
+    )]
+    fn get_election() {}
+
+    /// List the elections with a leader or candidates (a blocking query).
+    ///
+    /// With `index`, the answer comes when any election changes after that index, or when
+    /// `wait` runs out.
+    #[utoipa::path(
+        get,
+        path = "/v1/elections",
+        tag = "elections",
+        params(BlockingQuery, ReadQuery),
+        responses(
+            (status = 200, description = "Every election with a leader or candidates, by name.", body = ElectionList),
+            (status = 400, description = "`invalid_argument`: `index`, `stale` or `consistency` cannot be read, or a query parameter is unknown; `invalid_duration`: `wait` cannot be read.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable` (linearizable reads only): retry later, or read with `?stale`.", body = ErrorBody),
+        )
+    )]
+    fn list_elections() {}
+
     /// The cluster as the answering server sees it: leader, term, members, indexes.
     #[utoipa::path(
         get,
@@ -550,9 +813,15 @@ mod routes {
 mod tests {
     use std::collections::BTreeSet;
 
+    use std::time::Duration;
+
     use serde_json::Value;
 
     use super::*;
+    use crate::{
+        codes, DEFAULT_LOCK_DELAY, MAX_CANDIDATE_LEN, MAX_HOLDER_LEN, MAX_LEASE_TTL,
+        MAX_LOCK_DELAY, MAX_LOCK_WAIT, MIN_LEASE_TTL,
+    };
 
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -612,6 +881,15 @@ mod tests {
             ("GET", "/v1/leases/{id}"),
             ("DELETE", "/v1/leases/{id}"),
             ("PUT", "/v1/leases/{id}/keepalive"),
+            ("POST", "/v1/locks/{name}/acquire"),
+            ("POST", "/v1/locks/{name}/release"),
+            ("GET", "/v1/locks/{name}"),
+            ("GET", "/v1/locks"),
+            ("POST", "/v1/elections/{name}/campaign"),
+            ("POST", "/v1/elections/{name}/proclaim"),
+            ("POST", "/v1/elections/{name}/resign"),
+            ("GET", "/v1/elections/{name}"),
+            ("GET", "/v1/elections"),
             ("GET", "/v1/cluster"),
             ("POST", "/v1/cluster/members"),
             ("DELETE", "/v1/cluster/members/{id}"),
@@ -714,6 +992,181 @@ mod tests {
             .as_str()
             .unwrap();
         assert!(description.contains("meta.KEY=VALUE"));
+    }
+
+    /// The description of one response, e.g. `("post", "/v1/locks/{name}/acquire", "409")`.
+    fn response_description(doc: &Value, method: &str, path: &str, status: &str) -> String {
+        doc["paths"][path][method]["responses"][status]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no {status} answer"))
+            .to_owned()
+    }
+
+    #[test]
+    fn lock_and_election_writes_document_their_conflicts() {
+        let doc = document();
+        // (method, path, tag, the 409's code, the ErrorBody field it fills).
+        let writes = [
+            (
+                "post",
+                "/v1/locks/{name}/acquire",
+                "locks",
+                codes::LOCK_HELD,
+                "`lock`",
+            ),
+            (
+                "post",
+                "/v1/locks/{name}/release",
+                "locks",
+                codes::TOKEN_MISMATCH,
+                "`lock`",
+            ),
+            (
+                "post",
+                "/v1/elections/{name}/campaign",
+                "elections",
+                codes::ELECTION_HELD,
+                "`election`",
+            ),
+            (
+                "post",
+                "/v1/elections/{name}/proclaim",
+                "elections",
+                codes::TOKEN_MISMATCH,
+                "`election`",
+            ),
+            (
+                "post",
+                "/v1/elections/{name}/resign",
+                "elections",
+                codes::TOKEN_MISMATCH,
+                "`election`",
+            ),
+        ];
+        for (method, path, tag, code, field) in writes {
+            let op = &doc["paths"][path][method];
+            assert_eq!(op["tags"], serde_json::json!([tag]), "{method} {path}");
+            assert!(
+                op["requestBody"].is_object(),
+                "{method} {path} takes a body"
+            );
+            let name = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "name")
+                .unwrap_or_else(|| panic!("{method} {path}: no `name` parameter"));
+            assert_eq!(name["in"], "path");
+            assert_eq!(name["required"], true);
+            assert_eq!(name["schema"]["maxLength"], 128);
+            let conflict = response_description(&doc, method, path, "409");
+            assert!(
+                conflict.contains(&format!("`{code}`")) && conflict.contains(field),
+                "{method} {path}: the 409 should name `{code}` and {field}: {conflict}"
+            );
+            for status in ["200", "400", "413", "415", "503"] {
+                response_description(&doc, method, path, status);
+            }
+        }
+        // Only the requests that bind a lease or join a queue can meet those errors.
+        for path in ["/v1/locks/{name}/acquire", "/v1/elections/{name}/campaign"] {
+            let not_found = response_description(&doc, "post", path, "404");
+            assert!(not_found.contains(&format!("`{}`", codes::LEASE_NOT_FOUND)));
+            let full = response_description(&doc, "post", path, "429");
+            assert!(full.contains(&format!("`{}`", codes::QUEUE_FULL)));
+        }
+        // The error body can carry the lock or the election the 409 describes.
+        let error_body = doc["components"]["schemas"]["ErrorBody"].to_string();
+        assert!(error_body.contains("#/components/schemas/LockInfo"));
+        assert!(error_body.contains("#/components/schemas/ElectionInfo"));
+    }
+
+    #[test]
+    fn lock_and_election_reads_are_blocking_queries() {
+        let doc = document();
+        for (path, tag, in_path) in [
+            ("/v1/locks/{name}", "locks", true),
+            ("/v1/locks", "locks", false),
+            ("/v1/elections/{name}", "elections", true),
+            ("/v1/elections", "elections", false),
+        ] {
+            let op = &doc["paths"][path]["get"];
+            assert_eq!(op["tags"], serde_json::json!([tag]), "{path}");
+            let params = op["parameters"].as_array().unwrap();
+            let named = |name: &str| params.iter().find(|p| p["name"] == name);
+            for name in ["index", "wait", "stale", "consistency"] {
+                let param = named(name).unwrap_or_else(|| panic!("{path}: no {name}"));
+                assert_eq!(param["in"], "query", "{path} {name}");
+                assert_ne!(param["required"], true, "{path} {name} is optional");
+            }
+            assert_eq!(named("name").is_some(), in_path, "{path}");
+            assert!(
+                op["responses"].get("409").is_none(),
+                "{path}: reads do not conflict"
+            );
+            for status in ["200", "400", "503"] {
+                response_description(&doc, "get", path, status);
+            }
+        }
+        for tag in ["locks", "elections"] {
+            assert!(
+                doc["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["name"] == tag),
+                "tag {tag} has no description"
+            );
+        }
+    }
+
+    /// The limits written into the descriptions are the ones the server enforces.
+    #[test]
+    fn lock_limits_in_descriptions_match_the_constants() {
+        let doc = document();
+        // An operation's description and its answers' descriptions, as plain text.
+        let text = |path: &str| {
+            let op = &doc["paths"][path]["post"];
+            let mut text = op["description"].as_str().unwrap().to_owned();
+            for response in op["responses"].as_object().unwrap().values() {
+                text.push('\n');
+                text.push_str(response["description"].as_str().unwrap());
+            }
+            // Doc comments wrap lines wherever they like.
+            text.replace('\n', " ")
+        };
+        let human = crate::format_duration;
+        let hours = |d: Duration| format!("{}h", d.as_secs() / 3600);
+        let ttl_range = format!("`ttl` {}..{}", human(MIN_LEASE_TTL), hours(MAX_LEASE_TTL));
+        let wait = format!("`wait` at most {}", human(MAX_LOCK_WAIT));
+        let acquire = text("/v1/locks/{name}/acquire");
+        for needle in [
+            ttl_range.clone(),
+            wait.clone(),
+            format!("at most `\"{}\"`", human(MAX_LOCK_WAIT)),
+            format!("`lock_delay` at most {}", human(MAX_LOCK_DELAY)),
+            format!(
+                "default `\"{}\"`, at most `\"{}\"`",
+                human(DEFAULT_LOCK_DELAY),
+                human(MAX_LOCK_DELAY)
+            ),
+            format!("`holder` is longer than {MAX_HOLDER_LEN} bytes"),
+        ] {
+            assert!(acquire.contains(&needle), "acquire lacks {needle:?}");
+        }
+        let campaign = text("/v1/elections/{name}/campaign");
+        for needle in [
+            ttl_range,
+            wait,
+            format!("at most `\"{}\"`", human(MAX_LOCK_WAIT)),
+            format!("`candidate` is empty or longer than {MAX_CANDIDATE_LEN} bytes"),
+        ] {
+            assert!(campaign.contains(&needle), "campaign lacks {needle:?}");
+        }
+        let proclaim = text("/v1/elections/{name}/proclaim");
+        assert!(proclaim.contains(&format!("empty or longer than {MAX_CANDIDATE_LEN} bytes")));
+        let description = doc["info"]["description"].as_str().unwrap();
+        assert!(description.contains("fencing `token` that strictly increases"));
     }
 
     #[test]

@@ -5,11 +5,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use api_spec::{
-    RegisterRequest, DEFAULT_DEREGISTER_AFTER, DEFAULT_INSTANCE_TTL, MAX_DEREGISTER_AFTER,
-    MAX_LEASE_TTL, MIN_LEASE_TTL,
+    AcquireRequest, CampaignRequest, RegisterRequest, DEFAULT_DEREGISTER_AFTER,
+    DEFAULT_INSTANCE_TTL, DEFAULT_LOCK_DELAY, MAX_CANDIDATE_LEN, MAX_DEREGISTER_AFTER,
+    MAX_HOLDER_LEN, MAX_LEASE_TTL, MAX_LOCK_DELAY, MAX_LOCK_WAIT, MIN_LEASE_TTL,
 };
 use locks::LeaseId;
 
+use crate::app::AcquireSpec;
 use crate::catalog::InstanceSpec;
 use crate::state::Binding;
 
@@ -182,6 +184,91 @@ pub fn registration(
         deregister_after_ms: millis(deregister_after),
     };
     Ok((spec, binding))
+}
+
+/// A lock or election name: the same characters as a service name.
+pub fn lock_name(value: &str) -> Result<(), Invalid> {
+    check_name("name", value, &['.', '_', '-'])
+}
+
+/// The lease an acquire or campaign binds to: `lease` or `ttl`, exactly one.
+/// `new_lease` is the id of the lease made for it if `ttl` is given.
+fn lock_binding(
+    lease: Option<LeaseId>,
+    ttl: Option<&str>,
+    new_lease: LeaseId,
+) -> Result<locks::Binding, Invalid> {
+    match (lease, ttl) {
+        (Some(_), Some(_)) => Err(arg(
+            "give either `lease` (an existing lease) or `ttl` (for a lease of its own), not both",
+        )),
+        (None, None) => Err(arg(
+            "give `ttl` (e.g. \"15s\") for a lease of the request's own, or `lease` for an existing one",
+        )),
+        (Some(lease), None) => Ok(locks::Binding::Existing(lease)),
+        (None, Some(ttl)) => Ok(locks::Binding::Own {
+            id: new_lease,
+            ttl_ms: millis(duration("ttl", ttl, MIN_LEASE_TTL, MAX_LEASE_TTL)?),
+        }),
+    }
+}
+
+fn lock_wait(wait: Option<&str>) -> Result<Duration, Invalid> {
+    wait.map_or(Ok(Duration::ZERO), |text| {
+        duration("wait", text, Duration::ZERO, MAX_LOCK_WAIT)
+    })
+}
+
+/// Checks an acquire of the lock `name`.
+pub fn acquire(
+    name: &str,
+    req: AcquireRequest,
+    new_lease: LeaseId,
+) -> Result<AcquireSpec, Invalid> {
+    lock_name(name)?;
+    let holder = req.holder.unwrap_or_default();
+    if !holder.is_empty() {
+        free_text("holder", &holder, MAX_HOLDER_LEN)?;
+    }
+    let lock_delay = match &req.lock_delay {
+        Some(text) => duration("lock_delay", text, Duration::ZERO, MAX_LOCK_DELAY)?,
+        None => DEFAULT_LOCK_DELAY,
+    };
+    Ok(AcquireSpec {
+        key: locks::Key::lock(name),
+        binding: lock_binding(req.lease, req.ttl.as_deref(), new_lease)?,
+        holder,
+        wait: lock_wait(req.wait.as_deref())?,
+        lock_delay_ms: millis(lock_delay),
+    })
+}
+
+/// Checks an election value (a candidate or a proclaimed value).
+pub fn candidate(value: &str) -> Result<(), Invalid> {
+    if value.is_empty() || value.len() > MAX_CANDIDATE_LEN {
+        return Err(arg(format!(
+            "candidate must be 1 to {MAX_CANDIDATE_LEN} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a campaign in the election `name`. Elections have no lock-delay: a leader
+/// whose lease expired is followed at once (its token tells the old from the new).
+pub fn campaign(
+    name: &str,
+    req: CampaignRequest,
+    new_lease: LeaseId,
+) -> Result<AcquireSpec, Invalid> {
+    lock_name(name)?;
+    candidate(&req.candidate)?;
+    Ok(AcquireSpec {
+        key: locks::Key::election(name),
+        binding: lock_binding(req.lease, req.ttl.as_deref(), new_lease)?,
+        holder: req.candidate,
+        wait: lock_wait(req.wait.as_deref())?,
+        lock_delay_ms: 0,
+    })
 }
 
 fn millis(d: Duration) -> u64 {

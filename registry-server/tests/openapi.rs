@@ -66,7 +66,10 @@ fn concrete(path: &str) -> String {
     } else {
         "i1".to_owned()
     };
-    let concrete = path.replace("{service}", "svc").replace("{id}", &id);
+    let concrete = path
+        .replace("{service}", "svc")
+        .replace("{name}", "l1")
+        .replace("{id}", &id);
     assert!(
         !concrete.contains('{'),
         "{path}: a path parameter this test does not know how to fill"

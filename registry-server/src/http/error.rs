@@ -34,6 +34,16 @@ impl ApiError {
         }
     }
 
+    /// Adds the lock's or election's current state to the answer.
+    fn with_state_of(self, key: &locks::Key, state: &locks::LockState) -> Self {
+        match key.kind {
+            locks::Kind::Lock => self.with_lock(super::locks::lock_info(&key.name, state)),
+            locks::Kind::Election => {
+                self.with_election(super::locks::election_info(&key.name, state))
+            }
+        }
+    }
+
     /// Adds the lock's current state to the answer.
     pub fn with_lock(mut self, lock: LockInfo) -> Self {
         self.lock = Some(Box::new(lock));
@@ -58,6 +68,10 @@ impl ApiError {
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         let message = e.to_string();
+        let held_code = |key: &locks::Key| match key.kind {
+            locks::Kind::Lock => codes::LOCK_HELD,
+            locks::Kind::Election => codes::ELECTION_HELD,
+        };
         let (status, code) = match e {
             AppError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, codes::NO_LEADER),
             AppError::LeaseNotFound(_) | AppError::LeaseExpired(_) => {
@@ -70,6 +84,15 @@ impl From<AppError> for ApiError {
             AppError::InvalidDuration(_) => (StatusCode::BAD_REQUEST, codes::INVALID_DURATION),
             AppError::MemberNotFound(_) => (StatusCode::NOT_FOUND, codes::MEMBER_NOT_FOUND),
             AppError::MembershipConflict(_) => (StatusCode::CONFLICT, codes::MEMBERSHIP_CONFLICT),
+            AppError::LockHeld { key, state } => {
+                let e = ApiError::new(StatusCode::CONFLICT, held_code(&key), message);
+                return e.with_state_of(&key, &state);
+            }
+            AppError::TokenMismatch { key, state } => {
+                let e = ApiError::new(StatusCode::CONFLICT, codes::TOKEN_MISMATCH, message);
+                return e.with_state_of(&key, &state);
+            }
+            AppError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, codes::QUEUE_FULL),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         };

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod internal;
+mod locks;
 mod public;
 mod query;
 mod services;
@@ -80,6 +81,39 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>)> {
             Method::PUT,
             "/v1/services/{service}/instances/{id}/status",
             put(services::set_status),
+        ),
+        (Method::GET, "/v1/locks", get(locks::list_locks)),
+        (Method::GET, "/v1/locks/{name}", get(locks::get_lock)),
+        (
+            Method::POST,
+            "/v1/locks/{name}/acquire",
+            post(locks::acquire),
+        ),
+        (
+            Method::POST,
+            "/v1/locks/{name}/release",
+            post(locks::release),
+        ),
+        (Method::GET, "/v1/elections", get(locks::list_elections)),
+        (
+            Method::GET,
+            "/v1/elections/{name}",
+            get(locks::get_election),
+        ),
+        (
+            Method::POST,
+            "/v1/elections/{name}/campaign",
+            post(locks::campaign),
+        ),
+        (
+            Method::POST,
+            "/v1/elections/{name}/proclaim",
+            post(locks::proclaim),
+        ),
+        (
+            Method::POST,
+            "/v1/elections/{name}/resign",
+            post(locks::resign),
         ),
         (Method::GET, "/healthz", get(public::healthz)),
         (Method::GET, "/readyz", get(public::readyz)),

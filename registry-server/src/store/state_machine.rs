@@ -118,6 +118,8 @@ impl StateMachineStore {
             .for_each(|lease| self.clock.track(lease));
         effects.ended.iter().for_each(|id| self.clock.forget(id));
         self.watches.notify(&effects.services, index);
+        self.watches.notify_locks(&effects.locks, index);
+        self.watches.wake(&effects.woken);
     }
 }
 

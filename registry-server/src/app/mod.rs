@@ -17,6 +17,10 @@ use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod coordination;
+
+pub use self::coordination::{AcquireSpec, Granted};
+
 use crate::catalog::{CatalogError, Filter, InstanceKey, InstanceRecord, InstanceSpec};
 use crate::lease_clock::{KeepaliveError, LeaseClock};
 use crate::network::{
@@ -64,10 +68,55 @@ pub enum AppError {
     MemberNotFound(NodeId),
     #[error("{0}")]
     MembershipConflict(String),
+    #[error("{}", held_message(key, state))]
+    LockHeld {
+        key: locks::Key,
+        state: Box<locks::LockState>,
+    },
+    #[error("{} is not the current holder's token", token_subject(key))]
+    TokenMismatch {
+        key: locks::Key,
+        state: Box<locks::LockState>,
+    },
+    #[error("{} has {} waiters already; retry later", key_subject(.0), locks::MAX_WAITERS)]
+    QueueFull(locks::Key),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+fn key_subject(key: &locks::Key) -> String {
+    match key.kind {
+        locks::Kind::Lock => format!("lock {:?}", key.name),
+        locks::Kind::Election => format!("election {:?}", key.name),
+    }
+}
+
+fn token_subject(key: &locks::Key) -> String {
+    format!("the token given for {}", key_subject(key))
+}
+
+fn held_message(key: &locks::Key, state: &locks::LockState) -> String {
+    let subject = key_subject(key);
+    match (&state.holder, key.kind) {
+        (Some(hold), locks::Kind::Lock) => {
+            format!(
+                "{subject} is held by {:?} (token {})",
+                hold.holder, hold.token
+            )
+        }
+        (Some(hold), locks::Kind::Election) => {
+            format!(
+                "{subject} is led by {:?} (token {})",
+                hold.holder, hold.token
+            )
+        }
+        (None, _) if state.delay_until_ms.is_some() => {
+            format!("{subject} is in its lock-delay after its holder's lease expired")
+        }
+        (None, _) => format!("{subject} has waiters ahead of this request"),
+    }
 }
 
 impl From<CatalogError> for AppError {
@@ -652,6 +701,7 @@ impl App {
             }
             self.expire_due_leases().await;
             self.reap_critical_instances().await;
+            self.end_lock_delays().await;
         }
     }
 

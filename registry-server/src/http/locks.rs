@@ -1,0 +1,215 @@
+//! Lock and election handlers: check input, call one `App` method, map the result; and
+//! the views that turn a lock's state into its wire form.
+
+use api_spec::{
+    AcquireRequest, CampaignRequest, CampaignResponse, ElectionInfo, ElectionLeader, ElectionList,
+    LockGrant, LockHolder, LockInfo, LockList, LockWaiter, ProclaimRequest, ReleaseRequest,
+    ReleaseResponse,
+};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use locks::{Hold, Key, Kind, LeaseId, LockState, Waiter};
+
+use super::error::{ApiError, Json};
+use super::public::indexed;
+use super::query::{query_pairs, unknown_parameter, ReadQuery};
+use crate::app::{App, Granted};
+use crate::validate;
+
+/// A lock as the API shows it.
+pub(crate) fn lock_info(name: &str, state: &LockState) -> LockInfo {
+    LockInfo {
+        name: name.to_owned(),
+        held: state.holder.is_some(),
+        holder: state.holder.as_ref().map(|h| LockHolder {
+            holder: h.holder.clone(),
+            token: h.token,
+            lease: h.lease,
+            own_lease: h.own_lease,
+            lock_delay_ms: h.lock_delay_ms,
+            granted_index: h.granted_index,
+            granted_at_ms: h.granted_at_ms,
+        }),
+        waiters: state.waiters.iter().map(waiter).collect(),
+        delay_until_ms: state.delay_until_ms,
+        modify_index: state.modify_index,
+    }
+}
+
+/// An election as the API shows it.
+pub(crate) fn election_info(name: &str, state: &LockState) -> ElectionInfo {
+    ElectionInfo {
+        name: name.to_owned(),
+        leader: state.holder.as_ref().map(|h| leader(name, h)),
+        candidates: state.waiters.iter().map(waiter).collect(),
+        modify_index: state.modify_index,
+    }
+}
+
+fn waiter(w: &Waiter) -> LockWaiter {
+    LockWaiter {
+        holder: w.holder.clone(),
+        lease: w.lease,
+        queued_index: w.queued_index,
+        queued_at_ms: w.queued_at_ms,
+    }
+}
+
+fn leader(name: &str, hold: &Hold) -> ElectionLeader {
+    ElectionLeader {
+        name: name.to_owned(),
+        candidate: hold.holder.clone(),
+        token: hold.token,
+        lease: hold.lease,
+        own_lease: hold.own_lease,
+        since_index: hold.granted_index,
+        since_ms: hold.granted_at_ms,
+    }
+}
+
+/// The query of a lock or election read: consistency and blocking parameters only.
+fn read_query(raw: Option<String>) -> Result<ReadQuery, ApiError> {
+    let mut query = ReadQuery::default();
+    for (key, value) in query_pairs(raw)? {
+        if !query.take(&key, &value)? {
+            return Err(unknown_parameter(&key, "index, wait, stale, consistency"));
+        }
+    }
+    Ok(query)
+}
+
+fn released(name: String, hold: &Hold, index: u64) -> Response {
+    indexed(
+        index,
+        ReleaseResponse {
+            name,
+            token: hold.token,
+            released: true,
+            lease_revoked: hold.own_lease,
+        },
+    )
+}
+
+pub async fn acquire(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(req): Json<AcquireRequest>,
+) -> Result<Response, ApiError> {
+    let spec = validate::acquire(&name, req, LeaseId::new_v4())?;
+    let Granted { hold, ttl_ms } = app.acquire(spec).await?;
+    let grant = LockGrant {
+        name,
+        token: hold.token,
+        lease: hold.lease,
+        own_lease: hold.own_lease,
+        ttl_ms,
+        holder: hold.holder,
+        lock_delay_ms: hold.lock_delay_ms,
+        granted_index: hold.granted_index,
+        granted_at_ms: hold.granted_at_ms,
+    };
+    Ok(indexed(app.state().applied_index(), grant))
+}
+
+pub async fn release(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Response, ApiError> {
+    validate::lock_name(&name)?;
+    let (index, hold) = app.release(Key::lock(&name), req.token).await?;
+    Ok(released(name, &hold, index))
+}
+
+pub async fn get_lock(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    validate::lock_name(&name)?;
+    let query = read_query(raw)?;
+    let (index, state) = app
+        .lock(&Key::lock(&name), query.consistency(), query.block())
+        .await?;
+    Ok(indexed(index, lock_info(&name, &state)))
+}
+
+pub async fn list_locks(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = read_query(raw)?;
+    let (index, locks) = app
+        .locks(Kind::Lock, query.consistency(), query.block())
+        .await?;
+    let locks = locks
+        .iter()
+        .map(|(name, state)| lock_info(name, state))
+        .collect();
+    Ok(indexed(index, LockList { locks }))
+}
+
+pub async fn campaign(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(req): Json<CampaignRequest>,
+) -> Result<Response, ApiError> {
+    let spec = validate::campaign(&name, req, LeaseId::new_v4())?;
+    let Granted { hold, ttl_ms } = app.acquire(spec).await?;
+    let body = CampaignResponse {
+        leader: leader(&name, &hold),
+        ttl_ms,
+    };
+    Ok(indexed(app.state().applied_index(), body))
+}
+
+pub async fn proclaim(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(req): Json<ProclaimRequest>,
+) -> Result<Response, ApiError> {
+    validate::lock_name(&name)?;
+    validate::candidate(&req.candidate)?;
+    let (index, hold) = app
+        .proclaim(Key::election(&name), req.token, req.candidate)
+        .await?;
+    Ok(indexed(index, leader(&name, &hold)))
+}
+
+pub async fn resign(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Response, ApiError> {
+    validate::lock_name(&name)?;
+    let (index, hold) = app.release(Key::election(&name), req.token).await?;
+    Ok(released(name, &hold, index))
+}
+
+pub async fn get_election(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    validate::lock_name(&name)?;
+    let query = read_query(raw)?;
+    let (index, state) = app
+        .lock(&Key::election(&name), query.consistency(), query.block())
+        .await?;
+    Ok(indexed(index, election_info(&name, &state)))
+}
+
+pub async fn list_elections(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = read_query(raw)?;
+    let (index, elections) = app
+        .locks(Kind::Election, query.consistency(), query.block())
+        .await?;
+    let elections = elections
+        .iter()
+        .map(|(name, state)| election_info(name, state))
+        .collect();
+    Ok(indexed(index, ElectionList { elections }))
+}
