@@ -115,8 +115,13 @@ impl App {
         match outcome {
             Outcome::Coordinate(locks::Outcome::Queued { .. }) => {}
             other => {
-                abandon.disarm();
-                return self.acquired(&spec.key, index, other, own_ttl_ms).await;
+                // Still armed while catching up: a grant this request cannot answer with
+                // is released rather than left to a client that saw an error.
+                let answer = self.acquired(&spec.key, index, other, own_ttl_ms).await;
+                if !matches!(answer, Err(AppError::Unavailable(_))) {
+                    abandon.disarm();
+                }
+                return answer;
             }
         }
         // Queued. The answer may have come from the leader before this node applied the
@@ -157,13 +162,14 @@ impl App {
             release_if_granted: false,
         };
         let (index, outcome) = self.propose(Command::Coordinate(withdraw)).await?;
-        abandon.disarm();
         match outcome {
             Outcome::Coordinate(locks::Outcome::Granted(hold)) => {
                 self.wait_applied(index).await?;
+                abandon.disarm();
                 Ok(self.granted(hold, own_ttl_ms))
             }
             _ => {
+                abandon.disarm();
                 let state = self.local_lock(&spec.key);
                 Err(AppError::LockHeld {
                     key: spec.key,
