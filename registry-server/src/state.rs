@@ -380,4 +380,54 @@ mod tests {
         let out = s.apply(Command::Deregister { key: key("a", "1") }, 6, 0, &mut fx);
         assert_eq!(out, Outcome::Catalog(CatalogError::InstanceNotFound));
     }
+
+    #[test]
+    fn a_lease_end_releases_its_locks_and_turns_its_instances_critical_together() {
+        let mut s = AppState::default();
+        let shared = LeaseId::from_u128(9);
+        let other = LeaseId::from_u128(10);
+        let mut fx = Effects::default();
+        for id in [shared, other] {
+            s.apply(
+                Command::Coordinate(locks::Command::GrantLease { id, ttl_ms: 1000 }),
+                1,
+                0,
+                &mut fx,
+            );
+        }
+        register(&mut s, key("a", "1"), Binding::Existing(shared), 2);
+        let acquire = |ticket: u128, lease: LeaseId, wait: bool| {
+            Command::Coordinate(locks::Command::Acquire(locks::Acquire {
+                key: locks::Key::lock("db"),
+                ticket: locks::Ticket::from_u128(ticket),
+                binding: locks::Binding::Existing(lease),
+                holder: String::new(),
+                wait,
+                lock_delay_ms: 0,
+            }))
+        };
+        s.apply(acquire(1, shared, false), 3, 0, &mut fx);
+        s.apply(acquire(2, other, true), 4, 0, &mut fx);
+
+        let mut fx = Effects::default();
+        s.apply(
+            Command::Coordinate(locks::Command::RevokeLease { id: shared }),
+            5,
+            0,
+            &mut fx,
+        );
+        assert_eq!(fx.ended, vec![shared]);
+        assert_eq!(fx.services, ["a".to_owned()].into());
+        assert_eq!(fx.locks, [locks::Key::lock("db")].into());
+        assert_eq!(fx.woken, vec![locks::Ticket::from_u128(2)]);
+        assert_eq!(
+            s.catalog.instance(&key("a", "1")).unwrap().status,
+            InstanceStatus::Critical
+        );
+        let holder = s.coordinator.lock(&locks::Key::lock("db")).unwrap();
+        assert_eq!(
+            holder.holder.as_ref().map(|h| (h.lease, h.token)),
+            Some((other, 5))
+        );
+    }
 }
