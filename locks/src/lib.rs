@@ -413,21 +413,28 @@ impl Coordinator {
                 return Outcome::LeaseNotFound(id)
             }
             Binding::Existing(id) => (id, None),
+            // An own lease that exists already comes from an earlier proposal of this
+            // request (whose ticket has since been taken over): it is an existing lease.
+            Binding::Own { id, .. } if self.leases.contains_key(&id) => (id, None),
             Binding::Own { id, ttl_ms } => (id, Some(ttl_ms)),
         };
         // The same lease already holds or waits: this request takes that grant or that
-        // place over (the earlier request is usually one the client gave up on).
+        // place over (the earlier request is usually one the client gave up on), and the
+        // earlier request, if still parked, is woken to find it gone.
         if own.is_none() {
             if let Some(lock) = self.locks.get_mut(&a.key) {
                 if let Some(hold) = lock.holder.as_mut().filter(|h| h.lease == lease) {
+                    fx.woken.push(hold.ticket);
                     hold.ticket = a.ticket;
                     hold.holder = a.holder;
                     let hold = hold.clone();
                     self.settle(&a.key, index, fx);
                     return Outcome::Granted(hold);
                 }
-                if let Some(position) = lock.waiters.iter().position(|w| w.lease == lease) {
+                let queued = lock.waiters.iter().position(|w| w.lease == lease);
+                if let Some(position) = queued.filter(|_| a.wait) {
                     if let Some(waiter) = lock.waiters.get_mut(position) {
+                        fx.woken.push(waiter.ticket);
                         waiter.ticket = a.ticket;
                         waiter.holder = a.holder;
                     }
