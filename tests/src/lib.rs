@@ -218,8 +218,27 @@ fn common_args(extra: &[&str]) -> Vec<String> {
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) bootstrapped as one cluster, with `extra_args` on
     /// every node, and waits until all of them report the same leader.
+    ///
+    /// Ports are picked free and released before the servers bind them, so another
+    /// process can take one in between; a node that could not listen is noticed here and
+    /// the whole start is tried again on new ports.
     pub async fn start(n: u64, extra_args: &[&str]) -> Result<Cluster> {
         ensure!(n >= 1, "a cluster needs at least one node");
+        let mut attempt = 1;
+        loop {
+            let cluster = Cluster::start_once(n, extra_args).await?;
+            if cluster.live_ids().len() as u64 == n {
+                return Ok(cluster);
+            }
+            if attempt == 3 {
+                let e = anyhow::anyhow!("only nodes {:?} of {n} kept running", cluster.live_ids());
+                return Err(cluster.with_logs(e));
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn start_once(n: u64, extra_args: &[&str]) -> Result<Cluster> {
         let mut cluster = Cluster::empty(extra_args)?;
         let mut ports = BTreeMap::new();
         for id in 1..=n {
