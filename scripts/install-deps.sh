@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build this workspace:
 # clang and libclang-dev (RocksDB's sys crate runs bindgen and compiles C++), and
-# cargo-nextest (the test runner). Safe to run again: it only installs what is missing.
+# cargo-nextest (the test runner); plus curl, jq and flock (util-linux), which the shell
+# examples in examples/ and their test use. Safe to run again: it only installs what is
+# missing.
 set -euo pipefail
 
 missing=()
@@ -9,6 +11,8 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -193,6 +193,10 @@ pub struct Effects {
     /// Waiting requests whose fate was decided: granted from the queue, or removed from it
     /// because their lease ended. Only these parked requests need waking.
     pub woken: Vec<Ticket>,
+    /// Leases of waiters that were just granted a lock from the queue. Their request's
+    /// node kept them alive while they waited and stops now; the leader restarts their
+    /// countdown, so the client gets a full TTL to take over the renewing.
+    pub handed: Vec<LeaseId>,
 }
 
 /// The replicated coordination state. `BTreeMap`s so that iteration (and so snapshots)
@@ -570,6 +574,7 @@ impl Coordinator {
         lock.delay_until_ms = None;
         if let Some(w) = lock.waiters.pop_front() {
             fx.woken.push(w.ticket);
+            fx.handed.push(w.lease);
             lock.holder = Some(Hold {
                 ticket: w.ticket,
                 token: next_token(&mut self.last_token, index),

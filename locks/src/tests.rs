@@ -838,6 +838,7 @@ fn release_grants_the_next_waiter_with_a_higher_token() {
     let (out, fx) = apply(&mut c, release(&key, first.token), 10, 777);
     assert_eq!(out, Outcome::Released(first.clone()));
     assert_eq!(fx.woken, vec![ticket(12)]);
+    assert_eq!(fx.handed, vec![id(2)], "its lease gets a fresh countdown");
     assert_eq!(fx.changed, key_set([&key]));
     let next = holder(&c, &key).cloned().unwrap();
     assert_eq!(

@@ -75,6 +75,8 @@ pub struct Effects {
     pub locks: BTreeSet<locks::Key>,
     /// Parked acquire/campaign requests whose fate was decided (granted or dropped).
     pub woken: Vec<locks::Ticket>,
+    /// Leases just granted a lock from a queue (the leader restarts their countdowns).
+    pub handed: Vec<LeaseId>,
 }
 
 /// The state machine's application data (what snapshots contain besides Raft metadata).
@@ -168,6 +170,7 @@ impl AppState {
         fx.ended.extend(coordination.ended);
         fx.locks.extend(coordination.changed);
         fx.woken.extend(coordination.woken);
+        fx.handed.extend(coordination.handed);
         outcome
     }
 

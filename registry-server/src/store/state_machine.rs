@@ -117,6 +117,10 @@ impl StateMachineStore {
             .iter()
             .for_each(|lease| self.clock.track(lease));
         effects.ended.iter().for_each(|id| self.clock.forget(id));
+        // A no-op unless leading; the lease may also have ended in the same batch.
+        effects.handed.iter().for_each(|id| {
+            let _ = self.clock.keepalive(id);
+        });
         self.watches.notify(&effects.services, index);
         self.watches.notify_locks(&effects.locks, index);
         self.watches.wake(&effects.woken);
