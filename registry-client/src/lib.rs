@@ -20,15 +20,22 @@
 //! goes round the list at most once. What makes it move on depends on whether the call
 //! may safely be repeated; see [`Client`].
 
+mod api;
+pub mod balance;
 mod error;
+pub mod locality;
+pub mod outlier;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use api::{ReadOptions, ServiceQuery};
 pub use api_spec::{
-    AddMemberRequest, ClusterStatus, LeaseInfo, Member, MembershipResponse, RevokeLeaseResponse,
-    Role,
+    AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
+    DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList, HeartbeatResponse, Instance,
+    InstanceStatus, LeaseInfo, LockGrant, LockInfo, LockList, Member, MembershipResponse,
+    RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
 pub use error::Error;
 use reqwest::Method;
@@ -100,7 +107,6 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
     /// `host:port`, as given (minus an `http://` prefix); never empty.
@@ -108,19 +114,55 @@ struct Inner {
     /// Index into `endpoints` of the last one that answered; calls start there so a dead
     /// server costs one failed connect, not one per call.
     preferred: AtomicUsize,
+    /// Adds a header (e.g. `Authorization`) to every request.
+    auth: Option<AuthHook>,
+}
+
+/// Called for every request; the header it returns (if any) is added to it.
+pub type AuthHook = Arc<dyn Fn() -> Option<(String, String)> + Send + Sync>;
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("endpoints", &self.endpoints)
+            .field("auth", &self.auth.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a [`Client`] with non-default settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
+    auth: Option<AuthHook>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("timeout", &self.timeout)
+            .field("auth", &self.auth.is_some())
+            .finish()
+    }
 }
 
 impl ClientBuilder {
     /// Per-request timeout (connect, send, and read the whole answer).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// A hook called for every request whose `(name, value)` header is added to it, for
+    /// servers behind an authenticating proxy (the registry itself has no client auth
+    /// yet). Called per request, so it can hand out a refreshed token.
+    pub fn auth_header(
+        mut self,
+        hook: impl Fn() -> Option<(String, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.auth = Some(Arc::new(hook));
         self
     }
 
@@ -146,6 +188,7 @@ impl ClientBuilder {
                 http,
                 endpoints,
                 preferred: AtomicUsize::new(0),
+                auth: self.auth,
             }),
         })
     }
@@ -190,6 +233,7 @@ impl Client {
         ClientBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             timeout: DEFAULT_TIMEOUT,
+            auth: None,
         }
     }
 
@@ -287,13 +331,31 @@ impl Client {
         body: Option<&B>,
         retry: Retry,
     ) -> Result<Response<T>> {
+        self.call_with(method, path, body, retry, None).await
+    }
+
+    /// [`Client::call`] with a per-request timeout replacing the client's (for requests
+    /// the server holds, such as blocking queries and waiting acquires).
+    async fn call_with<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        retry: Retry,
+        timeout: Option<Duration>,
+    ) -> Result<Response<T>> {
         let endpoints = &self.inner.endpoints;
         let start = self.inner.preferred.load(Ordering::Relaxed) % endpoints.len();
         let mut last_error = Error::NoEndpoints;
         for offset in 0..endpoints.len() {
             let which = (start + offset) % endpoints.len();
+            if offset > 0 {
+                // Backing off before the next server: an election takes a moment, and
+                // hammering every server at once only slows it down.
+                tokio::time::sleep(retry_backoff(offset)).await;
+            }
             match self
-                .attempt(&endpoints[which], method.clone(), path, body)
+                .attempt(&endpoints[which], method.clone(), path, body, timeout)
                 .await
             {
                 Ok(response) => {
@@ -322,9 +384,18 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&B>,
+        timeout: Option<Duration>,
     ) -> Result<Response<T>, Failure> {
         let url = format!("http://{endpoint}{path}");
         let mut request = self.inner.http.request(method, url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(auth) = &self.inner.auth {
+            if let Some((name, value)) = auth() {
+                request = request.header(name, value);
+            }
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -362,6 +433,15 @@ impl Client {
         })?;
         Ok(Response { value, index })
     }
+}
+
+/// The pause before trying the next endpoint: 25 ms, doubling, at most 400 ms, with up to
+/// half again of random jitter so clients that failed together do not retry together.
+fn retry_backoff(attempt: usize) -> Duration {
+    let base = Duration::from_millis(25) * 2u32.saturating_pow(attempt.min(5) as u32 - 1);
+    let base = base.min(Duration::from_millis(400));
+    let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
+    base + Duration::from_millis(jitter)
 }
 
 /// A failed attempt, and whether the server may have acted on it.
