@@ -39,6 +39,11 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// A service was never fetched successfully, so the discovery cache has nothing to
+    /// serve (once it has a list, it serves the last good one instead of failing).
+    #[error("service {service:?} could not be fetched from the registry yet")]
+    Unavailable { service: String },
+
     /// A success answer whose body is not the JSON the API promises.
     #[error("could not decode the answer from {endpoint}: {source}")]
     Decode {

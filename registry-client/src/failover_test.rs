@@ -203,5 +203,5 @@ fn endpoints_are_checked_when_the_client_is_built() {
         );
     }
     let client = Client::new(["http://127.0.0.1:7000/", "localhost:7001"]).unwrap();
-    assert_eq!(client.endpoints(), ["127.0.0.1:7000", "localhost:7001"]);
+    assert_eq!(client.servers(), ["127.0.0.1:7000", "localhost:7001"]);
 }

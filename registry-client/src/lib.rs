@@ -22,6 +22,7 @@
 
 mod api;
 pub mod balance;
+mod discovery;
 mod error;
 pub mod locality;
 pub mod outlier;
@@ -37,6 +38,7 @@ pub use api_spec::{
     InstanceStatus, LeaseInfo, LockGrant, LockInfo, LockList, Member, MembershipResponse,
     RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
+pub use discovery::Endpoints;
 pub use error::Error;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -116,6 +118,10 @@ struct Inner {
     preferred: AtomicUsize,
     /// Adds a header (e.g. `Authorization`) to every request.
     auth: Option<AuthHook>,
+    /// The per-request timeout (also how long a first discovery fetch may take).
+    timeout: Duration,
+    /// Discovery caches, one per service in use.
+    caches: discovery::Caches,
 }
 
 /// Called for every request; the header it returns (if any) is added to it.
@@ -189,6 +195,8 @@ impl ClientBuilder {
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 auth: self.auth,
+                timeout: self.timeout,
+                caches: discovery::Caches::default(),
             }),
         })
     }
@@ -237,8 +245,8 @@ impl Client {
         }
     }
 
-    /// The endpoints this client talks to, as `host:port`.
-    pub fn endpoints(&self) -> &[String] {
+    /// The registry servers this client talks to, as `host:port`.
+    pub fn servers(&self) -> &[String] {
         &self.inner.endpoints
     }
 

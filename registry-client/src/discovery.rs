@@ -1,0 +1,326 @@
+//! The discovery cache: one background blocking-query watch per service in use, and
+//! answers from memory.
+//!
+//! The first [`Client::endpoints`] (or `resolve`) of a service fetches it and starts a
+//! watch task that keeps the cached list current with blocking queries
+//! (`GET /v1/services/{service}?status=any&index=N&wait=…`). Every later call answers from
+//! the cache without touching the network. When the registry cannot be reached the last
+//! good list keeps being served (stale-if-error) and [`Endpoints::age`] grows; the watch
+//! reconnects with backoff and jitter. An error never empties a service's list: only an
+//! answer from the registry can.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use api_spec::{Instance, InstanceStatus};
+use tokio::sync::watch;
+
+use crate::api::{ReadOptions, ServiceQuery};
+use crate::{Client, Consistency, Error, Inner, Result};
+
+/// How long one blocking query of the watch is held by the server.
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+/// First and longest pause between failed watch attempts (doubling, with jitter).
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What the cache knows of one service.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    /// Every registered instance, whatever its status (filters apply on read).
+    pub instances: Arc<Vec<Instance>>,
+    /// The `X-Registry-Index` of the answer they came from.
+    pub index: u64,
+    /// When the registry last answered the watch (or the first fetch).
+    pub refreshed: Instant,
+    /// The watch's last error, if its last attempt failed.
+    pub error: Option<String>,
+}
+
+/// One watched service: its snapshot, and the task keeping it fresh.
+#[derive(Debug)]
+pub(crate) struct ServiceCache {
+    snapshot: RwLock<Option<Snapshot>>,
+    /// Ticks on every refresh (and on failures), for `changed()` and first-load waits.
+    ticks: watch::Sender<u64>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for ServiceCache {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl ServiceCache {
+    pub(crate) fn snapshot(&self) -> Option<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn store(&self, update: impl FnOnce(&mut Option<Snapshot>)) {
+        update(&mut self.snapshot.write().unwrap_or_else(|e| e.into_inner()));
+        self.ticks.send_modify(|t| *t += 1);
+    }
+}
+
+/// The caches of one client, by service name.
+#[derive(Debug, Default)]
+pub(crate) struct Caches {
+    services: Mutex<HashMap<String, Arc<ServiceCache>>>,
+}
+
+/// A service's healthy endpoints as the cache holds them.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The instances that passed the filters.
+    pub instances: Vec<Instance>,
+    /// The registry index the list reflects.
+    pub index: u64,
+    /// Time since the registry last answered for this service: small while the watch is
+    /// connected; growing while the registry is unreachable (the list is then the last
+    /// good one).
+    pub age: Duration,
+    /// Why the last refresh failed, while it fails.
+    pub error: Option<String>,
+}
+
+impl Client {
+    /// The cache of `service`, started (first fetch done) if it was not.
+    pub(crate) async fn cache(&self, service: &str) -> Result<Arc<ServiceCache>> {
+        let cache = {
+            let mut services = self
+                .inner
+                .caches
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match services.get(service) {
+                Some(cache) => cache.clone(),
+                None => {
+                    let cache = Arc::new(ServiceCache {
+                        snapshot: RwLock::new(None),
+                        ticks: watch::channel(0).0,
+                        task: Mutex::new(None),
+                    });
+                    let task = tokio::spawn(watch_service(
+                        Arc::downgrade(&self.inner),
+                        Arc::downgrade(&cache),
+                        service.to_owned(),
+                    ));
+                    *cache.task.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(task.abort_handle());
+                    services.insert(service.to_owned(), cache.clone());
+                    cache
+                }
+            }
+        };
+        if cache.snapshot().is_none() {
+            // First use: wait for the first answer (or the watch's first failures, up to
+            // the client's timeout).
+            let mut ticks = cache.ticks.subscribe();
+            let deadline = tokio::time::Instant::now() + self.inner.timeout;
+            while cache.snapshot().is_none() {
+                match tokio::time::timeout_at(deadline, ticks.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    /// The healthy (passing) instances of `service` that match `filter`, from the cache.
+    /// The first call for a service fetches it; later calls do not touch the network.
+    ///
+    /// Fails only when the service was never fetched successfully; once it was, the last
+    /// good list is served whatever happens to the registry (see [`Endpoints::age`]).
+    pub async fn endpoints(&self, service: &str, filter: &ServiceQuery) -> Result<Endpoints> {
+        let cache = self.cache(service).await?;
+        let snapshot = cache.snapshot().ok_or_else(|| Error::Unavailable {
+            service: service.to_owned(),
+        })?;
+        let instances = snapshot
+            .instances
+            .iter()
+            .filter(|i| i.status == InstanceStatus::Passing && matches(i, filter))
+            .cloned()
+            .collect();
+        Ok(Endpoints {
+            instances,
+            index: snapshot.index,
+            age: snapshot.refreshed.elapsed(),
+            error: snapshot.error,
+        })
+    }
+
+    /// Waits until the cache of `service` changes (a refresh with a new index, or a
+    /// failed refresh), for callers that react to changes.
+    pub async fn changed(&self, service: &str) -> Result<()> {
+        let cache = self.cache(service).await?;
+        let mut ticks = cache.ticks.subscribe();
+        ticks.borrow_and_update();
+        let _ = ticks.changed().await;
+        Ok(())
+    }
+}
+
+/// Whether `instance` passes the client-side `filter` (tags, zone, region, meta; the
+/// status filter does not apply: the cache serves passing instances).
+pub(crate) fn matches(instance: &Instance, filter: &ServiceQuery) -> bool {
+    filter.tags.iter().all(|t| instance.tags.contains(t))
+        && filter
+            .zone
+            .as_ref()
+            .is_none_or(|z| instance.zone.as_ref() == Some(z))
+        && filter
+            .region
+            .as_ref()
+            .is_none_or(|r| instance.region.as_ref() == Some(r))
+        && filter
+            .meta
+            .iter()
+            .all(|(k, v)| instance.meta.get(k) == Some(v))
+}
+
+/// The watch task of one service: blocking queries in a loop, until the cache or the
+/// client is dropped.
+async fn watch_service(client: Weak<Inner>, cache: Weak<ServiceCache>, service: String) {
+    let all = ServiceQuery {
+        status: Some(None),
+        ..ServiceQuery::default()
+    };
+    let mut index = 0;
+    let mut failures = 0u32;
+    loop {
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        let read = if index == 0 {
+            ReadOptions::default()
+        } else {
+            ReadOptions {
+                consistency: Consistency::Stale,
+                ..ReadOptions::blocking(index, WATCH_WAIT)
+            }
+        };
+        let answer = client.service(&service, &all, read).await;
+        drop(client);
+        let Some(cache) = cache.upgrade() else { return };
+        match answer {
+            Ok(response) => {
+                failures = 0;
+                // A lagging server can answer with an older index than one already seen
+                // (failover to a stale follower): keep the newer list.
+                let answer_index = response.index.unwrap_or(0);
+                cache.store(|snapshot| {
+                    let newer = snapshot.as_ref().is_none_or(|s| answer_index >= s.index);
+                    match snapshot {
+                        Some(s) if !newer => {
+                            s.refreshed = Instant::now();
+                            s.error = None;
+                        }
+                        _ => {
+                            *snapshot = Some(Snapshot {
+                                instances: Arc::new(response.value.instances),
+                                index: answer_index,
+                                refreshed: Instant::now(),
+                                error: None,
+                            })
+                        }
+                    }
+                });
+                index = index.max(answer_index);
+            }
+            Err(e) => {
+                failures += 1;
+                let message = e.to_string();
+                cache.store(|snapshot| {
+                    if let Some(s) = snapshot {
+                        s.error = Some(message);
+                    }
+                });
+                drop(cache);
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+/// Pause after the `failures`-th failure in a row: doubling from [`BACKOFF_MIN`] up to
+/// [`BACKOFF_MAX`], plus up to half again of random jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_MIN.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10)));
+    let base = base.min(BACKOFF_MAX);
+    let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
+    base + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn instance(id: &str, zone: &str, tags: &[&str]) -> Instance {
+        Instance {
+            service: "s".into(),
+            id: id.into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            meta: BTreeMap::from([("v".to_owned(), "1".to_owned())]),
+            zone: Some(zone.into()),
+            region: None,
+            weight: 1,
+            status: InstanceStatus::Passing,
+            lease: uuid::Uuid::nil(),
+            own_lease: true,
+            ttl: "10s".into(),
+            ttl_ms: 10_000,
+            deregister_after: "1m".into(),
+            deregister_after_ms: 60_000,
+            registered_at_ms: 0,
+            modify_index: 1,
+            critical_since_ms: None,
+        }
+    }
+
+    #[test]
+    fn filters_match_tags_zone_and_meta() {
+        let i = instance("a", "z1", &["blue", "v2"]);
+        assert!(matches(&i, &ServiceQuery::default()));
+        let tagged = ServiceQuery {
+            tags: vec!["blue".into()],
+            zone: Some("z1".into()),
+            meta: vec![("v".into(), "1".into())],
+            ..ServiceQuery::default()
+        };
+        assert!(matches(&i, &tagged));
+        let other_zone = ServiceQuery {
+            zone: Some("z2".into()),
+            ..ServiceQuery::default()
+        };
+        assert!(!matches(&i, &other_zone));
+        let missing_tag = ServiceQuery {
+            tags: vec!["blue".into(), "red".into()],
+            ..ServiceQuery::default()
+        };
+        assert!(!matches(&i, &missing_tag));
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        assert!(backoff(1) >= BACKOFF_MIN && backoff(1) <= BACKOFF_MIN * 3 / 2);
+        assert!(backoff(4) >= BACKOFF_MIN * 8);
+        let late = backoff(30);
+        assert!(late >= BACKOFF_MAX && late <= BACKOFF_MAX * 3 / 2);
+    }
+}
