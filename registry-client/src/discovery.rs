@@ -8,6 +8,11 @@
 //! good list keeps being served (stale-if-error) and [`Endpoints::age`] grows; the watch
 //! reconnects with backoff and jitter. An error never empties a service's list: only an
 //! answer from the registry can.
+//!
+//! [`Client::resolve`] picks one endpoint per call: locality (prefer the caller's zone,
+//! then region, with a panic threshold; [`crate::locality`]) over the instances that are
+//! passing and not ejected by passive health checks ([`crate::outlier`], fed by
+//! [`Client::report`]), then the service's balancer ([`crate::balance`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -17,6 +22,9 @@ use api_spec::{Instance, InstanceStatus};
 use tokio::sync::watch;
 
 use crate::api::{ReadOptions, ServiceQuery};
+use crate::balance::{Balancer, InFlight, Policy};
+use crate::locality::{self, Locality, LocalityPolicy, Tier};
+use crate::outlier::{Outcome, OutlierConfig, OutlierDetector};
 use crate::{Client, Consistency, Error, Inner, Result};
 
 /// How long one blocking query of the watch is held by the server.
@@ -30,7 +38,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
     /// Every registered instance, whatever its status (filters apply on read).
-    pub instances: Arc<Vec<Instance>>,
+    pub instances: Arc<Vec<Arc<Instance>>>,
     /// The `X-Registry-Index` of the answer they came from.
     pub index: u64,
     /// When the registry last answered the watch (or the first fetch).
@@ -39,10 +47,32 @@ pub(crate) struct Snapshot {
     pub error: Option<String>,
 }
 
-/// One watched service: its snapshot, and the task keeping it fresh.
+/// How a service's endpoints are chosen (see [`Client::configure`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServicePolicy {
+    /// The balancer.
+    pub policy: Policy,
+    /// Only instances passing this filter (tags, zone, region, meta) are resolved.
+    pub filter: ServiceQuery,
+}
+
+/// Discovery settings of a client (see [`crate::ClientBuilder`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DiscoveryConfig {
+    pub locality: Locality,
+    pub locality_policy: LocalityPolicy,
+    pub outliers: OutlierConfig,
+    pub policy: Policy,
+}
+
+/// One watched service: its snapshot, its balancer and passive health, and the task
+/// keeping it fresh.
 #[derive(Debug)]
 pub(crate) struct ServiceCache {
     snapshot: RwLock<Option<Snapshot>>,
+    /// The balancer and filter in force; replaced by [`Client::configure`].
+    policy: RwLock<(Arc<Balancer>, Arc<ServiceQuery>)>,
+    outliers: OutlierDetector,
     /// Ticks on every refresh (and on failures), for `changed()` and first-load waits.
     ticks: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -104,8 +134,12 @@ impl Client {
             match services.get(service) {
                 Some(cache) => cache.clone(),
                 None => {
+                    let config = &self.inner.discovery;
+                    let balancer = Arc::new(Balancer::new(config.policy));
                     let cache = Arc::new(ServiceCache {
                         snapshot: RwLock::new(None),
+                        policy: RwLock::new((balancer, Arc::new(ServiceQuery::default()))),
+                        outliers: OutlierDetector::new(config.outliers),
                         ticks: watch::channel(0).0,
                         task: Mutex::new(None),
                     });
@@ -150,7 +184,7 @@ impl Client {
             .instances
             .iter()
             .filter(|i| i.status == InstanceStatus::Passing && matches(i, filter))
-            .cloned()
+            .map(|i| Instance::clone(i))
             .collect();
         Ok(Endpoints {
             instances,
@@ -160,13 +194,123 @@ impl Client {
         })
     }
 
-    /// Waits until the cache of `service` changes (a refresh with a new index, or a
-    /// failed refresh), for callers that react to changes.
-    pub async fn changed(&self, service: &str) -> Result<()> {
+    /// Waits until the cache of `service` reflects an index past `since` (for callers
+    /// that react to changes: pass the [`Endpoints::index`] they last saw).
+    pub async fn changed(&self, service: &str, since: u64) -> Result<Endpoints> {
         let cache = self.cache(service).await?;
         let mut ticks = cache.ticks.subscribe();
-        ticks.borrow_and_update();
-        let _ = ticks.changed().await;
+        loop {
+            // Subscribed before looking, so a refresh in between is not missed.
+            ticks.borrow_and_update();
+            if cache.snapshot().is_some_and(|s| s.index > since) {
+                return self.endpoints(service, &ServiceQuery::default()).await;
+            }
+            if ticks.changed().await.is_err() {
+                return Err(Error::Unavailable {
+                    service: service.to_owned(),
+                });
+            }
+        }
+    }
+}
+
+/// One endpoint chosen by [`Client::resolve`].
+#[derive(Debug)]
+pub struct Resolved {
+    pub instance: Arc<Instance>,
+    /// Counts the request as in flight (for least-outstanding balancing) until dropped:
+    /// keep it for the duration of the call.
+    pub in_flight: InFlight,
+    /// Which candidates the pick was made among (the caller's zone, region, any healthy,
+    /// or all registered in panic mode).
+    pub tier: Tier,
+    /// Time since the registry last answered for this service.
+    pub age: Duration,
+}
+
+impl Client {
+    /// Picks one endpoint of `service` from the cache (see the module docs).
+    pub async fn resolve(&self, service: &str) -> Result<Resolved> {
+        self.resolve_by_key(service, None).await
+    }
+
+    /// Like [`Client::resolve`], with a request key for consistent hashing (the
+    /// [`Policy::ConsistentHash`] balancer sends equal keys to the same endpoint).
+    pub async fn resolve_by_key(&self, service: &str, key: Option<&[u8]>) -> Result<Resolved> {
+        let cache = self.cache(service).await?;
+        let unavailable = || Error::Unavailable {
+            service: service.to_owned(),
+        };
+        let snapshot = cache.snapshot().ok_or_else(unavailable)?;
+        let (balancer, filter) = cache
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let filtered: Vec<Arc<Instance>>;
+        let instances: &[Arc<Instance>] = if *filter == ServiceQuery::default() {
+            &snapshot.instances
+        } else {
+            filtered = snapshot
+                .instances
+                .iter()
+                .filter(|i| matches(i, &filter))
+                .cloned()
+                .collect();
+            &filtered
+        };
+        let now = Instant::now();
+        let config = &self.inner.discovery;
+        let selection =
+            locality::select(instances, &config.locality, &config.locality_policy, |i| {
+                !cache.outliers.is_ejected(&i.id, now)
+            });
+        let pick = balancer
+            .pick(&selection.candidates, key)
+            .ok_or_else(|| Error::NoEndpoint {
+                service: service.to_owned(),
+            })?;
+        let instance = selection
+            .candidates
+            .get(pick.index)
+            .map(|i| Arc::clone(i))
+            .ok_or_else(unavailable)?;
+        Ok(Resolved {
+            instance,
+            in_flight: pick.guard,
+            tier: selection.tier,
+            age: snapshot.refreshed.elapsed(),
+        })
+    }
+
+    /// Reports how a call to an endpoint of `service` went, for passive health checks:
+    /// after consecutive failures the endpoint is ejected from [`Client::resolve`] for a
+    /// growing time, and returns by itself; never more than a set share of a service is
+    /// ejected at once.
+    pub fn report(&self, service: &str, instance_id: &str, outcome: Outcome) {
+        let cache = self
+            .inner
+            .caches
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned();
+        if let Some(cache) = cache {
+            let registered = cache.snapshot().map_or(0, |s| s.instances.len());
+            cache
+                .outliers
+                .report(instance_id, outcome, Instant::now(), registered);
+        }
+    }
+
+    /// Sets how `service` is resolved: its balancer and filter (starts watching it).
+    pub async fn configure(&self, service: &str, policy: ServicePolicy) -> Result<()> {
+        let cache = self.cache(service).await?;
+        *cache.policy.write().unwrap_or_else(|e| e.into_inner()) = (
+            Arc::new(Balancer::new(policy.policy)),
+            Arc::new(policy.filter),
+        );
         Ok(())
     }
 }
@@ -228,8 +372,13 @@ async fn watch_service(client: Weak<Inner>, cache: Weak<ServiceCache>, service: 
                             s.error = None;
                         }
                         _ => {
+                            let instances: Vec<Arc<Instance>> =
+                                response.value.instances.into_iter().map(Arc::new).collect();
+                            cache
+                                .outliers
+                                .retain(instances.iter().map(|i| i.id.as_str()));
                             *snapshot = Some(Snapshot {
-                                instances: Arc::new(response.value.instances),
+                                instances: Arc::new(instances),
                                 index: answer_index,
                                 refreshed: Instant::now(),
                                 error: None,

@@ -44,6 +44,10 @@ pub enum Error {
     #[error("service {service:?} could not be fetched from the registry yet")]
     Unavailable { service: String },
 
+    /// The service has no instance to pick (none registered, or none passes the filter).
+    #[error("service {service:?} has no endpoint to pick")]
+    NoEndpoint { service: String },
+
     /// A success answer whose body is not the JSON the API promises.
     #[error("could not decode the answer from {endpoint}: {source}")]
     Decode {

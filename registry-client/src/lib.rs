@@ -38,7 +38,7 @@ pub use api_spec::{
     InstanceStatus, LeaseInfo, LockGrant, LockInfo, LockList, Member, MembershipResponse,
     RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
-pub use discovery::Endpoints;
+pub use discovery::{Endpoints, Resolved, ServicePolicy};
 pub use error::Error;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -122,6 +122,8 @@ struct Inner {
     timeout: Duration,
     /// Discovery caches, one per service in use.
     caches: discovery::Caches,
+    /// Locality, balancing and passive-health settings of the caches.
+    discovery: discovery::DiscoveryConfig,
 }
 
 /// Called for every request; the header it returns (if any) is added to it.
@@ -142,6 +144,7 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
     auth: Option<AuthHook>,
+    discovery: discovery::DiscoveryConfig,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -172,6 +175,31 @@ impl ClientBuilder {
         self
     }
 
+    /// Where the caller runs: [`Client::resolve`] prefers endpoints in its zone, then its
+    /// region, spilling over as `policy` says (and balancing over every registered
+    /// endpoint below its panic threshold).
+    pub fn locality(
+        mut self,
+        locality: locality::Locality,
+        policy: locality::LocalityPolicy,
+    ) -> Self {
+        self.discovery.locality = locality;
+        self.discovery.locality_policy = policy;
+        self
+    }
+
+    /// Passive health checking settings (outlier ejection) for [`Client::report`].
+    pub fn outlier_detection(mut self, config: outlier::OutlierConfig) -> Self {
+        self.discovery.outliers = config;
+        self
+    }
+
+    /// The balancer of services not set otherwise with [`Client::configure`].
+    pub fn balancer(mut self, policy: balance::Policy) -> Self {
+        self.discovery.policy = policy;
+        self
+    }
+
     /// Checks the endpoints and builds the client.
     pub fn build(self) -> Result<Client> {
         let endpoints = self
@@ -197,6 +225,7 @@ impl ClientBuilder {
                 auth: self.auth,
                 timeout: self.timeout,
                 caches: discovery::Caches::default(),
+                discovery: self.discovery,
             }),
         })
     }
@@ -242,6 +271,7 @@ impl Client {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             timeout: DEFAULT_TIMEOUT,
             auth: None,
+            discovery: discovery::DiscoveryConfig::default(),
         }
     }
 
