@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-# Build the server binary first: the cluster tests in tests/ start it as a process.
-cargo build --workspace --bins
+# Build the binaries and examples first: the tests in tests/ start the server, regctl and
+# the client examples as processes.
+cargo build --workspace --bins --examples
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,31 +1,46 @@
-//! Rust client for the registry's HTTP API.
+//! Rust client for the registry: discovery, registration, locks, elections, leases and
+//! cluster administration.
 //!
-//! What it supports so far, and nothing more:
-//! - **leases**: [`Client::create_lease`], [`Client::keepalive`], [`Client::revoke_lease`],
-//!   [`Client::get_lease`] (linearizable, or [`Consistency::Stale`] from the answering
-//!   node's local state);
-//! - **cluster administration**: [`Client::cluster_status`], [`Client::add_member`],
-//!   [`Client::remove_member`].
+//! - **Discovery** ([`Client::resolve`], [`Client::endpoints`]): answered from a local
+//!   cache kept fresh by one background blocking-query watch per service in use; healthy
+//!   instances only, client-side filters, stale-if-error with a visible age. `resolve`
+//!   picks one endpoint: the caller's zone first, then region ([`locality`], with a panic
+//!   threshold), minus endpoints ejected by passive health checks ([`outlier`], fed by
+//!   [`Client::report`]), through the service's balancer ([`balance`]: round robin, smooth
+//!   weighted round robin, random, power-of-two-choices least outstanding, consistent
+//!   hashing).
+//! - **Registration** ([`Client::register_instance`]): a guard that heartbeats in the
+//!   background, registers again if the registry forgot the instance, and deregisters on
+//!   shutdown.
+//! - **Locks and elections** ([`Client::lock`], [`Client::elect`], [`Client::observe`]):
+//!   guards with the fencing token that renew their lease and say when the lock may be
+//!   lost ([`LockGuard::lost`]) before the server could have given it to someone else.
+//! - **The raw API**, one method per route: catalog ([`Client::register`],
+//!   [`Client::service`], ...), locks ([`Client::acquire`], [`Client::release`], ...),
+//!   elections, leases ([`Client::create_lease`], [`Client::keepalive`], ...), cluster
+//!   administration ([`Client::cluster_status`], [`Client::add_member`], ...).
 //!
-//! Service discovery (registrations), locks and leader elections come later; this crate
-//! has no API for them yet.
+//! `regctl`, the command-line tool, is this crate's binary.
 //!
 //! Transport: plain HTTP (no TLS) to `host:port` endpoints, one pooled connection set
-//! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]). The client does not
-//! keep leases alive by itself: calling [`Client::keepalive`] often enough is the caller's
-//! job.
+//! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]; requests the server
+//! holds, such as blocking queries and waiting acquires, get their wait on top), an
+//! optional header hook for authentication ([`ClientBuilder::auth_header`]). A bare
+//! lease from [`Client::create_lease`] is not kept alive by itself; the guards keep theirs.
 //!
 //! Failover: any server can take any request (followers forward writes to the leader),
 //! so a call tries the endpoints in turn, starting with the one that last answered, and
-//! goes round the list at most once. What makes it move on depends on whether the call
+//! goes round the list at most once, backing off (with jitter) between servers. What makes it move on depends on whether the call
 //! may safely be repeated; see [`Client`].
 
 mod api;
 pub mod balance;
 mod discovery;
 mod error;
+pub mod handles;
 pub mod locality;
 pub mod outlier;
+pub mod registration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,6 +55,10 @@ pub use api_spec::{
 };
 pub use discovery::{Endpoints, Resolved, ServicePolicy};
 pub use error::Error;
+pub use handles::{
+    CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
+};
+pub use registration::{Registration, RegistrationState};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,0 +1,976 @@
+//! Lock and leadership handles that renew their lease in the background and say, before
+//! the server could have given the lock (or the lead) to someone else, when the client can
+//! no longer be sure it holds it; and an observer that follows an election's leader.
+//!
+//! # When is a hold "lost"?
+//!
+//! The server promises that a lease does not expire earlier than its TTL after the last
+//! keepalive the leader *accepted*, and the leader accepts a keepalive after the client
+//! *sent* it. So a handle that notes the send time of every keepalive that succeeded knows
+//! a lower bound of the moment the server could expire the lease:
+//! `send time of the last successful keepalive + TTL` (for the first period: the send time
+//! of the acquire or campaign, since granting starts the lease's countdown). The handle
+//! calls its hold lost at that bound minus a safety margin (for clock rate differences and
+//! scheduling delays), or as soon as a keepalive answers that the lease is gone, whichever
+//! comes first. Once lost, a handle stays lost: it stops renewing and gives the lock back
+//! (best effort, with its token), since its owner was told to stop using it.
+//!
+//! Lock-delay and the server's expiry tick only add time between that bound and a grant
+//! to another client; a leader change restarts every lease's countdown, so failovers only
+//! postpone it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_spec::{
+    AcquireRequest, CampaignRequest, ElectionLeader, LeaseInfo, LockGrant, ReleaseResponse,
+};
+use reqwest::Method;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::{Client, Error, ReadOptions, Response, Result, Retry, Uuid};
+
+/// TTL of a lock's or candidacy's own lease when the options name none.
+pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(15);
+
+/// The smallest default safety margin: room for scheduling and a clock running slightly
+/// fast, on top of the share of the TTL in [`default_safety_margin`].
+pub const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(200);
+
+/// How long an [`Observer`]'s blocking read may be held by the server.
+const OBSERVE_WAIT: Duration = Duration::from_secs(60);
+
+/// The safety margin used when the options give none: a tenth of the TTL, at least
+/// [`MIN_SAFETY_MARGIN`].
+pub fn default_safety_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(MIN_SAFETY_MARGIN)
+}
+
+/// `d` shortened by a random share of up to `spread` (0..1), so that handles started
+/// together do not renew together.
+pub(crate) fn jittered(d: Duration, spread: f64) -> Duration {
+    d.mul_f64(1.0 - rand::random_range(0.0..=spread))
+}
+
+/// The pause after `failures` failed attempts in a row: 50 ms doubling up to `cap`, then
+/// a random half to all of it.
+pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exponent = failures.clamp(1, 10) - 1;
+    let base = (Duration::from_millis(50) * 2u32.pow(exponent)).min(cap);
+    jittered(base, 0.5)
+}
+
+/// How long after a successful keepalive the next one goes out: a third of the TTL
+/// (jittered), so two more tries fit before the lease could end.
+fn renew_interval(ttl: Duration) -> Duration {
+    jittered(ttl / 3, 0.1)
+}
+
+/// Longest pause between keepalive retries: several retries must fit in the time a
+/// failed renewal leaves.
+fn retry_cap(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// How long one keepalive attempt to one endpoint may take. Much shorter than the
+/// client's request timeout: a hung server must not eat the time left to renew, and the
+/// call moves on to the next endpoint after it.
+fn attempt_timeout(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
+/// One keepalive of `lease`, failing over between endpoints with a short per-attempt
+/// timeout (see [`attempt_timeout`]).
+async fn keepalive(client: &Client, lease: Uuid, ttl: Duration) -> Result<Response<LeaseInfo>> {
+    let path = format!("/v1/leases/{lease}/keepalive");
+    client
+        .call_with(
+            Method::PUT,
+            &path,
+            None::<&()>,
+            Retry::Idempotent,
+            Some(attempt_timeout(ttl)),
+        )
+        .await
+}
+
+/// Why a handle stopped holding its lock or leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// A keepalive answered that the lease no longer exists: the server ended it.
+    LeaseEnded,
+    /// No keepalive was confirmed in time: from now on the server may expire the lease
+    /// (it could not have before).
+    Unconfirmed,
+    /// The handle released (resigned) or was dropped.
+    Released,
+}
+
+/// What a handle and its renewal task share.
+#[derive(Debug, Clone)]
+struct HoldState {
+    /// Until when the hold is certain: the send time of the last successful keepalive
+    /// (or of the grant's request) plus the TTL minus the safety margin. Only grows.
+    valid_until: Instant,
+    /// Set once, when the hold ends; never cleared.
+    lost: Option<LostReason>,
+    /// Keepalives the server accepted.
+    renewals: u64,
+    /// The last failed keepalive, kept after later successes.
+    last_error: Option<Arc<Error>>,
+}
+
+/// A cheap, cloneable view of a handle's hold, for tasks that must stop when it is lost
+/// (e.g. moved into a worker while the handle stays with its owner).
+#[derive(Debug, Clone)]
+pub struct LostSignal {
+    state: watch::Receiver<HoldState>,
+}
+
+impl LostSignal {
+    /// Completes as soon as the client can no longer be sure it holds the lock (or the
+    /// lead), with the reason; at once if that is already so. See the module docs.
+    pub async fn lost(&self) -> LostReason {
+        let mut state = self.state.clone();
+        loop {
+            let (valid_until, lost) = {
+                let s = state.borrow_and_update();
+                (s.valid_until, s.lost)
+            };
+            if let Some(reason) = lost {
+                return reason;
+            }
+            if Instant::now() >= valid_until {
+                return LostReason::Unconfirmed;
+            }
+            tokio::select! {
+                () = sleep_until(valid_until) => {}
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        // Nobody renews any more: the deadline is final.
+                        sleep_until(valid_until).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the hold is lost, without waiting.
+    pub fn is_lost(&self) -> bool {
+        let s = self.state.borrow();
+        s.lost.is_some() || Instant::now() >= s.valid_until
+    }
+
+    /// Until when the hold is certain (it may be renewed past this). Work guarded by the
+    /// lock should finish before it.
+    pub fn valid_until(&self) -> Instant {
+        self.state.borrow().valid_until
+    }
+
+    /// Why the hold ended, if it has (a hold past its deadline whose renewal task has not
+    /// noticed yet shows `None` here but is [`is_lost`](Self::is_lost)).
+    pub fn reason(&self) -> Option<LostReason> {
+        self.state.borrow().lost
+    }
+
+    /// Keepalives of the lease the server accepted.
+    pub fn renewals(&self) -> u64 {
+        self.state.borrow().renewals
+    }
+
+    /// The last failed keepalive, if any (kept after later successes).
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.state.borrow().last_error.clone()
+    }
+}
+
+/// Which kind of hold, for giving it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Lock,
+    Election,
+}
+
+/// Releases a lock or resigns a leadership held with `token`.
+async fn give_back(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    token: u64,
+) -> Result<Response<ReleaseResponse>> {
+    match kind {
+        Kind::Lock => client.release(name, token).await,
+        Kind::Election => client.resign(name, token).await,
+    }
+}
+
+/// The renewal task of one hold.
+#[derive(Debug)]
+struct Keeper {
+    client: Client,
+    kind: Kind,
+    name: String,
+    token: u64,
+    lease: Uuid,
+    ttl: Duration,
+    margin: Duration,
+    state: Arc<watch::Sender<HoldState>>,
+}
+
+impl Keeper {
+    /// Renews the lease until stopped or lost. `last_sent` is the send time the first
+    /// renewal is scheduled from.
+    async fn run(self, mut stop: oneshot::Receiver<()>, last_sent: Instant) {
+        let mut next = last_sent + renew_interval(self.ttl);
+        let mut failures = 0u32;
+        loop {
+            let valid_until = self.state.borrow().valid_until;
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                () = sleep_until(valid_until) => return self.lapse(stop).await,
+                () = sleep_until(next) => {}
+            }
+            let sent = Instant::now();
+            let answer = tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                () = sleep_until(valid_until) => return self.lapse(stop).await,
+                answer = keepalive(&self.client, self.lease, self.ttl) => answer,
+            };
+            match answer {
+                Ok(_) => {
+                    failures = 0;
+                    let until = sent + self.ttl.saturating_sub(self.margin);
+                    self.state.send_modify(|s| {
+                        if s.lost.is_none() {
+                            s.valid_until = s.valid_until.max(until);
+                            s.renewals += 1;
+                        }
+                    });
+                    next = sent + renew_interval(self.ttl);
+                }
+                Err(error) if error.is_lease_not_found() => {
+                    self.state.send_modify(|s| {
+                        s.lost.get_or_insert(LostReason::LeaseEnded);
+                        s.last_error = Some(Arc::new(error));
+                    });
+                    return;
+                }
+                Err(error) => {
+                    failures += 1;
+                    self.state
+                        .send_modify(|s| s.last_error = Some(Arc::new(error)));
+                    next = Instant::now() + backoff(failures, retry_cap(self.ttl));
+                }
+            }
+        }
+    }
+
+    /// The deadline passed without a confirmed renewal: mark the hold lost and give it
+    /// back, so that others need not wait for the expiry and the lock-delay.
+    async fn lapse(self, mut stop: oneshot::Receiver<()>) {
+        self.state.send_modify(|s| {
+            s.lost.get_or_insert(LostReason::Unconfirmed);
+        });
+        tokio::select! {
+            biased;
+            _ = &mut stop => {}
+            _ = give_back(&self.client, self.kind, &self.name, self.token) => {}
+        }
+    }
+}
+
+/// A lock or leadership with its renewal task; what [`LockGuard`] and [`Leadership`]
+/// share.
+#[derive(Debug)]
+struct Hold {
+    client: Client,
+    kind: Kind,
+    name: String,
+    token: u64,
+    state: Arc<watch::Sender<HoldState>>,
+    /// Dropping it stops the renewal task. `None` once the hold was given back.
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// What a hold starts from.
+struct Grant<'a> {
+    kind: Kind,
+    name: &'a str,
+    token: u64,
+    lease: Uuid,
+    ttl: Duration,
+    margin: Duration,
+    /// Send time of the request whose success the first period is measured from.
+    sent: Instant,
+}
+
+impl Hold {
+    /// Starts renewing. Must run inside a tokio runtime.
+    fn start(client: &Client, grant: Grant<'_>) -> Hold {
+        let state = Arc::new(watch::Sender::new(HoldState {
+            valid_until: grant.sent + grant.ttl.saturating_sub(grant.margin),
+            lost: None,
+            renewals: 0,
+            last_error: None,
+        }));
+        let (stop, stopped) = oneshot::channel();
+        let keeper = Keeper {
+            client: client.clone(),
+            kind: grant.kind,
+            name: grant.name.to_owned(),
+            token: grant.token,
+            lease: grant.lease,
+            ttl: grant.ttl,
+            margin: grant.margin,
+            state: state.clone(),
+        };
+        let task = tokio::spawn(keeper.run(stopped, grant.sent));
+        Hold {
+            client: client.clone(),
+            kind: grant.kind,
+            name: grant.name.to_owned(),
+            token: grant.token,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn signal(&self) -> LostSignal {
+        LostSignal {
+            state: self.state.subscribe(),
+        }
+    }
+
+    /// Marks the hold released (or lost, if its deadline passed unnoticed by the renewal
+    /// task, so that the reason agrees with what [`LostSignal::lost`] said) and stops the
+    /// renewal task; returns how it stood before.
+    fn stop(&mut self) -> Option<LostReason> {
+        let mut before = None;
+        let now = Instant::now();
+        self.state.send_modify(|s| {
+            before = s.lost;
+            let reason = if now >= s.valid_until {
+                LostReason::Unconfirmed
+            } else {
+                LostReason::Released
+            };
+            s.lost.get_or_insert(reason);
+        });
+        self.stop = None;
+        before
+    }
+
+    /// Stops renewing, waits for the renewal task to end, and gives the hold back.
+    async fn finish(&mut self) -> Result<ReleaseResponse> {
+        self.stop();
+        if let Some(task) = self.task.take() {
+            // The task ends at its next await point; its outcome carries nothing.
+            let _ = task.await;
+        }
+        Ok(give_back(&self.client, self.kind, &self.name, self.token)
+            .await?
+            .value)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.stop.is_none() {
+            return;
+        }
+        let before = self.stop();
+        if before == Some(LostReason::LeaseEnded) {
+            return; // nothing left to give back
+        }
+        // Best effort: without a runtime there is no way to send the release, and the
+        // lease simply expires (the renewal task, if its runtime still runs, has stopped).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, kind, name, token) = (
+            self.client.clone(),
+            self.kind,
+            std::mem::take(&mut self.name),
+            self.token,
+        );
+        let task = self.task.take();
+        runtime.spawn(async move {
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+            let _ = give_back(&client, kind, &name, token).await;
+        });
+    }
+}
+
+/// How [`Client::lock`] acquires and keeps a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOptions {
+    /// TTL of the lock's own lease: how long the lock outlives a client that stopped
+    /// renewing (plus the lock-delay). Between 1 s and 1 day.
+    pub ttl: Duration,
+    /// How long to wait in line if the lock is held; `None` fails at once with
+    /// `409 lock_held`.
+    pub wait: Option<Duration>,
+    /// Text others see as the holder (e.g. host and pid).
+    pub holder: Option<String>,
+    /// How long the lock stays ungranted if this holder's lease expires (server default
+    /// 1 s).
+    pub lock_delay: Option<Duration>,
+    /// How long before the earliest possible expiry [`LockGuard::lost`] fires; `None`
+    /// is [`default_safety_margin`]. A margin of the TTL or more makes the guard lost at
+    /// once.
+    pub safety_margin: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            ttl: DEFAULT_HOLD_TTL,
+            wait: None,
+            holder: None,
+            lock_delay: None,
+            safety_margin: None,
+        }
+    }
+}
+
+/// A held lock. Renews its lease in the background (every third of the TTL) until
+/// [`release`](Self::release)d, dropped, or lost.
+///
+/// Dropping it stops renewing and releases the lock in a spawned task if a tokio runtime
+/// is available (otherwise the lock ends when its lease expires).
+#[derive(Debug)]
+pub struct LockGuard {
+    grant: LockGrant,
+    hold: Hold,
+}
+
+impl LockGuard {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.grant.name
+    }
+
+    /// The fencing token: pass it to the protected resource with every write.
+    pub fn token(&self) -> u64 {
+        self.grant.token
+    }
+
+    /// The lock's own lease, renewed by this guard.
+    pub fn lease(&self) -> Uuid {
+        self.grant.lease
+    }
+
+    /// The server's grant as it answered.
+    pub fn grant(&self) -> &LockGrant {
+        &self.grant
+    }
+
+    /// Completes as soon as the client can no longer be sure it holds the lock: before
+    /// the server could grant it to anyone else. See [`LostSignal::lost`].
+    pub async fn lost(&self) -> LostReason {
+        self.hold.signal().lost().await
+    }
+
+    /// Whether the lock is lost, without waiting.
+    pub fn is_lost(&self) -> bool {
+        self.hold.signal().is_lost()
+    }
+
+    /// A cloneable signal of this guard's loss, e.g. for a worker task.
+    pub fn lost_signal(&self) -> LostSignal {
+        self.hold.signal()
+    }
+
+    /// Until when the lock is certainly held (renewals push it later).
+    pub fn valid_until(&self) -> Instant {
+        self.hold.signal().valid_until()
+    }
+
+    /// Keepalives the server accepted.
+    pub fn renewals(&self) -> u64 {
+        self.hold.signal().renewals()
+    }
+
+    /// The last failed keepalive, if any.
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.hold.signal().last_error()
+    }
+
+    /// Stops renewing and releases the lock with its token (revoking its lease). A lost
+    /// lock answers `409 token_mismatch` (or the lock is already free).
+    pub async fn release(mut self) -> Result<ReleaseResponse> {
+        self.hold.finish().await
+    }
+}
+
+/// How [`Client::elect`] campaigns and keeps the lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignOptions {
+    /// The value announced while leading (e.g. this process's address).
+    pub candidate: String,
+    /// TTL of the candidacy's own lease.
+    pub ttl: Duration,
+    /// How long to wait to lead; `None` fails at once with `409 election_held`.
+    pub wait: Option<Duration>,
+    /// As [`LockOptions::safety_margin`].
+    pub safety_margin: Option<Duration>,
+}
+
+impl CampaignOptions {
+    /// Campaign as `candidate` with the default TTL, not waiting.
+    pub fn new(candidate: impl Into<String>) -> Self {
+        CampaignOptions {
+            candidate: candidate.into(),
+            ttl: DEFAULT_HOLD_TTL,
+            wait: None,
+            safety_margin: None,
+        }
+    }
+}
+
+/// This client leads an election. Renews the candidacy's lease like [`LockGuard`];
+/// dropping it stops renewing and resigns (best effort).
+#[derive(Debug)]
+pub struct Leadership {
+    leader: ElectionLeader,
+    ttl: Duration,
+    hold: Hold,
+}
+
+impl Leadership {
+    /// The election's name.
+    pub fn name(&self) -> &str {
+        &self.leader.name
+    }
+
+    /// The fencing token of this term.
+    pub fn token(&self) -> u64 {
+        self.leader.token
+    }
+
+    /// The candidacy's own lease, renewed by this handle.
+    pub fn lease(&self) -> Uuid {
+        self.leader.lease
+    }
+
+    /// The lease's TTL as the server granted it.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The leadership as last announced (after [`proclaim`](Self::proclaim), its value).
+    pub fn leader(&self) -> &ElectionLeader {
+        &self.leader
+    }
+
+    /// Completes as soon as the client can no longer be sure it leads.
+    pub async fn lost(&self) -> LostReason {
+        self.hold.signal().lost().await
+    }
+
+    /// Whether the lead is lost, without waiting.
+    pub fn is_lost(&self) -> bool {
+        self.hold.signal().is_lost()
+    }
+
+    /// A cloneable signal of this leadership's loss.
+    pub fn lost_signal(&self) -> LostSignal {
+        self.hold.signal()
+    }
+
+    /// Until when the lead is certainly held (renewals push it later).
+    pub fn valid_until(&self) -> Instant {
+        self.hold.signal().valid_until()
+    }
+
+    /// Keepalives the server accepted.
+    pub fn renewals(&self) -> u64 {
+        self.hold.signal().renewals()
+    }
+
+    /// The last failed keepalive, if any.
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.hold.signal().last_error()
+    }
+
+    /// Announces a new value for this term (same token).
+    pub async fn proclaim(&mut self, candidate: impl Into<String>) -> Result<&ElectionLeader> {
+        let candidate = candidate.into();
+        let leader = self
+            .hold
+            .client
+            .proclaim(&self.leader.name, self.leader.token, &candidate)
+            .await?
+            .value;
+        self.leader = leader;
+        Ok(&self.leader)
+    }
+
+    /// Stops renewing and gives up the lead (revoking the candidacy's lease).
+    pub async fn resign(mut self) -> Result<ReleaseResponse> {
+        self.hold.finish().await
+    }
+}
+
+/// Follows an election's leader with blocking reads: [`next`](Self::next) answers each
+/// change of who leads, or of the value they announce.
+#[derive(Debug)]
+pub struct Observer {
+    client: Client,
+    name: String,
+    /// The index the next blocking read waits past (from the last answer's
+    /// `X-Registry-Index`).
+    index: u64,
+    /// What `next` returned last; `None` before the first call.
+    last: Option<Option<ElectionLeader>>,
+    /// Failed reads in a row; the next read waits out a backoff first.
+    failures: u32,
+}
+
+impl Observer {
+    /// The leader (or `None`: nobody leads) that differs from what the previous call
+    /// returned; the first call answers at once with the current state.
+    ///
+    /// A failed read is returned as an error but does not end the observer: call
+    /// `next` again and it reconnects (to any endpoint) after a backoff that grows with
+    /// each failure in a row.
+    pub async fn next(&mut self) -> Result<Option<ElectionLeader>> {
+        loop {
+            if self.failures > 0 {
+                sleep(backoff(self.failures, Duration::from_secs(5))).await;
+            }
+            let read = match self.last {
+                None => ReadOptions::default(),
+                Some(_) => ReadOptions::blocking(self.index, OBSERVE_WAIT),
+            };
+            let answer = match self.client.election(&self.name, read).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    self.failures = self.failures.saturating_add(1);
+                    return Err(error);
+                }
+            };
+            self.failures = 0;
+            // The header is the applied index, never below the election's own; a node
+            // that lags behind the previous one simply makes the next read return early.
+            let index = answer.index.unwrap_or(answer.value.modify_index);
+            let stalled = self.last.is_some() && index <= self.index;
+            self.index = index;
+            let leader = answer.value.leader;
+            if self.last.as_ref() != Some(&leader) {
+                self.last = Some(leader.clone());
+                return Ok(leader);
+            }
+            if stalled {
+                // Nothing moved (the wait ran out, or a server answered without blocking):
+                // a short pause keeps a misbehaving server from turning this into a
+                // busy loop.
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// What [`next`](Self::next) returned last (`None` before the first call).
+    pub fn current(&self) -> Option<&Option<ElectionLeader>> {
+        self.last.as_ref()
+    }
+}
+
+impl Client {
+    /// Acquires the lock `name` with a lease of its own and keeps it renewed; see
+    /// [`LockGuard`]. Not retried once sent: if the answer is lost the lock may have been
+    /// granted, and it ends when its lease expires (TTL plus lock-delay).
+    pub async fn lock(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
+        let request = AcquireRequest {
+            lease: None,
+            ttl: Some(api_spec::format_duration(options.ttl)),
+            wait: options.wait.map(api_spec::format_duration),
+            holder: options.holder,
+            lock_delay: options.lock_delay.map(api_spec::format_duration),
+        };
+        let sent = Instant::now();
+        let grant = self.acquire(name, &request).await?.value;
+        let ttl = Duration::from_millis(grant.ttl_ms);
+        let margin = options
+            .safety_margin
+            .unwrap_or_else(|| default_safety_margin(ttl));
+        let sent = self.confirm(grant.lease, ttl, sent).await?;
+        let hold = Hold::start(
+            self,
+            Grant {
+                kind: Kind::Lock,
+                name,
+                token: grant.token,
+                lease: grant.lease,
+                ttl,
+                margin,
+                sent,
+            },
+        );
+        Ok(LockGuard { grant, hold })
+    }
+
+    /// Campaigns in election `name` with a lease of its own and keeps leading until the
+    /// handle is resigned, dropped or lost; see [`Leadership`]. (The raw call is
+    /// [`Client::campaign`].)
+    pub async fn elect(&self, name: &str, options: CampaignOptions) -> Result<Leadership> {
+        let request = CampaignRequest {
+            candidate: options.candidate,
+            lease: None,
+            ttl: Some(api_spec::format_duration(options.ttl)),
+            wait: options.wait.map(api_spec::format_duration),
+        };
+        let sent = Instant::now();
+        let answer = self.campaign(name, &request).await?.value;
+        let ttl = Duration::from_millis(answer.ttl_ms);
+        let margin = options
+            .safety_margin
+            .unwrap_or_else(|| default_safety_margin(ttl));
+        let sent = self.confirm(answer.leader.lease, ttl, sent).await?;
+        let leader = answer.leader;
+        let hold = Hold::start(
+            self,
+            Grant {
+                kind: Kind::Election,
+                name,
+                token: leader.token,
+                lease: leader.lease,
+                ttl,
+                margin,
+                sent,
+            },
+        );
+        Ok(Leadership { leader, ttl, hold })
+    }
+
+    /// Follows election `name`; see [`Observer`].
+    pub fn observe(&self, name: &str) -> Observer {
+        Observer {
+            client: self.clone(),
+            name: name.to_owned(),
+            index: 0,
+            last: None,
+            failures: 0,
+        }
+    }
+
+    /// The send time a new hold's first period counts from. A grant that came after a
+    /// wait says little about when the server granted it (and restarted the lease's
+    /// countdown), only that it was after the request was sent; if that leaves less
+    /// than two thirds of the TTL, one keepalive now gives a fresh starting point. If it
+    /// fails for a reason other than the lease being gone, the hold starts from the
+    /// request's send time and may be lost at once.
+    async fn confirm(&self, lease: Uuid, ttl: Duration, sent: Instant) -> Result<Instant> {
+        if sent.elapsed() < ttl / 3 {
+            return Ok(sent);
+        }
+        let again = Instant::now();
+        match keepalive(self, lease, ttl).await {
+            Ok(_) => Ok(again),
+            Err(error) if error.is_lease_not_found() => Err(error),
+            Err(_) => Ok(sent),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn default_margin_is_a_tenth_of_the_ttl_but_at_least_200ms() {
+        assert_eq!(
+            default_safety_margin(Duration::from_secs(1)),
+            MIN_SAFETY_MARGIN
+        );
+        assert_eq!(
+            default_safety_margin(Duration::from_secs(15)),
+            Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn intervals_and_backoff_stay_in_bounds() {
+        let ttl = Duration::from_secs(3);
+        for failures in 0..20 {
+            let interval = renew_interval(ttl);
+            assert!(interval <= ttl / 3 && interval >= Duration::from_millis(900));
+            let pause = backoff(failures, retry_cap(ttl));
+            assert!(pause <= Duration::from_millis(300), "{pause:?}");
+            assert!(pause >= Duration::from_millis(25), "{pause:?}");
+        }
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+    }
+
+    fn signal_until(valid_until: Instant) -> (watch::Sender<HoldState>, LostSignal) {
+        let sender = watch::Sender::new(HoldState {
+            valid_until,
+            lost: None,
+            renewals: 0,
+            last_error: None,
+        });
+        let signal = LostSignal {
+            state: sender.subscribe(),
+        };
+        (sender, signal)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_fires_at_the_deadline_and_a_renewal_postpones_it() {
+        let start = Instant::now();
+        let (sender, signal) = signal_until(start + Duration::from_secs(1));
+        let waiter = {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let reason = signal.lost().await;
+                (reason, Instant::now())
+            })
+        };
+        sleep(Duration::from_millis(900)).await;
+        assert!(!signal.is_lost());
+        sender.send_modify(|s| s.valid_until = start + Duration::from_secs(2));
+        let (reason, at) = waiter.await.unwrap();
+        assert_eq!(reason, LostReason::Unconfirmed);
+        assert_eq!(at, start + Duration::from_secs(2));
+        assert!(signal.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_fires_at_once_when_the_lease_ended() {
+        let start = Instant::now();
+        let (sender, signal) = signal_until(start + Duration::from_secs(10));
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.lost().await }
+        });
+        sleep(Duration::from_millis(10)).await;
+        sender.send_modify(|s| s.lost = Some(LostReason::LeaseEnded));
+        assert_eq!(waiter.await.unwrap(), LostReason::LeaseEnded);
+        assert_eq!(Instant::now(), start + Duration::from_millis(10));
+        // Once lost, a later deadline does not bring it back.
+        sender.send_modify(|s| s.valid_until = start + Duration::from_secs(60));
+        assert!(signal.is_lost());
+        assert_eq!(signal.lost().await, LostReason::LeaseEnded);
+    }
+
+    /// A server answering every request with `status` and `body`.
+    async fn canned(status: u16, body: &'static str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // Keepalives have no body: the head is all there is to read.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn grant(sent: Instant) -> Grant<'static> {
+        Grant {
+            kind: Kind::Lock,
+            name: "l",
+            token: 7,
+            lease: Uuid::new_v4(),
+            ttl: Duration::from_secs(1),
+            margin: Duration::from_millis(200),
+            sent,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keepalive_answering_lease_not_found_loses_the_hold_at_once() {
+        let addr = canned(
+            404,
+            r#"{"error":{"code":"lease_not_found","message":"gone"}}"#,
+        )
+        .await;
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let hold = Hold::start(&client, grant(sent));
+        let reason = hold.signal().lost().await;
+        assert_eq!(reason, LostReason::LeaseEnded);
+        // The first renewal goes out after about a third of the TTL, well before the
+        // deadline at 800 ms.
+        assert!(sent.elapsed() < Duration::from_millis(700), "{sent:?}");
+        assert!(hold.signal().last_error().unwrap().is_lease_not_found());
+    }
+
+    #[tokio::test]
+    async fn unreachable_registry_loses_the_hold_at_the_deadline_not_before() {
+        // A port nobody listens on: every keepalive fails to connect.
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let hold = Hold::start(&client, grant(sent));
+        let signal = hold.signal();
+        assert_eq!(signal.lost().await, LostReason::Unconfirmed);
+        let elapsed = sent.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(800) && elapsed < Duration::from_millis(1000),
+            "{elapsed:?}"
+        );
+        assert!(signal.last_error().is_some_and(|e| e.is_retryable()));
+        assert_eq!(signal.renewals(), 0);
+        drop(hold);
+        assert_eq!(signal.reason(), Some(LostReason::Unconfirmed));
+    }
+
+    #[tokio::test]
+    async fn accepted_keepalives_move_the_deadline() {
+        let addr = canned(
+            200,
+            r#"{"lease":"6f1e1c1e-0000-4000-8000-000000000000","ttl":"1s","ttl_ms":1000,"granted_index":3,"granted_at_ms":1,"remaining_ms":1000}"#,
+        )
+        .await;
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let mut hold = Hold::start(&client, grant(sent));
+        let signal = hold.signal();
+        sleep(Duration::from_millis(1500)).await;
+        assert!(!signal.is_lost(), "lost after {:?}", sent.elapsed());
+        assert!(signal.renewals() >= 3, "{} renewals", signal.renewals());
+        assert!(signal.valid_until() > sent + Duration::from_millis(1500));
+        // Stopping marks it released; the release itself reaches the canned server,
+        // whose body is no release answer.
+        assert!(hold.finish().await.is_err());
+        assert_eq!(signal.reason(), Some(LostReason::Released));
+        assert!(signal.is_lost());
+    }
+}
