@@ -1,7 +1,7 @@
 //! `resolve-bench`: the Rust client's discovery figures against a real single-node
 //! registry it starts itself.
 //!
-//! - **cached resolve latency**: `client.resolve(service)` (cache + balancer pick) and
+//! - **cached resolve latency**: `client.resolve(service)` (cache, locality, balancer) and
 //!   `client.endpoints(service, filter)` on a warm cache, timed in batches of 1,000 calls;
 //!   prints the median, p99 and min per-call time over the batches (ns).
 //! - **change propagation**: how long after a registration change is sent the client's
@@ -69,7 +69,7 @@ async fn main() -> Result<()> {
     }
     per_call.sort_by(f64::total_cmp);
     println!(
-        "resolve (cache + round robin) over {} calls: median {:.0} ns, p99 {:.0} ns, min {:.0} ns per call",
+        "resolve (cache + locality + smooth weighted round robin) over {} calls: median {:.0} ns, p99 {:.0} ns, min {:.0} ns per call",
         BATCHES as u32 * BATCH,
         percentile(&per_call, 0.5),
         percentile(&per_call, 0.99),
