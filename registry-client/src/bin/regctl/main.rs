@@ -1,0 +1,219 @@
+//! `regctl`: the registry's command-line tool. Services (register, resolve, watch),
+//! fenced locks and elections that run a command while held, leases, and cluster
+//! membership, all over the client's raw API.
+//!
+//! Output is short text by default and the API's JSON with `--json`. Errors are one line
+//! on stderr, `regctl: <message>`; the exit codes are listed in [`EXIT_CODES`].
+
+mod admin;
+mod catalog;
+mod coordination;
+mod output;
+mod supervise;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use registry_client::Client;
+
+use crate::output::Failure;
+
+/// Shown at the end of `regctl --help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    an error (the registry refused, could not be reached, nothing matched), or a
+       lock or leadership not obtained within --wait
+  2    wrong usage
+  75   `lock`/`elect`: the lock or leadership was lost; the command was stopped
+  N    `lock`/`elect` with a command: the command's own exit code (128+S if it was
+       killed by signal S); 127 if it could not be started
+  130, 143  interrupted (SIGINT, SIGTERM) before the command started";
+
+/// Exit code for any failure that is not more specific.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code when a held lock or leadership was lost (EX_TEMPFAIL: trying again later
+/// may well work).
+pub const EXIT_LOST: u8 = 75;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "regctl",
+    version,
+    about = "Command-line tool for the registry: services, locks, elections, leases, cluster",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Registry servers, comma separated `host:port`; any one will do, the next is tried
+    /// when one fails.
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400"
+    )]
+    endpoints: Vec<String>,
+
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Timeout of one request to one server (requests the server holds, such as waiting
+    /// acquires and blocking queries, get their wait on top).
+    #[arg(long, global = true, value_parser = duration, default_value = "10s")]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register (or update) a service instance; with --heartbeat, keep it alive until
+    /// Ctrl-C or SIGTERM, then deregister it.
+    Register(catalog::RegisterArgs),
+    /// Deregister an instance.
+    Deregister { service: String, id: String },
+    /// List services with their instance counts.
+    Services,
+    /// Print `address:port` of each healthy instance of a service (one per line).
+    Resolve(catalog::ResolveArgs),
+    /// Print a service's instances, then again each time they change.
+    Watch(catalog::WatchArgs),
+    /// Run a command while holding a lock; the command gets the fencing token in
+    /// REGISTRY_LOCK_TOKEN and is stopped if the lock is lost.
+    Lock(coordination::LockArgs),
+    /// List locks that are held, waited for, or in their lock-delay.
+    Locks,
+    /// Show a lock's holder, token and waiters.
+    LockInfo { name: String },
+    /// Campaign in an election and hold leadership (running a command, if given), or
+    /// follow an election with --observe.
+    Elect(coordination::ElectArgs),
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
+    /// Create, renew, revoke and read leases.
+    #[command(subcommand)]
+    Lease(admin::LeaseCommand),
+}
+
+/// Reads a duration such as `15s`, `500ms`, `1m30s` (a unit is required).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    api_spec::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Reads `KEY=VALUE`.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// What every command gets besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub client: Client,
+    /// `--json`: print the API's JSON rather than text.
+    pub json: bool,
+    /// `--endpoints`, for a client with other settings ([`Context::renewal_client`]).
+    endpoints: Vec<String>,
+    /// `--timeout`.
+    timeout: Duration,
+}
+
+impl Context {
+    /// A client for keepalives of a lease with this TTL: each attempt on one server gets
+    /// at most a quarter of the TTL (and no more than `--timeout`), so a server that hangs
+    /// costs one short attempt and the next server is tried while the lease is still
+    /// safe, rather than after the whole TTL.
+    pub fn renewal_client(&self, ttl: Duration) -> Result<Client, Failure> {
+        let timeout = (ttl / 4).max(Duration::from_millis(250)).min(self.timeout);
+        Ok(Client::builder(self.endpoints.clone())
+            .timeout(timeout)
+            .build()?)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    // Usage errors exit with 2 here (and --help/--version with 0), before anything runs.
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    };
+    std::process::ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    let client = Client::builder(cli.endpoints.clone())
+        .timeout(cli.timeout)
+        .build()?;
+    let context = Context {
+        client,
+        json: cli.json,
+        endpoints: cli.endpoints,
+        timeout: cli.timeout,
+    };
+    // One thread is plenty for one command line: at most a child, a renewal loop and a
+    // request or two in flight.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(dispatch(context, cli.command))
+}
+
+async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Register(args) => catalog::register(&cx, args).await,
+        Command::Deregister { service, id } => catalog::deregister(&cx, &service, &id).await,
+        Command::Services => catalog::services(&cx).await,
+        Command::Resolve(args) => catalog::resolve(&cx, args).await,
+        Command::Watch(args) => catalog::watch(&cx, args).await,
+        Command::Lock(args) => coordination::lock(&cx, args).await,
+        Command::Locks => coordination::locks(&cx).await,
+        Command::LockInfo { name } => coordination::lock_info(&cx, &name).await,
+        Command::Elect(args) => coordination::elect(&cx, args).await,
+        Command::Cluster(command) => admin::cluster(&cx, command).await,
+        Command::Lease(command) => admin::lease(&cx, command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lock_takes_the_command_after_a_double_dash() {
+        let cli = Cli::try_parse_from([
+            "regctl", "lock", "job", "--ttl", "2s", "--", "sh", "-c", "x",
+        ])
+        .expect("valid command line");
+        let Command::Lock(args) = cli.command else {
+            panic!("not a lock command")
+        };
+        assert_eq!(args.name, "job");
+        assert_eq!(args.ttl, Duration::from_secs(2));
+        assert_eq!(args.command, ["sh", "-c", "x"]);
+        assert!(Cli::try_parse_from(["regctl", "lock", "job"]).is_err());
+    }
+
+    #[test]
+    fn endpoints_are_comma_separated_and_durations_need_units() {
+        let cli = Cli::try_parse_from(["regctl", "--endpoints", "a:1,b:2", "services"])
+            .expect("valid command line");
+        assert_eq!(cli.endpoints, ["a:1", "b:2"]);
+        assert!(Cli::try_parse_from(["regctl", "--timeout", "10", "services"]).is_err());
+        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(key_value("=x").is_err() && key_value("x").is_err());
+    }
+}
