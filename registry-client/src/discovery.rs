@@ -113,9 +113,10 @@ pub struct Endpoints {
     pub instances: Vec<Instance>,
     /// The registry index the list reflects.
     pub index: u64,
-    /// Time since the registry last answered for this service: small while the watch is
-    /// connected; growing while the registry is unreachable (the list is then the last
-    /// good one).
+    /// Time since the registry last answered for this service. A connected watch hears
+    /// from it at least every 30 s (its blocking query's wait) and at every change, so an
+    /// age well past that means the registry has been unreachable and the list is the
+    /// last good one (`error` then says why).
     pub age: Duration,
     /// Why the last refresh failed, while it fails.
     pub error: Option<String>,
@@ -297,7 +298,13 @@ impl Client {
             .get(service)
             .cloned();
         if let Some(cache) = cache {
-            let registered = cache.snapshot().map_or(0, |s| s.instances.len());
+            // The cap is a share of the endpoints that could take traffic.
+            let registered = cache.snapshot().map_or(0, |s| {
+                s.instances
+                    .iter()
+                    .filter(|i| i.status == InstanceStatus::Passing)
+                    .count()
+            });
             cache
                 .outliers
                 .report(instance_id, outcome, Instant::now(), registered);
@@ -361,32 +368,26 @@ async fn watch_service(client: Weak<Inner>, cache: Weak<ServiceCache>, service: 
         match answer {
             Ok(response) => {
                 failures = 0;
-                // A lagging server can answer with an older index than one already seen
-                // (failover to a stale follower): keep the newer list.
+                // An index that went backwards means the registry was reset (restored,
+                // or bootstrapped anew) or a lagging server answered: either way the
+                // answer is what the registry says now, and waiting for the old index
+                // could take forever on a reset registry. Start over from it (as
+                // Consul's watches do).
                 let answer_index = response.index.unwrap_or(0);
                 cache.store(|snapshot| {
-                    let newer = snapshot.as_ref().is_none_or(|s| answer_index >= s.index);
-                    match snapshot {
-                        Some(s) if !newer => {
-                            s.refreshed = Instant::now();
-                            s.error = None;
-                        }
-                        _ => {
-                            let instances: Vec<Arc<Instance>> =
-                                response.value.instances.into_iter().map(Arc::new).collect();
-                            cache
-                                .outliers
-                                .retain(instances.iter().map(|i| i.id.as_str()));
-                            *snapshot = Some(Snapshot {
-                                instances: Arc::new(instances),
-                                index: answer_index,
-                                refreshed: Instant::now(),
-                                error: None,
-                            })
-                        }
-                    }
+                    let instances: Vec<Arc<Instance>> =
+                        response.value.instances.into_iter().map(Arc::new).collect();
+                    cache
+                        .outliers
+                        .retain(instances.iter().map(|i| i.id.as_str()));
+                    *snapshot = Some(Snapshot {
+                        instances: Arc::new(instances),
+                        index: answer_index,
+                        refreshed: Instant::now(),
+                        error: None,
+                    })
                 });
-                index = index.max(answer_index);
+                index = answer_index;
             }
             Err(e) => {
                 failures += 1;

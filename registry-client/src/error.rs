@@ -32,7 +32,7 @@ pub enum Error {
 
     /// The request could not be sent, or the answer could not be read (connection
     /// refused or reset, timeout). Carries the endpoint it happened on.
-    #[error("transport error talking to {endpoint}: {source}")]
+    #[error("transport error talking to {endpoint}: {}", chain(source))]
     Transport {
         endpoint: String,
         #[source]
@@ -109,6 +109,19 @@ pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
         code,
         message,
     }
+}
+
+/// An error and its sources, `outer: inner: innermost` (reqwest's own message leaves out
+/// the cause, such as "connection refused").
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
