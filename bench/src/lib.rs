@@ -1,0 +1,9 @@
+//! Benchmarks the registry against etcd: the same closed-loop load generator (`load`),
+//! the same workloads over each system's HTTP+JSON API (`workloads`), three-node clusters
+//! of local processes (`systems`), and a table plus JSON of the results (`report`).
+//! `scripts/bench.sh` builds and runs it; `src/main.rs` is the command line.
+
+pub mod load;
+pub mod report;
+pub mod systems;
+pub mod workloads;

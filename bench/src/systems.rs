@@ -1,0 +1,480 @@
+//! The two systems under test as clusters of local processes on 127.0.0.1: `registry-server`
+//! nodes and `etcd` members, each in a temporary directory, started, probed until a leader
+//! is known, and always stopped (SIGTERM, then SIGKILL) when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a cluster may take to come up with a leader.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopped process gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Timeout of one readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which system a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Registry,
+    Etcd,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Registry => "registry",
+            Side::Etcd => "etcd",
+        }
+    }
+}
+
+/// A free loopback port: bind port 0, note the port, release it. Both systems need every
+/// member's address before any starts, so they cannot bind port 0 themselves; another
+/// process could take the port in between, which is rare enough on a bench machine.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One server process with its log file; stopped when dropped.
+#[derive(Debug)]
+struct Process {
+    /// What it is, for messages ("registry node 2").
+    label: String,
+    /// Where its stdout and stderr go.
+    log: PathBuf,
+    /// The running process; `None` once it has been killed and reaped.
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(label: String, program: &Path, args: &[String], log: PathBuf) -> Result<Process> {
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {label} ({})", program.display()))?;
+        Ok(Process {
+            label,
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// Fails if the process has exited (with the tail of its log).
+    fn ensure_running(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} was killed", self.label);
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited ({status}); log tail:\n{}",
+                self.label,
+                log_tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .with_context(|| format!("kill {}", self.label))?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within [`STOP_GRACE`].
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log: {e})"),
+    }
+}
+
+/// Polls `probe` until it succeeds or `timeout` passes; the error names the last failure.
+async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("timed out after {timeout:?} waiting for {what}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn probe_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .build()
+        .context("build probe client")
+}
+
+/// First line of `program --version`, for the results' metadata.
+pub fn version_of(program: &Path) -> String {
+    match Command::new(program).arg("--version").output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Processes of a cluster: shared by both systems' runners.
+#[derive(Debug)]
+struct Members {
+    /// Base URLs (`http://127.0.0.1:PORT`) clients use, by member index.
+    urls: Vec<String>,
+    /// The processes, by member index.
+    processes: Vec<Process>,
+}
+
+impl Members {
+    fn ensure_all_running(&mut self) -> Result<()> {
+        for p in &mut self.processes {
+            if p.is_running() {
+                p.ensure_running()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.processes.len())
+            .filter(|&i| self.processes[i].is_running())
+            .collect()
+    }
+}
+
+/// A cluster of `registry-server` processes.
+#[derive(Debug)]
+pub struct Registry {
+    members: Members,
+    /// Every node's data dir and log; removed after the processes are gone (declared last).
+    dir: TempDir,
+}
+
+impl Registry {
+    /// Starts `n` nodes (`n == 1`: a single node with only `--listen` and `--data-dir`, as
+    /// a developer runs it; otherwise `--bootstrap` with every node) with the server's
+    /// default timings, and waits until every node agrees on a leader.
+    pub async fn start(bin: &Path, n: usize) -> Result<Registry> {
+        ensure!(n >= 1, "a cluster needs at least one node");
+        let dir = tempfile::Builder::new()
+            .prefix("bench-registry-")
+            .tempdir()?;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+        let bootstrap = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut processes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i + 1;
+            let mut args = vec![
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".to_owned(),
+                dir.path().join(format!("data-{id}")).display().to_string(),
+            ];
+            if n > 1 {
+                args.extend([
+                    "--node-id".to_owned(),
+                    id.to_string(),
+                    "--bootstrap".to_owned(),
+                    bootstrap.clone(),
+                ]);
+            }
+            let log = dir.path().join(format!("node-{id}.log"));
+            processes.push(Process::spawn(
+                format!("registry node {id}"),
+                bin,
+                &args,
+                log,
+            )?);
+        }
+        let urls = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let mut registry = Registry {
+            members: Members { urls, processes },
+            dir,
+        };
+        registry.wait_for_leader(None).await?;
+        Ok(registry)
+    }
+
+    /// Base URLs of the nodes, by index.
+    pub fn urls(&self) -> &[String] {
+        &self.members.urls
+    }
+
+    /// Where the nodes' logs are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The index of the leader every running node agrees on (waiting for one), other than
+    /// `excluding`.
+    pub async fn wait_for_leader(&mut self, excluding: Option<usize>) -> Result<usize> {
+        let client = probe_client()?;
+        let members = &mut self.members;
+        wait_until(STARTUP_TIMEOUT, "a registry leader", || {
+            let client = client.clone();
+            let probe = members.ensure_all_running().map(|()| {
+                members
+                    .running()
+                    .into_iter()
+                    .map(|i| members.urls[i].clone())
+                    .collect::<Vec<_>>()
+            });
+            async move {
+                let urls = probe?;
+                let mut leaders = Vec::new();
+                for url in &urls {
+                    let status: Value = client
+                        .get(format!("{url}/v1/cluster"))
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    leaders.push(status["leader"].as_u64());
+                }
+                let Some(Some(leader)) = leaders.first().copied() else {
+                    bail!("no leader known yet");
+                };
+                ensure!(
+                    leaders.iter().all(|l| *l == Some(leader)),
+                    "nodes disagree on the leader: {leaders:?}"
+                );
+                let index = usize::try_from(leader)? - 1;
+                ensure!(Some(index) != excluding, "still the old leader");
+                Ok(index)
+            }
+        })
+        .await
+    }
+
+    /// SIGKILLs the current leader; returns its index.
+    pub async fn kill_leader(&mut self) -> Result<usize> {
+        let leader = self.wait_for_leader(None).await?;
+        self.members.processes[leader].kill()?;
+        Ok(leader)
+    }
+}
+
+/// A cluster of `etcd` members.
+#[derive(Debug)]
+pub struct Etcd {
+    members: Members,
+    /// Every member's data dir and log; removed after the processes are gone (declared
+    /// last).
+    dir: TempDir,
+}
+
+impl Etcd {
+    /// Starts `n` members as a new cluster with etcd's default timings (and fsync on, as
+    /// the registry has), and waits until every member is healthy.
+    pub async fn start(bin: &Path, n: usize) -> Result<Etcd> {
+        ensure!(n >= 1, "a cluster needs at least one member");
+        let dir = tempfile::Builder::new().prefix("bench-etcd-").tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut processes = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("e{}", i + 1);
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args: Vec<String> = [
+                "--name",
+                &name,
+                "--data-dir",
+                &dir.path()
+                    .join(format!("data-{name}"))
+                    .display()
+                    .to_string(),
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bench",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let log = dir.path().join(format!("{name}.log"));
+            processes.push(Process::spawn(
+                format!("etcd member {name}"),
+                bin,
+                &args,
+                log,
+            )?);
+        }
+        let urls = ports
+            .iter()
+            .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+            .collect();
+        let mut etcd = Etcd {
+            members: Members { urls, processes },
+            dir,
+        };
+        etcd.wait_for_leader(None).await?;
+        Ok(etcd)
+    }
+
+    /// Base URLs of the members' client ports, by index.
+    pub fn urls(&self) -> &[String] {
+        &self.members.urls
+    }
+
+    /// Where the members' logs are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The index of the leader every running member reports as healthy and agrees on
+    /// (waiting for one), other than `excluding`.
+    pub async fn wait_for_leader(&mut self, excluding: Option<usize>) -> Result<usize> {
+        let client = probe_client()?;
+        let members = &mut self.members;
+        wait_until(STARTUP_TIMEOUT, "an etcd leader", || {
+            let client = client.clone();
+            let probe = members
+                .ensure_all_running()
+                .map(|()| (members.running(), members.urls.clone()));
+            async move {
+                let (running, urls) = probe?;
+                let mut leaders = Vec::new();
+                let mut member_ids = vec![None; urls.len()];
+                for &i in &running {
+                    let health: Value = client
+                        .get(format!("{}/health", urls[i]))
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    ensure!(
+                        health["health"] == "true",
+                        "member {i} not healthy: {health}"
+                    );
+                    let status: Value = client
+                        .post(format!("{}/v3/maintenance/status", urls[i]))
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    // uint64 fields are strings in the gateway's JSON.
+                    member_ids[i] = status["header"]["member_id"].as_str().map(str::to_owned);
+                    leaders.push(status["leader"].as_str().map(str::to_owned));
+                }
+                let Some(Some(leader)) = leaders.first().cloned() else {
+                    bail!("no leader known yet");
+                };
+                ensure!(
+                    leaders
+                        .iter()
+                        .all(|l| l.as_deref() == Some(leader.as_str())),
+                    "members disagree on the leader: {leaders:?}"
+                );
+                let index = member_ids
+                    .iter()
+                    .position(|id| id.as_deref() == Some(leader.as_str()))
+                    .ok_or_else(|| anyhow!("leader {leader} is not a running member"))?;
+                ensure!(Some(index) != excluding, "still the old leader");
+                Ok(index)
+            }
+        })
+        .await
+    }
+
+    /// SIGKILLs the current leader; returns its index.
+    pub async fn kill_leader(&mut self) -> Result<usize> {
+        let leader = self.wait_for_leader(None).await?;
+        self.members.processes[leader].kill()?;
+        Ok(leader)
+    }
+}
