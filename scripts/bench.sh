@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks the registry against etcd on this machine: builds in release, installs etcd
 # (Debian's etcd-server) if missing, then runs the same workloads against a 3-node registry
-# cluster and a 3-member etcd cluster, one after the other, and prints a table.
-# Usage: scripts/bench.sh [--quick] [--json PATH] [--only WORKLOAD]... (see `bench --help`)
+# cluster and a 3-member etcd cluster, one after the other, and prints a table,
+# then watch fan-out, failover, memory and the machine's ceilings, and checks the targets.
+# Usage: scripts/bench.sh [--quick] [--json PATH] [--only WORKLOAD]... [--extra NAME]... (see `bench --help`)
 # Not part of CI: it takes minutes and its figures depend on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

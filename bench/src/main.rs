@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use bench::extras;
 use bench::load::LoadConfig;
-use bench::report::{self, Meta, Report, Row};
+use bench::report::{self, Meta, Report, Row, SideResult};
 use bench::systems::{self, Etcd, Registry, Side};
 use bench::workloads::{self, Target, Workload};
 
@@ -28,7 +29,7 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Short runs (3 s measured after 1 s of warm-up): about two minutes in all.
+    /// Short runs (3 s measured after 1 s of warm-up): about five minutes in all.
     #[arg(long)]
     quick: bool,
     /// Measured seconds per run (default 10, or 3 with --quick).
@@ -40,12 +41,89 @@ struct Args {
     /// Run only these workloads (repeat the flag for several).
     #[arg(long, value_name = "WORKLOAD")]
     only: Vec<Workload>,
+    /// Run only these other measurements (repeat the flag for several). With neither
+    /// `--only` nor `--extra` everything runs; with either, only what they name.
+    #[arg(long, value_name = "MEASUREMENT")]
+    extra: Vec<Extra>,
     /// Members per cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Spread workers over all members instead of sending everything to the leader.
     #[arg(long)]
     spread: bool,
+}
+
+/// The measurements besides the throughput workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Extra {
+    /// The machine's HTTP+JSON ceiling (trivial axum endpoint, 64 workers) and fsync rate.
+    Ceilings,
+    /// 1,000 watchers of one service woken by one change.
+    WatchFanout,
+    /// SIGKILL of the leader under 16 writers: time to recover, acknowledged writes lost.
+    Failover,
+    /// Leader RSS per registered instance (a fresh cluster).
+    Memory,
+}
+
+/// Watchers in the fan-out measurement.
+const WATCHERS: usize = 1000;
+/// Writers in the failover measurement.
+const FAILOVER_WRITERS: usize = 16;
+/// Workers filling the memory measurement's cluster.
+const FILL_WORKERS: usize = 64;
+
+impl Args {
+    fn wants(&self, extra: Extra) -> bool {
+        (self.only.is_empty() && self.extra.is_empty()) || self.extra.contains(&extra)
+    }
+
+    fn instances(&self) -> usize {
+        if self.quick {
+            20_000
+        } else {
+            100_000
+        }
+    }
+}
+
+/// Rows of the other measurements (present if selected).
+struct Extras {
+    fanout: Option<Row>,
+    failover: Option<Row>,
+    memory: Option<Row>,
+}
+
+fn side_of(row: &mut Row, side: Side) -> &mut SideResult {
+    match side {
+        Side::Registry => &mut row.registry,
+        Side::Etcd => &mut row.etcd,
+    }
+}
+
+/// Stores an outcome (figure, details, summary) or its failure in `row`'s `side`.
+fn record<T: serde::Serialize>(
+    row: &mut Row,
+    side: Side,
+    operation: &str,
+    outcome: Result<T>,
+    value: impl Fn(&T) -> f64,
+    summary: impl Fn(&T) -> String,
+) {
+    let result = side_of(row, side);
+    result.operation = operation.to_owned();
+    match outcome {
+        Ok(t) => {
+            eprintln!("{}", summary(&t));
+            result.value = Some(value(&t));
+            result.summary = Some(summary(&t));
+            result.details = serde_json::to_value(&t).ok();
+        }
+        Err(e) => {
+            eprintln!("failed: {e:#}");
+            result.failure = Some(format!("{e:#}"));
+        }
+    }
 }
 
 /// Resolves a bare program name on PATH (so the versions and errors name a real file).
@@ -90,7 +168,7 @@ fn git_commit() -> String {
 fn plan(args: &Args) -> Vec<(Workload, usize)> {
     Workload::ALL
         .into_iter()
-        .filter(|w| args.only.is_empty() || args.only.contains(w))
+        .filter(|w| (args.only.is_empty() && args.extra.is_empty()) || args.only.contains(w))
         .flat_map(|w| w.concurrencies().iter().map(move |&c| (w, c)))
         .collect()
 }
@@ -103,6 +181,7 @@ async fn run_side(
     base: LoadConfig,
     rows: &mut [Row],
     plan: &[(Workload, usize)],
+    extras: &mut Extras,
 ) -> Result<()> {
     eprintln!("starting a {}-node {} cluster", args.nodes, side.name());
     // Both kinds of cluster stop their processes when dropped, at the end of this function.
@@ -166,8 +245,175 @@ async fn run_side(
             bail!("the {} cluster broke down: {e:#}", side.name());
         }
     }
+    if let Some(row) = &mut extras.fanout {
+        eprint!(
+            "  watch fan-out ({WATCHERS} watchers) on {} ... ",
+            side.name()
+        );
+        let outcome = extras::watch_fanout(side, &target.urls, leader, args.spread, WATCHERS).await;
+        let operation = match side {
+            Side::Registry => {
+                "GET /v1/services/{s}?index=N&wait=60s per watcher; change: PUT an instance"
+            }
+            Side::Etcd => {
+                "POST /v3/watch {create_request: prefix} streaming per watcher; change: /v3/kv/put"
+            }
+        };
+        record(
+            row,
+            side,
+            operation,
+            outcome,
+            |f| f.p99_us as f64 / 1e3,
+            extras::Fanout::summary,
+        );
+    }
+    if let Some(row) = &mut extras.failover {
+        eprint!(
+            "  failover ({FAILOVER_WRITERS} writers) on {} ... ",
+            side.name()
+        );
+        let (before, after) = if args.quick {
+            (Duration::from_secs(2), Duration::from_secs(2))
+        } else {
+            (Duration::from_secs(5), Duration::from_secs(5))
+        };
+        let outcome = match (&mut registry, &mut etcd) {
+            (Some(c), _) => {
+                extras::failover(
+                    side,
+                    c,
+                    &target.urls,
+                    leader,
+                    args.spread,
+                    FAILOVER_WRITERS,
+                    before,
+                    after,
+                )
+                .await
+            }
+            (_, Some(c)) => {
+                extras::failover(
+                    side,
+                    c,
+                    &target.urls,
+                    leader,
+                    args.spread,
+                    FAILOVER_WRITERS,
+                    before,
+                    after,
+                )
+                .await
+            }
+            _ => unreachable!("one cluster runs"),
+        };
+        let operation = match side {
+            Side::Registry => "PUT /v1/services/bench-failover/instances/{w-seq} (retried on the next member on failure); read back with ?status=any",
+            Side::Etcd => "POST /v3/kv/put {bench-failover/w-seq} (retried on the next member on failure); read back with /v3/kv/range",
+        };
+        record(
+            row,
+            side,
+            operation,
+            outcome,
+            |f| f.recover_ms,
+            extras::Failover::summary,
+        );
+    }
     eprintln!("stopping the {} cluster", side.name());
+    drop((registry, etcd));
+    if let Some(row) = &mut extras.memory {
+        let count = args.instances();
+        eprint!(
+            "  memory ({count} instances) on a fresh {} cluster ... ",
+            side.name()
+        );
+        let outcome = async {
+            match side {
+                Side::Registry => {
+                    let mut c = Registry::start(bins.0, args.nodes).await?;
+                    let leader = c.wait_for_leader(None).await?;
+                    let pid = c.pid(leader).context("leader pid")?;
+                    extras::memory(side, &c.urls()[leader], pid, count, FILL_WORKERS).await
+                }
+                Side::Etcd => {
+                    let mut c = Etcd::start(bins.1, args.nodes).await?;
+                    let leader = c.wait_for_leader(None).await?;
+                    let pid = c.pid(leader).context("leader pid")?;
+                    extras::memory(side, &c.urls()[leader], pid, count, FILL_WORKERS).await
+                }
+            }
+        }
+        .await;
+        let (operation, what) = match side {
+            Side::Registry => ("PUT /v1/services/{s}/instances/{id} {ttl: 1h} (100 services) through the leader", "instances"),
+            Side::Etcd => ("POST /v3/lease/grant {TTL 3600} + /v3/kv/put {key, lease} per key through the leader", "keys with a lease each"),
+        };
+        record(
+            row,
+            side,
+            operation,
+            outcome,
+            |m| m.bytes_per_instance,
+            |m| m.summary(what),
+        );
+    }
     Ok(())
+}
+
+/// The machine's ceilings: HTTP+JSON with a trivial axum endpoint, and fsyncs/s.
+async fn ceilings(base: LoadConfig) -> (Row, Row) {
+    let mut http = Row::of_kind("axum-ceiling", 64, "ceiling", "ops/s");
+    eprint!("ceiling: trivial axum endpoint, 64 workers ... ");
+    let mut machine = SideResult {
+        operation: "GET /ping -> small JSON (axum, in-process, own runtime)".to_owned(),
+        ..SideResult::default()
+    };
+    match extras::axum_ceiling(LoadConfig {
+        concurrency: 64,
+        ..base
+    })
+    .await
+    {
+        Ok(m) => {
+            eprintln!("{:.0} ops/s", m.ops_per_sec);
+            machine.value = Some(m.ops_per_sec);
+            machine.measurement = Some(m);
+        }
+        Err(e) => {
+            eprintln!("failed: {e:#}");
+            machine.failure = Some(format!("{e:#}"));
+        }
+    }
+    http.machine = Some(machine);
+    let mut disk = Row::of_kind("fsync", 1, "ceiling", "fsyncs/s");
+    eprint!("ceiling: 4 KiB append + fsync, one thread ... ");
+    let mut machine = SideResult {
+        operation: "write 4 KiB + File::sync_data in a loop, in the temp dir".to_owned(),
+        ..SideResult::default()
+    };
+    let duration = base.duration.min(Duration::from_secs(3));
+    match tokio::task::spawn_blocking(move || extras::fsync_rate(duration)).await {
+        Ok(Ok(f)) => {
+            let summary = format!(
+                "{:.0} fsyncs/s ({} in {:.1} s; p50 {:.2} ms, p99 {:.2} ms) in {}",
+                f.per_sec,
+                f.fsyncs,
+                f.seconds,
+                f.p50_us as f64 / 1e3,
+                f.p99_us as f64 / 1e3,
+                f.dir
+            );
+            eprintln!("{summary}");
+            machine.value = Some(f.per_sec);
+            machine.summary = Some(summary);
+            machine.details = serde_json::to_value(&f).ok();
+        }
+        Ok(Err(e)) => machine.failure = Some(format!("{e:#}")),
+        Err(e) => machine.failure = Some(format!("{e}")),
+    }
+    disk.machine = Some(machine);
+    (http, disk)
 }
 
 async fn bench(args: Args) -> Result<bool> {
@@ -198,34 +444,63 @@ async fn bench(args: Args) -> Result<bool> {
         quick: args.quick,
         target: if args.spread { "spread" } else { "leader" }.to_owned(),
         note: "clusters and load generator share this machine; registry first, then etcd, never both at once".to_owned(),
+        etcd_api: "etcd is driven through its v3 JSON grpc-gateway on the client port: an extra in-process hop (HTTP/JSON -> gRPC) the registry's REST API does not have".to_owned(),
     };
     let plan = plan(&args);
     let mut rows: Vec<Row> = plan.iter().map(|(w, c)| Row::new(w.name(), *c)).collect();
+    let mut ceiling_rows = Vec::new();
+    if args.wants(Extra::Ceilings) {
+        let (http, disk) = ceilings(base).await;
+        ceiling_rows = vec![http, disk];
+    }
+    let mut extras = Extras {
+        fanout: args
+            .wants(Extra::WatchFanout)
+            .then(|| Row::of_kind("watch-fanout", WATCHERS, "watch-fanout", "ms")),
+        failover: args
+            .wants(Extra::Failover)
+            .then(|| Row::of_kind("failover", FAILOVER_WRITERS, "failover", "ms")),
+        memory: args
+            .wants(Extra::Memory)
+            .then(|| Row::of_kind("memory", FILL_WORKERS, "memory", "bytes/instance")),
+    };
     let mut ok = true;
     for side in [Side::Registry, Side::Etcd] {
-        if let Err(e) = run_side(
+        if let Err(e) = Box::pin(run_side(
             side,
             &args,
             (&server_bin, &etcd_bin),
             base,
             &mut rows,
             &plan,
-        )
+            &mut extras,
+        ))
         .await
         {
             eprintln!("{} side stopped: {e:#}", side.name());
             ok = false;
         }
     }
+    rows.extend(ceiling_rows);
+    rows.extend(
+        [extras.fanout, extras.failover, extras.memory]
+            .into_iter()
+            .flatten(),
+    );
     for row in &mut rows {
         row.finish();
         ok &= row.registry.failure.is_none() && row.etcd.failure.is_none();
+        ok &= row.machine.as_ref().is_none_or(|m| m.failure.is_none());
     }
+    report::annotate_ceilings(&mut rows);
+    let targets = report::check_targets(&rows);
     print!("{}", report::table(&rows));
+    print!("{}", report::targets_text(&targets));
     if let Some(path) = &args.json {
         let report = Report {
             meta,
             results: rows,
+            targets,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;
@@ -234,13 +509,33 @@ async fn bench(args: Args) -> Result<bool> {
     Ok(ok)
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // The benchmark's futures are large: run it on a thread with a generous stack.
+    let thread = std::thread::Builder::new()
+        .name("bench".to_owned())
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_stack_size(16 << 20)
+                .build()
+                .map(|runtime| runtime.block_on(run()))
+        });
+    match thread.map(std::thread::JoinHandle::join) {
+        Ok(Ok(Ok(code))) => code,
+        _ => {
+            eprintln!("bench: could not start or finish its runtime thread");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let args = Args::parse();
     // On Ctrl-C the benchmark future is dropped, and with it the clusters: their
     // processes are stopped and their directories removed.
     let outcome = tokio::select! {
-        outcome = bench(args) => outcome,
+        outcome = Box::pin(bench(args)) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     match outcome {

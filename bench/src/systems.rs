@@ -93,6 +93,10 @@ impl Process {
         self.child.is_some()
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, as a crash would.
     fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -195,6 +199,11 @@ impl Members {
             }
         }
         Ok(())
+    }
+
+    /// The process id of member `i`, if it is running.
+    fn pid(&self, i: usize) -> Option<u32> {
+        self.processes.get(i).and_then(Process::pid)
     }
 
     fn running(&self) -> Vec<usize> {
@@ -315,6 +324,11 @@ impl Registry {
             }
         })
         .await
+    }
+
+    /// The process id of member `index`, if it is running (for its RSS).
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members.pid(index)
     }
 
     /// SIGKILLs the current leader; returns its index.
@@ -469,6 +483,11 @@ impl Etcd {
             }
         })
         .await
+    }
+
+    /// The process id of member `index`, if it is running (for its RSS).
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members.pid(index)
     }
 
     /// SIGKILLs the current leader; returns its index.
