@@ -54,7 +54,7 @@ pub struct Config {
     /// that stops hearing from the leader first honours the leader's lease (twice this)
     /// and then waits one election timeout, so a dead leader is replaced after about
     /// three to four times this value.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 
     /// Take a snapshot every N log entries; entries behind a snapshot are then purged
