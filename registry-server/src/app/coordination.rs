@@ -259,22 +259,13 @@ impl App {
     }
 
     /// Releases a lock (or resigns an election) held with `token`; returns the index and
-    /// the hold that ended, and whether its own lease was revoked with it.
+    /// the hold that ended (its `own_lease` says whether its lease was revoked with it).
     pub async fn release(&self, key: Key, token: u64) -> Result<(u64, Hold), AppError> {
         let command = locks::Command::Release {
             key: key.clone(),
             token,
         };
-        match self.propose(Command::Coordinate(command)).await? {
-            (index, Outcome::Coordinate(locks::Outcome::Released(hold))) => Ok((index, hold)),
-            (_, Outcome::Coordinate(locks::Outcome::TokenMismatch(state))) => {
-                Err(AppError::TokenMismatch {
-                    key,
-                    state: Box::new(state),
-                })
-            }
-            (_, other) => Err(super::unexpected(other)),
-        }
+        self.by_holder(key, command).await
     }
 
     /// The election leader holding `token` announces a new value.
@@ -289,8 +280,15 @@ impl App {
             token,
             holder: value,
         };
+        self.by_holder(key, command).await
+    }
+
+    /// Proposes a command only the holder of its token may make (release, proclaim);
+    /// a token that is not the current one is `TokenMismatch` with the lock as it is.
+    async fn by_holder(&self, key: Key, command: locks::Command) -> Result<(u64, Hold), AppError> {
         match self.propose(Command::Coordinate(command)).await? {
-            (index, Outcome::Coordinate(locks::Outcome::Proclaimed(hold))) => Ok((index, hold)),
+            (index, Outcome::Coordinate(locks::Outcome::Released(hold)))
+            | (index, Outcome::Coordinate(locks::Outcome::Proclaimed(hold))) => Ok((index, hold)),
             (_, Outcome::Coordinate(locks::Outcome::TokenMismatch(state))) => {
                 Err(AppError::TokenMismatch {
                     key,
