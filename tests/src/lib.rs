@@ -9,6 +9,10 @@
 //! next to the test executable. `cargo test --workspace` builds it; `cargo test -p tests`
 //! alone does not (and may run an old one): build it with `cargo build -p registry-server`.
 
+pub mod history;
+pub mod linearizable;
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;

@@ -1,0 +1,1 @@
+//! A linearizability checker for single-value registers.

@@ -1,0 +1,1 @@
+//! Controllable TCP proxies, one per directed node-to-node link.
