@@ -94,6 +94,13 @@ pub struct Config {
     /// How often the leader checks lease deadlines and expires the leases that are due.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub lease_tick: Duration,
+
+    /// Reach peers through other addresses: PEER=VIA pairs separated by commas send this
+    /// server's node-to-node traffic for the peer at address PEER to VIA instead (a
+    /// tunnel, a sidecar, or the fault-injection tests' proxies). Clients and the
+    /// cluster membership still see PEER.
+    #[arg(long, value_name = "PEER=VIA,...", value_parser = parse_peer_via)]
+    pub peer_via: Option<PeerVia>,
 }
 
 const EXAMPLES: &str = "\
@@ -107,6 +114,29 @@ Logging is controlled by RUST_LOG (default: info).";
 /// The `--bootstrap` member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bootstrap(pub BTreeMap<NodeId, String>);
+
+/// The `--peer-via` routes: peer address -> the address to send its traffic to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerVia(pub BTreeMap<String, String>);
+
+fn parse_peer_via(text: &str) -> Result<PeerVia, String> {
+    let mut routes = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((peer, via)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not PEER=VIA"));
+        };
+        let (peer, via) = (peer.trim(), via.trim());
+        check_addr(peer)?;
+        check_addr(via)?;
+        if routes.insert(peer.to_owned(), via.to_owned()).is_some() {
+            return Err(format!("peer {peer} is listed twice"));
+        }
+    }
+    if routes.is_empty() {
+        return Err("no routes given".into());
+    }
+    Ok(PeerVia(routes))
+}
 
 fn parse_share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -308,6 +338,19 @@ mod tests {
             .contains("heartbeat"));
         assert!(parse(&["--lease-tick", "5"]).unwrap_err().contains("unit"));
         assert!(parse(&["--join", "x", "--bootstrap", "1=a:1"]).is_err());
+        assert!(parse(&["--peer-via", "127.0.0.1:1"]).is_err());
+        assert!(parse(&["--peer-via", "127.0.0.1:1=x"]).is_err());
+        assert!(parse(&[
+            "--peer-via",
+            "127.0.0.1:1=127.0.0.1:2,127.0.0.1:1=127.0.0.1:3"
+        ])
+        .is_err());
+        let c = parse(&[
+            "--peer-via",
+            "127.0.0.1:1=127.0.0.1:2, 127.0.0.1:3=127.0.0.1:4",
+        ])
+        .unwrap();
+        assert_eq!(c.peer_via.unwrap().0.len(), 2);
         assert!(parse(&["--snapshot-every", "0"]).is_err());
         assert!(parse(&["--expiry-storm-threshold", "0"]).is_err());
         assert!(parse(&["--expiry-storm-threshold", "1.5"]).is_err());

@@ -7,6 +7,7 @@
 //! Snapshots travel in openraft's chunks (`snapshot_max_chunk_size`), so a large state
 //! never needs one huge request.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::error::{
@@ -68,6 +69,8 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Sent with every internal call; peers refuse internal calls without it.
     secret: Option<String>,
+    /// `--peer-via`: peer address -> the address its traffic goes to.
+    routes: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -79,7 +82,7 @@ impl std::fmt::Debug for PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>) -> Self {
+    pub fn new(secret: Option<String>, routes: BTreeMap<String, String>) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -87,7 +90,16 @@ impl PeerClient {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_default();
-        Self { http, secret }
+        Self {
+            http,
+            secret,
+            routes: std::sync::Arc::new(routes),
+        }
+    }
+
+    /// Where traffic for the peer at `addr` goes: its `--peer-via` route, or `addr`.
+    pub fn route<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.routes.get(addr).map_or(addr, String::as_str)
     }
 
     /// The underlying client, for relaying public requests to the leader.
@@ -108,7 +120,7 @@ impl PeerClient {
             message,
         };
         let bytes = bincode::serialize(body).map_err(|e| failed(e.to_string()))?;
-        let mut request = self.http.post(format!("http://{addr}{path}"));
+        let mut request = self.http.post(format!("http://{}{path}", self.route(addr)));
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret);
         }

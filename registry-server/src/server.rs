@@ -58,7 +58,10 @@ pub async fn run(
         StateMachineStore::open(data_dir.join("snapshot"), clock.clone(), watches.clone())
             .with_context(|| format!("cannot load the snapshot in {}", data_dir.display()))?;
     let state = state_machine.shared();
-    let peers = PeerClient::new(config.cluster_secret.clone());
+    let peers = PeerClient::new(
+        config.cluster_secret.clone(),
+        config.peer_via.clone().unwrap_or_default().0,
+    );
     let network = Network {
         client: peers.clone(),
     };

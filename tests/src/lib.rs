@@ -9,6 +9,7 @@
 //! next to the test executable. `cargo test --workspace` builds it; `cargo test -p tests`
 //! alone does not (and may run an old one): build it with `cargo build -p registry-server`.
 
+pub mod faults;
 pub mod history;
 pub mod linearizable;
 pub mod proxy;
@@ -18,7 +19,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::future::Future;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,13 +98,17 @@ pub fn server_binary() -> PathBuf {
         );
         return path;
     }
-    // Test executables live in target/<profile>/deps/, binaries in target/<profile>/.
+    // Test executables live in target/<profile>/deps/, binaries (including this crate's
+    // own, which use the harness too) in target/<profile>/.
     let exe = std::env::current_exe().expect("cannot find the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable has no parent");
-    let path = profile_dir.join(format!("registry-server{}", std::env::consts::EXE_SUFFIX));
+    let name = format!("registry-server{}", std::env::consts::EXE_SUFFIX);
+    let exe_dir = exe.parent().expect("test executable has no parent");
+    let path = [Some(exe_dir), exe_dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(&name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| exe_dir.join(&name));
     assert!(
         path.is_file(),
         "registry-server binary not found at {}: run `cargo build -p registry-server` \
@@ -119,6 +124,11 @@ pub fn server_binary() -> PathBuf {
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Free loopback ports for nodes 1..=n (see [`free_port`]).
+pub fn free_ports(n: u64) -> Result<BTreeMap<u64, u16>> {
+    (1..=n).map(|id| Ok((id, free_port()?))).collect()
 }
 
 /// A client over one endpoint with the harness's short probe timeout.
@@ -243,23 +253,32 @@ impl Cluster {
     }
 
     async fn start_once(n: u64, extra_args: &[&str]) -> Result<Cluster> {
+        let ports = free_ports(n)?;
+        Cluster::start_on(&ports, extra_args, &BTreeMap::new()).await
+    }
+
+    /// Starts nodes `ports.keys()` on the given ports, bootstrapped as one cluster, with
+    /// `extra_args` on every node plus `node_args[id]` on node `id`, and waits until all
+    /// agree on a leader. One attempt: a node that could not bind its port is noticed
+    /// by the caller (`live_ids()` is short), which may try again on other ports.
+    pub async fn start_on(
+        ports: &BTreeMap<u64, u16>,
+        extra_args: &[&str],
+        node_args: &BTreeMap<u64, Vec<String>>,
+    ) -> Result<Cluster> {
         let mut cluster = Cluster::empty(extra_args)?;
-        let mut ports = BTreeMap::new();
-        for id in 1..=n {
-            ports.insert(id, free_port()?);
-        }
         let bootstrap = ports
             .iter()
             .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",");
-        for (&id, &port) in &ports {
+        for (&id, &port) in ports {
             let id_flag = id.to_string();
-            cluster.add_node(
-                id,
-                port,
-                &["--node-id", &id_flag, "--bootstrap", &bootstrap],
-            )?;
+            let mut own: Vec<&str> = vec!["--node-id", &id_flag, "--bootstrap", &bootstrap];
+            if let Some(more) = node_args.get(&id) {
+                own.extend(more.iter().map(String::as_str));
+            }
+            cluster.add_node(id, port, &own)?;
         }
         for &id in ports.keys() {
             cluster.spawn(id)?;
@@ -433,6 +452,18 @@ impl Cluster {
         self.signal_and_wait(id, Signal::SIGKILL, STOP_TIMEOUT)
             .await?;
         Ok(())
+    }
+
+    /// SIGSTOPs node `id`: the process freezes with its sockets open (a long GC pause,
+    /// a VM stall). Peers and clients see it hang, not fail. [`resume`](Self::resume)
+    /// continues it; killing a paused node works as usual.
+    pub fn pause(&self, id: u64) -> Result<()> {
+        self.send_signal(id, Signal::SIGSTOP)
+    }
+
+    /// SIGCONTs node `id` after [`pause`](Self::pause).
+    pub fn resume(&self, id: u64) -> Result<()> {
+        self.send_signal(id, Signal::SIGCONT)
     }
 
     /// SIGTERMs node `id` and waits for it to exit; fails if it hangs or exits with

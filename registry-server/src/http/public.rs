@@ -154,7 +154,7 @@ async fn relay_to_leader<B: serde::Serialize>(
     let mut request = app
         .peers()
         .http()
-        .request(method, format!("http://{addr}{path}"));
+        .request(method, format!("http://{}{path}", app.peers().route(&addr)));
     if let Some(body) = body {
         request = request.json(body);
     }
