@@ -746,27 +746,26 @@ fn check_final_read(
         let present = final_read.contains(*x);
         let register = instance.register;
         let deregister = instance.deregister;
-        match (register, deregister) {
-            (Some(r), d) if r.outcome.is_ok() && d.is_none_or(|d| d.outcome.is_failed()) => {
-                if !present {
-                    report.push(
-                        REGISTRY_FINAL_READ,
-                        format!(
-                            "the final read lacks instance {x:?}, acknowledged by its {} and \
-                             never deregistered",
-                            describe_op("register", r)
-                        ),
-                    );
-                }
-            }
-            (_, Some(d)) if d.outcome.is_ok() && present => report.push(
+        let acknowledged = register.filter(|r| r.outcome.is_ok());
+        let may_have_left = deregister.is_some_and(|d| !d.outcome.is_failed());
+        if let (Some(r), false, false) = (acknowledged, may_have_left, present) {
+            report.push(
+                REGISTRY_FINAL_READ,
+                format!(
+                    "the final read lacks instance {x:?}, acknowledged by its {} and never \
+                     deregistered",
+                    describe_op("register", r)
+                ),
+            );
+        }
+        if let Some(d) = deregister.filter(|d| d.outcome.is_ok() && present) {
+            report.push(
                 REGISTRY_FINAL_READ,
                 format!(
                     "the final read has instance {x:?} after its {}",
                     describe_op("deregister", d)
                 ),
-            ),
-            _ => {}
+            );
         }
         if present {
             match register {

@@ -26,14 +26,27 @@
 //! pair reached; reaching one again cannot succeed where the first visit failed, so it is
 //! skipped. Sets are hand-written bitsets.
 //!
-//! One refinement for unknown ops, which otherwise make the search exponential (each one
-//! may or may not be linearized at any point): a node *dominates* another with the same
-//! linearized `Ok` ops and the same state whose linearized unknown ops are a superset,
-//! since every way to finish from the second also finishes from the first (unknown ops
-//! carry no deadline and never have to be placed). So a node is skipped if one it
-//! is dominated by was already reached. Placing an unknown op that leaves the state
-//! unchanged (an unknown read) is skipped for the same reason. The randomized tests
-//! cross-check the result against a brute-force search.
+//! **Unknown ops** would make this search exponential: each may or may not be placed at
+//! any point, and an old unknown write stays a candidate forever. Four rules, all
+//! resting on one observation, keep it polynomial in practice. A node (placed ok ops K,
+//! placed unknown ops U, state s) *dominates* any node with the same K and s and more
+//! unknown ops placed: every way to finish from the second also finishes from the first,
+//! since unknown ops have no deadline and never have to be placed. So:
+//!
+//! 1. memoization keeps, per (K, s), the sets U reached, and skips a node whose U is a
+//!    superset of one of them;
+//! 2. placing an unknown op that leaves the state unchanged (an unknown read) is skipped;
+//! 3. each node tries its ok ops before its unknown ops, so the nodes that leave unknown
+//!    ops out are explored first and prune the ones that place them;
+//! 4. after placing an unknown op u at node P, an op that could reach the same state
+//!    straight from P is skipped (P tries it too, with u unplaced), and u is not placed at
+//!    all if every op that could follow it is skipped or fails that way: an unknown
+//!    write nobody read is then never tried. [`Model::is_blind`] lets a model make this
+//!    test cheap for ops whose effect does not depend on the state.
+//!
+//! A 2,000-op register history with 5 processes and ~40 unknown writes checks in well under
+//! a second in a debug build, and so does finding that one read in it is wrong. The
+//! randomized tests cross-check every verdict against a brute-force search.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +55,9 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::history::{Millis, Op, Outcome};
+
+/// An op of a model's history.
+type ModelOp<M> = Op<<M as Model>::Input, <M as Model>::Output>;
 
 /// A budget that lets a few-thousand-op history with a bad spot be searched exhaustively
 /// in seconds, while bounding the time a pathological one can take.
@@ -70,6 +86,14 @@ pub trait Model {
     /// possible answer, duplicates allowed). "It never happened" needs no entry: the
     /// checker may leave an unknown op out anyway.
     fn step_unknown(&self, state: &Self::State, input: &Self::Input) -> Vec<Self::State>;
+
+    /// Whether `input` is *blind*: the states it leads to, and which answers it accepts,
+    /// are the same from every state (a register write). Only a hint that lets the
+    /// checker skip work; `false`, the default, is always correct.
+    fn is_blind(&self, input: &Self::Input) -> bool {
+        let _ = input;
+        false
+    }
 }
 
 /// What the checker concluded.
@@ -88,7 +112,7 @@ pub enum Verdict {
 /// Checks whether `ops` is linearizable with respect to `model`, taking at most `budget`
 /// search steps (one step = one look at one list entry).
 pub fn check<M: Model>(model: &M, ops: &[Op<M::Input, M::Output>], budget: usize) -> Verdict {
-    let indexed: Vec<(usize, &Op<M::Input, M::Output>)> = ops.iter().enumerate().collect();
+    let indexed: Vec<(usize, &ModelOp<M>)> = ops.iter().enumerate().collect();
     Search::new(model, &indexed).run(budget)
 }
 
@@ -109,7 +133,7 @@ where
     K: Ord + Debug,
     F: Fn(&Op<M::Input, M::Output>) -> K,
 {
-    let mut parts: BTreeMap<K, Vec<(usize, &Op<M::Input, M::Output>)>> = BTreeMap::new();
+    let mut parts: BTreeMap<K, Vec<(usize, &ModelOp<M>)>> = BTreeMap::new();
     for (index, op) in ops.iter().enumerate() {
         parts.entry(key(op)).or_default().push((index, op));
     }
@@ -186,6 +210,10 @@ impl Model for Register {
             RegisterOp::Read => vec![state.clone()],
         }
     }
+
+    fn is_blind(&self, input: &RegisterOp) -> bool {
+        matches!(input, RegisterOp::Write(_))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -207,10 +235,6 @@ impl Bitset {
 
     fn clear(&mut self, bit: usize) {
         self.0[bit / 64] &= !(1 << (bit % 64));
-    }
-
-    fn contains(&self, bit: usize) -> bool {
-        self.0[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     fn is_subset_of(&self, other: &Bitset) -> bool {
@@ -278,7 +302,7 @@ struct Search<'a, M: Model> {
 }
 
 impl<'a, M: Model> Search<'a, M> {
-    fn new(model: &'a M, ops: &[(usize, &'a Op<M::Input, M::Output>)]) -> Self {
+    fn new(model: &'a M, ops: &[(usize, &'a ModelOp<M>)]) -> Self {
         let mut items = Vec::new();
         let (mut known_count, mut unknown_count, mut failed) = (0, 0, 0);
         for &(index, op) in ops {
@@ -394,6 +418,83 @@ impl<'a, M: Model> Search<'a, M> {
         }
     }
 
+    /// Whether placing `item` from `from` can reach `to`.
+    fn can_reach(
+        &self,
+        item: &Item<'_, M::Input, M::Output>,
+        from: &M::State,
+        to: &M::State,
+    ) -> bool {
+        if self.model.is_blind(&item.op.input) {
+            // Blind ops reach from every state what they reach from any.
+            return true;
+        }
+        match &item.op.outcome {
+            Outcome::Ok(output) => {
+                self.model.step(from, &item.op.input, output).as_ref() == Some(to)
+            }
+            Outcome::Unknown(_) | Outcome::Failed(_) => {
+                from == to || self.model.step_unknown(from, &item.op.input).contains(to)
+            }
+        }
+    }
+
+    /// Whether placing `item` now, reaching `next_state`, is dominated by placing it one
+    /// step earlier instead. That is so when the current node C was reached by placing
+    /// an unknown op u from a node P (so C has P's ok ops and one more unknown op) and
+    /// `item` can take P's state to `next_state` as well: P + `item` then has the same ok
+    /// ops and state as C + `item` with fewer unknown ops placed, and P tries `item` too
+    /// (its candidates are C's), so that node is or will be reached. Without this rule a
+    /// chain of unknown writes would be tried in every subset and order.
+    fn dominated_by_parent(
+        &self,
+        stack: &[Frame<M::State>],
+        item: &Item<'_, M::Input, M::Output>,
+        next_state: &M::State,
+    ) -> bool {
+        match stack.last() {
+            Some(top) if !self.items[top.item].known => {
+                self.can_reach(item, &top.state, next_state)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether placing unknown op `u` at the current node (state `state`), reaching
+    /// `next`, can lead anywhere. If every candidate that could follow it (the ops called
+    /// before the first return, as now) either fails after it or can reach the same state
+    /// straight from `state`, then every child of the new node is dominated (see
+    /// [`dominated_by_parent`](Self::dominated_by_parent)) and the node cannot succeed,
+    /// so it is not worth visiting. This is what keeps old unknown writes that nobody
+    /// read from being tried at every dead end.
+    fn unknown_placement_matters(&self, u: usize, state: &M::State, next: &M::State) -> bool {
+        let mut node = self.next[HEAD];
+        while let Some(&Event::Call { item, .. }) = self.events.get(node) {
+            node = self.next[node];
+            let x = &self.items[item];
+            if item == u || self.model.is_blind(&x.op.input) {
+                continue;
+            }
+            let after: Vec<M::State> = match &x.op.outcome {
+                Outcome::Ok(output) => self
+                    .model
+                    .step(next, &x.op.input, output)
+                    .into_iter()
+                    .collect(),
+                Outcome::Unknown(_) | Outcome::Failed(_) => self
+                    .model
+                    .step_unknown(next, &x.op.input)
+                    .into_iter()
+                    .filter(|s| s != next)
+                    .collect(),
+            };
+            if after.iter().any(|s| !self.can_reach(x, state, s)) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn run(mut self, budget: usize) -> Verdict {
         let mut state = self.model.init();
         let mut known = Bitset::new(self.known_count);
@@ -411,6 +512,12 @@ impl<'a, M: Model> Search<'a, M> {
         };
 
         let mut node = self.next[HEAD];
+        // Each node's candidates are tried in two passes over the list: first the ok ops,
+        // then (`unknown_pass`) the unknown ones. Trying unknown ops last means the
+        // nodes that leave them out are reached first and prune, by dominance, the same
+        // nodes reached again with them placed; the other order explores every subset of
+        // the pending unknown ops.
+        let mut unknown_pass = false;
         let mut first_alt = 0;
         let mut steps = 0usize;
         while known_left > 0 {
@@ -424,7 +531,13 @@ impl<'a, M: Model> Search<'a, M> {
             };
             let Some(i) = call else {
                 // A return (or, defensively, the end): the op returning here was not
-                // placed in time. Undo the last placement and try what follows it.
+                // placed in time, so nothing after it may be placed now.
+                if !unknown_pass && self.unknown_count > 0 {
+                    unknown_pass = true;
+                    node = self.next[HEAD];
+                    continue;
+                }
+                // Undo the last placement and try what follows it.
                 let Some(frame) = stack.pop() else {
                     return Verdict::NotLinearizable {
                         detail: self.explain(&best),
@@ -438,15 +551,25 @@ impl<'a, M: Model> Search<'a, M> {
                 } else {
                     unknown.clear(item.slot);
                 }
+                unknown_pass = !item.known;
                 state = frame.state;
                 node = frame.node;
                 first_alt = frame.alt + 1;
                 continue;
             };
+            if self.items[i].known == unknown_pass {
+                node = self.next[node];
+                continue;
+            }
             let item = &self.items[i];
             let mut placed = false;
             for (alt, next_state) in self.successors(item, &state).into_iter().enumerate() {
                 if alt < first_alt {
+                    continue;
+                }
+                if self.dominated_by_parent(&stack, item, &next_state)
+                    || (!item.known && !self.unknown_placement_matters(i, &state, &next_state))
+                {
                     continue;
                 }
                 if item.known {
@@ -485,6 +608,7 @@ impl<'a, M: Model> Search<'a, M> {
                 }
                 self.lift(node);
                 node = self.next[HEAD];
+                unknown_pass = false;
             } else {
                 node = self.next[node];
             }
@@ -649,7 +773,7 @@ mod tests {
 
     type ROp = Op<RegisterOp, RegisterAnswer>;
 
-    const BUDGET: usize = 2_000_000;
+    const BUDGET: usize = DEFAULT_BUDGET;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -1015,19 +1139,12 @@ mod tests {
             let mut ops = simulate(&mut rng, workload);
             assert!(ops.iter().filter(|op| op.outcome.is_unknown()).count() >= 10);
             assert_eq!(verdict(&ops), Verdict::Linearizable, "seed {seed}");
+            let opaque = check(&OpaqueRegister, &ops, BUDGET);
+            assert_eq!(opaque, Verdict::Linearizable, "seed {seed}");
             // Corrupt a read late in the history, so the search has to exhaust every
             // placement of the unknown writes before it.
             let reads = ops.iter().filter(|op| op.input == RegisterOp::Read).count();
             corrupt_a_read(&mut ops, reads * 9 / 10).unwrap();
-            for budget in [100_000, 1_000_000, 10_000_000, 50_000_000] {
-                let t = std::time::Instant::now();
-                let v = check(&Register, &ops, budget);
-                eprintln!(
-                    "seed {seed} budget {budget}: {:?} in {:?}",
-                    matches!(v, Verdict::NotLinearizable { .. }),
-                    t.elapsed()
-                );
-            }
             assert!(
                 matches!(verdict(&ops), Verdict::NotLinearizable { .. }),
                 "seed {seed}"
@@ -1083,17 +1200,51 @@ mod tests {
         extend(model, &ops, &mut Vec::new(), &model.init())
     }
 
-    fn random_outcome<T>(rng: &mut StdRng, ok: T) -> Outcome<T> {
-        match rng.random_range(0..10) {
-            0..7 => Outcome::Ok(ok),
-            7..9 => Outcome::Unknown("timeout".to_owned()),
-            _ => Outcome::Failed("409".to_owned()),
+    /// An outcome that is unknown with probability `unknown`, failed with 0.1, else ok.
+    fn random_outcome<T>(rng: &mut StdRng, ok: T, unknown: f64) -> Outcome<T> {
+        let roll: f64 = rng.random();
+        if roll < unknown {
+            Outcome::Unknown("timeout".to_owned())
+        } else if roll < unknown + 0.1 {
+            Outcome::Failed("409".to_owned())
+        } else {
+            Outcome::Ok(ok)
+        }
+    }
+
+    /// The register without the [`Model::is_blind`] hint, so that the search takes its
+    /// general paths; its verdicts must not differ.
+    #[derive(Debug)]
+    struct OpaqueRegister;
+
+    impl Model for OpaqueRegister {
+        type State = Option<String>;
+        type Input = RegisterOp;
+        type Output = RegisterAnswer;
+
+        fn init(&self) -> Option<String> {
+            None
+        }
+
+        fn step(
+            &self,
+            state: &Option<String>,
+            input: &RegisterOp,
+            output: &RegisterAnswer,
+        ) -> Option<Option<String>> {
+            Register.step(state, input, output)
+        }
+
+        fn step_unknown(&self, state: &Option<String>, input: &RegisterOp) -> Vec<Option<String>> {
+            Register.step_unknown(state, input)
         }
     }
 
     /// Up to 7 ops on a register with random intervals and random answers from a small
-    /// domain, so both verdicts are common.
+    /// domain, so both verdicts are common; unknown outcomes are common too, half of the
+    /// time, to exercise the pruning of unknown ops.
     fn random_register_history(rng: &mut StdRng) -> Vec<ROp> {
+        let unknown = if rng.random_bool(0.5) { 0.2 } else { 0.5 };
         let values = ["a", "b"];
         (0..rng.random_range(1..=7))
             .map(|i| {
@@ -1109,7 +1260,7 @@ mod tests {
                         RegisterAnswer::Value(v.map(str::to_owned)),
                     )
                 };
-                let outcome = random_outcome(rng, answer);
+                let outcome = random_outcome(rng, answer, unknown);
                 op(i, [invoke, complete], input, outcome)
             })
             .collect()
@@ -1129,6 +1280,12 @@ mod tests {
                     panic!("seed {seed}: brute force says {expected}, search {other:?}\n{ops:#?}")
                 }
             }
+            let opaque = check(&OpaqueRegister, &ops, BUDGET);
+            assert_eq!(
+                opaque == Verdict::Linearizable,
+                expected,
+                "seed {seed}: {opaque:?}"
+            );
         }
         assert!(yes >= 300 && no >= 300, "{yes} linearizable, {no} not");
     }
@@ -1190,7 +1347,7 @@ mod tests {
                         invoke: ms(invoke),
                         complete: ms(complete),
                         input,
-                        outcome: random_outcome(&mut rng, answer),
+                        outcome: random_outcome(&mut rng, answer, 0.3),
                     }
                 })
                 .collect();
@@ -1212,7 +1369,7 @@ mod tests {
         assert_eq!(a.0.len(), 3);
         a.set(0);
         a.set(129);
-        assert!(a.contains(0) && a.contains(129) && !a.contains(64));
+        assert_eq!(a.0, [1, 0, 2]);
         let mut b = a.clone();
         b.set(64);
         assert!(a.is_subset_of(&b) && !b.is_subset_of(&a));

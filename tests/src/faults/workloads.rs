@@ -45,7 +45,10 @@ const REGISTRY_PROCESSES: usize = 3;
 const REGISTRY_SERVICE: &str = "fault-registry";
 
 const REGISTER_PROCESSES: usize = 4;
+/// Keys written at the same time.
 const REGISTER_KEYS: usize = 2;
+/// How long one key is used before the workload moves on to the next.
+const REGISTER_KEY_LIFETIME: Duration = Duration::from_secs(3);
 
 const LEASE_PROCESSES: usize = 2;
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -479,15 +482,15 @@ fn register_service(key: usize) -> String {
 }
 
 /// One register client: writes unique values to a key's `meta.v`, or reads it.
-async fn register_process(
-    env: Env,
-    process: usize,
-    mut rng: StdRng,
-) -> Vec<KeyedRegisterOp> {
+async fn register_process(env: Env, process: usize, mut rng: StdRng) -> Vec<KeyedRegisterOp> {
     let mut ops = Vec::new();
     let mut next = 0;
     while !env.stopped() {
-        let key = rng.random_range(0..REGISTER_KEYS);
+        // Keys are short-lived: the linearizability search is worst-case exponential in
+        // the length and concurrency of one key's history, and every unknown write stays
+        // concurrent with everything after it; a fresh key every few seconds bounds both.
+        let slot = (env.clock.now().as_millis() / REGISTER_KEY_LIFETIME.as_millis()) as usize;
+        let key = slot * REGISTER_KEYS + rng.random_range(0..REGISTER_KEYS);
         let service = register_service(key);
         let invoked = env.clock.now();
         if rng.random_bool(0.5) {
