@@ -39,7 +39,9 @@ async fn main() -> Result<()> {
     let mut runs = 0u64;
     loop {
         let seed = args.seed.unwrap_or_else(rand::random);
-        let nodes = args.nodes.unwrap_or(if runs.is_multiple_of(2) { 3 } else { 5 });
+        let nodes = args
+            .nodes
+            .unwrap_or(if runs.is_multiple_of(2) { 3 } else { 5 });
         let report = faults::run(RunConfig {
             seed,
             nodes,
