@@ -75,20 +75,21 @@ impl fmt::Display for Fault {
     }
 }
 
-/// One fault, how long it lasts, and the calm after it.
+/// One or two faults at once, how long they last, and the calm after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    pub fault: Fault,
+    pub faults: Vec<Fault>,
     pub hold: Duration,
     pub rest: Duration,
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
         write!(
             f,
             "{} for {} ms, then {} ms healed",
-            self.fault,
+            faults.join(" + "),
             self.hold.as_millis(),
             self.rest.as_millis()
         )
@@ -102,44 +103,57 @@ pub fn schedule(seed: u64, nodes: u64, length: Duration) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut total = Duration::ZERO;
     while total < length {
-        let fault = match rng.random_range(0..10) {
-            0 => {
-                let mut shuffled = ids.clone();
-                shuffled.shuffle(&mut rng);
-                let size = rng.random_range(1..=(ids.len() - 1) / 2);
-                let mut minority = shuffled[..size].to_vec();
-                minority.sort_unstable();
-                Fault::Partition { minority }
+        let mut faults = vec![draw(&mut rng, &ids)];
+        // A quarter of the steps combine two faults (a partition while a node is
+        // down, a pause during delays, ...); a whole-cluster restart stays alone.
+        if faults[0] != Fault::RestartAll && rng.random_bool(0.25) {
+            let second = draw(&mut rng, &ids);
+            if second != Fault::RestartAll {
+                faults.push(second);
             }
-            1 => Fault::IsolateLeader,
-            2 => Fault::LeaderCannotSend,
-            3 => {
-                let from = *ids.choose(&mut rng).expect("a cluster has nodes");
-                let others: Vec<u64> = ids.iter().copied().filter(|&i| i != from).collect();
-                let to = *others.choose(&mut rng).expect("a cluster has two nodes");
-                Fault::OneWay { from, to }
-            }
-            4 => Fault::Delay {
-                by: Duration::from_millis(rng.random_range(20..=250)),
-            },
-            5 => Fault::Kill {
-                node: *ids.choose(&mut rng).expect("a cluster has nodes"),
-            },
-            6 => Fault::KillLeader,
-            7 => Fault::Pause {
-                node: *ids.choose(&mut rng).expect("a cluster has nodes"),
-            },
-            8 => Fault::PauseLeader,
-            _ => Fault::RestartAll,
-        };
+        }
         // Some faults outlast an election timeout (1 s to 2 s in the harness), some not:
         // both sides of that line hide different bugs.
         let hold = Duration::from_millis(rng.random_range(300..=4_000));
         let rest = Duration::from_millis(rng.random_range(500..=2_000));
         total += hold + rest;
-        steps.push(Step { fault, hold, rest });
+        steps.push(Step { faults, hold, rest });
     }
     steps
+}
+
+/// Draws one fault.
+fn draw(rng: &mut StdRng, ids: &[u64]) -> Fault {
+    match rng.random_range(0..10) {
+        0 => {
+            let mut shuffled = ids.to_vec();
+            shuffled.shuffle(rng);
+            let size = rng.random_range(1..=(ids.len() - 1) / 2);
+            let mut minority = shuffled[..size].to_vec();
+            minority.sort_unstable();
+            Fault::Partition { minority }
+        }
+        1 => Fault::IsolateLeader,
+        2 => Fault::LeaderCannotSend,
+        3 => {
+            let from = *ids.choose(rng).expect("a cluster has nodes");
+            let others: Vec<u64> = ids.iter().copied().filter(|&i| i != from).collect();
+            let to = *others.choose(rng).expect("a cluster has two nodes");
+            Fault::OneWay { from, to }
+        }
+        4 => Fault::Delay {
+            by: Duration::from_millis(rng.random_range(20..=250)),
+        },
+        5 => Fault::Kill {
+            node: *ids.choose(rng).expect("a cluster has nodes"),
+        },
+        6 => Fault::KillLeader,
+        7 => Fault::Pause {
+            node: *ids.choose(rng).expect("a cluster has nodes"),
+        },
+        8 => Fault::PauseLeader,
+        _ => Fault::RestartAll,
+    }
 }
 
 /// What the nemesis did: faults injected, by kind.
@@ -155,6 +169,7 @@ impl fmt::Display for FaultCounts {
 
 /// How to undo an injected fault.
 enum Undo {
+    Nothing,
     Heal,
     Restart(u64),
     Resume(u64),
@@ -166,10 +181,16 @@ enum Undo {
 pub async fn run(cluster: &FaultCluster, steps: &[Step]) -> Result<FaultCounts> {
     let mut counts = FaultCounts::default();
     for step in steps {
-        let undo = inject(cluster, &step.fault).await?;
-        *counts.0.entry(step.fault.kind()).or_default() += 1;
+        let mut undo = Vec::new();
+        for fault in &step.faults {
+            undo.push(inject(cluster, fault).await?);
+            *counts.0.entry(fault.kind()).or_default() += 1;
+        }
         tokio::time::sleep(step.hold).await;
-        heal(cluster, undo).await?;
+        for undo in undo.into_iter().rev() {
+            heal(cluster, undo).await?;
+        }
+        cluster.log("healed".to_owned());
         tokio::time::sleep(step.rest).await;
     }
     Ok(counts)
@@ -210,6 +231,8 @@ async fn inject(cluster: &FaultCluster, fault: &Fault) -> Result<Undo> {
             links.delay_all(*by);
             Undo::Heal
         }
+        // A node the step's other fault already took down is left as it is.
+        Fault::Kill { node } | Fault::Pause { node } if !nodes.is_running(*node) => Undo::Nothing,
         Fault::Kill { node } => {
             nodes.kill(*node).await?;
             Undo::Restart(*node)
@@ -241,6 +264,7 @@ async fn inject(cluster: &FaultCluster, fault: &Fault) -> Result<Undo> {
 
 async fn heal(cluster: &FaultCluster, undo: Undo) -> Result<()> {
     match undo {
+        Undo::Nothing => {}
         Undo::Heal => cluster.links.heal(),
         Undo::Restart(node) => cluster.nodes.restart(node).await?,
         Undo::Resume(node) => cluster.nodes.resume(node)?,
@@ -252,7 +276,6 @@ async fn heal(cluster: &FaultCluster, undo: Undo) -> Result<()> {
             }
         }
     }
-    cluster.log("healed".to_owned());
     Ok(())
 }
 
@@ -275,8 +298,8 @@ mod tests {
                 let steps = schedule(seed, nodes, Duration::from_secs(30));
                 let total: Duration = steps.iter().map(|s| s.hold + s.rest).sum();
                 assert!(total >= Duration::from_secs(30), "seed {seed}: {total:?}");
-                for step in &steps {
-                    match &step.fault {
+                for fault in steps.iter().flat_map(|s| &s.faults) {
+                    match fault {
                         Fault::Partition { minority } => {
                             assert!(!minority.is_empty());
                             assert!((minority.len() as u64) * 2 < nodes, "{minority:?}");
@@ -295,11 +318,14 @@ mod tests {
     #[test]
     fn schedules_mix_every_kind_of_fault() {
         let mut kinds = std::collections::BTreeSet::new();
+        let mut combined = false;
         for seed in 0..50 {
             for step in schedule(seed, 3, Duration::from_secs(30)) {
-                kinds.insert(step.fault.kind());
+                kinds.extend(step.faults.iter().map(Fault::kind));
+                combined |= step.faults.len() == 2;
             }
         }
         assert_eq!(kinds.len(), 10, "{kinds:?}");
+        assert!(combined, "no step combined two faults");
     }
 }
