@@ -28,6 +28,21 @@ struct Args {
     seed: Option<u64>,
 }
 
+/// Waits for SIGINT or SIGTERM; names it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     api_spec::parse_duration(text).map_err(|e| e.to_string())
 }
@@ -42,12 +57,23 @@ async fn main() -> Result<()> {
         let nodes = args
             .nodes
             .unwrap_or(if runs.is_multiple_of(2) { 3 } else { 5 });
-        let report = faults::run(RunConfig {
+        let run = faults::run(RunConfig {
             seed,
             nodes,
             length: args.run_length,
-        })
-        .await?;
+        });
+        // On Ctrl-C or SIGTERM the run is dropped, which kills its servers and removes
+        // their directories; exiting straight away would leave them running.
+        let report = tokio::select! {
+            report = run => Some(report?),
+            signal = interrupted() => {
+                eprintln!("{signal}: stopping after {runs} complete runs");
+                None
+            }
+        };
+        let Some(report) = report else {
+            std::process::exit(130);
+        };
         runs += 1;
         println!("run {runs}: {report}");
         if !report.passed() {
