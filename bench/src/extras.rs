@@ -498,8 +498,30 @@ pub async fn failover<C: KillLeader>(
 // ---------------------------------------------------------------------------------------
 // Ceilings
 
-/// A trivial axum server (`GET /ping` → a small JSON) on its own multi-threaded runtime in
-/// its own thread, on 127.0.0.1:0; stopped when dropped.
+/// An answer shaped and sized like the registry's to `GET /v1/services/{s}` for a
+/// 10-instance service (about 3.3 KB), for a ceiling that moves and parses as much JSON
+/// per request as resolve-stale. The server sends it pre-serialized (one copy of the
+/// bytes), so this ceiling leaves out the server's own encoding: an upper bound.
+fn service_body() -> Value {
+    let instances: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({
+                "service": "bench-resolve", "id": format!("i{i}"), "address": "10.0.0.1",
+                "port": 8080 + i, "tags": ["v1", "primary"], "meta": {"version": "1.2.3"},
+                "zone": "zone-a", "region": "region-1", "weight": 1, "status": "passing",
+                "lease": "0b8c2a57-2f1d-4c44-9a9e-3f5b1c9d7e21", "own_lease": true,
+                "ttl": "1h", "ttl_ms": 3_600_000, "deregister_after": "1m",
+                "deregister_after_ms": 60_000, "registered_at_ms": 1_795_000_000_000u64,
+                "modify_index": 1234,
+            })
+        })
+        .collect();
+    json!({"service": "bench-resolve", "instances": instances})
+}
+
+/// A trivial axum server on its own multi-threaded runtime in its own thread, on
+/// 127.0.0.1:0, stopped when dropped: `GET /ping` → a small JSON, `GET /service` → a
+/// resolve-sized one ([`service_body`]), pre-serialized.
 #[derive(Debug)]
 pub struct AxumCeiling {
     pub url: String,
@@ -518,12 +540,26 @@ impl AxumCeiling {
             .build()?;
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/ping",
-                    axum::routing::get(|| async {
-                        axum::Json(json!({"ok": true, "service": "ping", "instances": 0}))
-                    }),
-                );
+                let service: Arc<str> = service_body().to_string().into();
+                let app = axum::Router::new()
+                    .route(
+                        "/ping",
+                        axum::routing::get(|| async {
+                            axum::Json(json!({"ok": true, "service": "ping", "instances": 0}))
+                        }),
+                    )
+                    .route(
+                        "/service",
+                        axum::routing::get(move || {
+                            let service = service.clone();
+                            async move {
+                                (
+                                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                    service.to_string(),
+                                )
+                            }
+                        }),
+                    );
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
@@ -553,17 +589,21 @@ impl Drop for AxumCeiling {
     }
 }
 
-/// The load generator against a trivial axum endpoint: this machine's HTTP+JSON ceiling.
-pub async fn axum_ceiling(config: LoadConfig) -> Result<Measurement> {
+/// The load generator against a trivial axum endpoint (`path`: `/ping` or `/service`,
+/// see [`AxumCeiling`]): this machine's HTTP+JSON ceiling.
+pub async fn axum_ceiling(config: LoadConfig, path: &str) -> Result<Measurement> {
     let server = AxumCeiling::start()?;
-    let url = format!("{}/ping", server.url);
+    let url = format!("{}{path}", server.url);
     let setup = |_| {
         let url = url.clone();
         async move { Ok((load::worker_client(config.op_timeout)?, url)) }
     };
     let op = |w: Arc<(reqwest::Client, String)>, _| async move {
         let answer = ok_json(w.0.get(&w.1)).await?;
-        ensure!(answer["ok"] == true, "unexpected answer {answer}");
+        ensure!(
+            answer["ok"] == true || answer["instances"].is_array(),
+            "unexpected answer {answer}"
+        );
         Ok(())
     };
     let result = load::run(config, setup, op).await;
@@ -735,7 +775,7 @@ mod tests {
             duration: Duration::from_millis(200),
             op_timeout: Duration::from_secs(5),
         };
-        let m = axum_ceiling(config).await.unwrap();
+        let m = axum_ceiling(config, "/service").await.unwrap();
         assert!(m.ops > 0 && m.errors == 0, "{m:?}");
     }
 

@@ -362,18 +362,22 @@ async fn run_side(
     Ok(())
 }
 
-/// The machine's ceilings: HTTP+JSON with a trivial axum endpoint, and fsyncs/s.
-async fn ceilings(base: LoadConfig) -> (Row, Row) {
-    let mut http = Row::of_kind("axum-ceiling", 64, "ceiling", "ops/s");
-    eprint!("ceiling: trivial axum endpoint, 64 workers ... ");
+/// One HTTP+JSON ceiling row: the load generator at 64 workers against `path` of the
+/// in-process axum server.
+async fn http_ceiling(base: LoadConfig, workload: &str, path: &str, what: &str) -> Row {
+    let mut row = Row::of_kind(workload, 64, "ceiling", "ops/s");
+    eprint!("ceiling: axum {path}, 64 workers ... ");
     let mut machine = SideResult {
-        operation: "GET /ping -> small JSON (axum, in-process, own runtime)".to_owned(),
+        operation: format!("GET {path} -> {what} (axum, in-process, own runtime)"),
         ..SideResult::default()
     };
-    match extras::axum_ceiling(LoadConfig {
-        concurrency: 64,
-        ..base
-    })
+    match extras::axum_ceiling(
+        LoadConfig {
+            concurrency: 64,
+            ..base
+        },
+        path,
+    )
     .await
     {
         Ok(m) => {
@@ -386,7 +390,21 @@ async fn ceilings(base: LoadConfig) -> (Row, Row) {
             machine.failure = Some(format!("{e:#}"));
         }
     }
-    http.machine = Some(machine);
+    row.machine = Some(machine);
+    row
+}
+
+/// The machine's ceilings: HTTP+JSON with a trivial axum endpoint (and one answering a
+/// resolve-sized body), and fsyncs/s.
+async fn ceilings(base: LoadConfig) -> (Row, Row, Row) {
+    let http = http_ceiling(base, "axum-ceiling", "/ping", "small JSON").await;
+    let service = http_ceiling(
+        base,
+        "axum-ceiling-service",
+        "/service",
+        "a 10-instance service's JSON (~3.3 KB)",
+    )
+    .await;
     let mut disk = Row::of_kind("fsync", 1, "ceiling", "fsyncs/s");
     eprint!("ceiling: 4 KiB append + fsync, one thread ... ");
     let mut machine = SideResult {
@@ -414,7 +432,7 @@ async fn ceilings(base: LoadConfig) -> (Row, Row) {
         Err(e) => machine.failure = Some(format!("{e}")),
     }
     disk.machine = Some(machine);
-    (http, disk)
+    (http, service, disk)
 }
 
 async fn bench(args: Args) -> Result<bool> {
@@ -451,8 +469,8 @@ async fn bench(args: Args) -> Result<bool> {
     let mut rows: Vec<Row> = plan.iter().map(|(w, c)| Row::new(w.name(), *c)).collect();
     let mut ceiling_rows = Vec::new();
     if args.wants(Extra::Ceilings) {
-        let (http, disk) = ceilings(base).await;
-        ceiling_rows = vec![http, disk];
+        let (http, service, disk) = ceilings(base).await;
+        ceiling_rows = vec![http, service, disk];
     }
     let mut extras = Extras {
         fanout: args

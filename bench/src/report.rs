@@ -447,6 +447,17 @@ pub fn annotate_ceilings(rows: &mut [Row]) {
                     details.insert(format!("registry_{name}_share"), (f / value).into());
                 }
             }
+        } else if row.workload == "axum-ceiling-service" {
+            if let Some(f) = stale {
+                notes.push(format!(
+                    "registry resolve-stale-64 {f:.0} ops/s = {:.0}% of this same-size ceiling",
+                    100.0 * f / value
+                ));
+                details.insert(
+                    "registry_resolve-stale-64_share".to_owned(),
+                    (f / value).into(),
+                );
+            }
         } else if row.workload == "fsync" {
             for (name, figure) in [("registry", register), ("etcd", etcd_register)] {
                 if let Some(f) = figure {
