@@ -176,6 +176,14 @@ impl Env {
         }
     }
 
+    /// Renews `lease` through a random node (short timeout: a renewal that takes long
+    /// is worth little).
+    async fn keepalive(&self, rng: &mut StdRng, lease: &str) -> Answer {
+        let path = format!("/v1/leases/{lease}/keepalive");
+        self.send(rng, Method::PUT, &path, None, Duration::from_secs(1))
+            .await
+    }
+
     /// Sleeps `d`, or less if the run is stopping.
     async fn pause(&self, d: Duration) {
         let mut stop = self.stop.clone();
@@ -363,15 +371,7 @@ async fn lock_process(
             env.pause(Duration::from_millis(rng.random_range(20..300)))
                 .await;
             let renewed = env.clock.now();
-            let answer = env
-                .send(
-                    &mut rng,
-                    Method::PUT,
-                    &format!("/v1/leases/{lease}/keepalive"),
-                    None,
-                    Duration::from_secs(1),
-                )
-                .await;
+            let answer = env.keepalive(&mut rng, &lease).await;
             if matches!(answer, Answer::Reply(200, _)) {
                 safe_until = safe_until.max(renewed + LOCK_TTL);
             }
@@ -565,15 +565,7 @@ async fn lease_process(env: Env, process: usize, mut rng: StdRng) -> Vec<LeaseHi
         while !env.stopped() {
             env.pause(LEASE_TTL / 3).await;
             let invoked = env.clock.now();
-            let answer = env
-                .send(
-                    &mut rng,
-                    Method::PUT,
-                    &format!("/v1/leases/{lease}/keepalive"),
-                    None,
-                    Duration::from_secs(1),
-                )
-                .await;
+            let answer = env.keepalive(&mut rng, &lease).await;
             let gone = matches!(answer, Answer::Reply(404, _));
             let outcome = if gone {
                 Outcome::Ok(false)
@@ -606,8 +598,9 @@ pub struct Histories {
     pub leases: Vec<LeaseHistory>,
 }
 
-fn tally<I, O>(ops: &[Op<I, O>]) -> (usize, usize, usize) {
-    ops.iter()
+/// (ok, failed, unknown) counts of `ops`.
+fn tally<'a, I: 'a, O: 'a>(ops: impl IntoIterator<Item = &'a Op<I, O>>) -> (usize, usize, usize) {
+    ops.into_iter()
         .fold((0, 0, 0), |(ok, failed, unknown), op| match op.outcome {
             Outcome::Ok(_) => (ok + 1, failed, unknown),
             Outcome::Failed(_) => (ok, failed + 1, unknown),
@@ -619,21 +612,15 @@ impl Histories {
     /// Operations by workload: (ok, failed, unknown). Locks count grants (ok) and
     /// resource writes rejected by fencing (failed).
     pub fn counts(&self) -> BTreeMap<&'static str, (usize, usize, usize)> {
-        let register_ops: Vec<_> = self.register.iter().map(|(_, op)| op.clone()).collect();
         let rejected = self.writes.iter().filter(|w| !w.accepted).count();
-        let lease_ops: Vec<&Op<(), bool>> = self.leases.iter().flat_map(|l| &l.ops).collect();
-        let leases = lease_ops
-            .iter()
-            .fold((0, 0, 0), |(ok, failed, unknown), op| match op.outcome {
-                Outcome::Ok(_) => (ok + 1, failed, unknown),
-                Outcome::Failed(_) => (ok, failed + 1, unknown),
-                Outcome::Unknown(_) => (ok, failed, unknown + 1),
-            });
         BTreeMap::from([
             ("lock grants", (self.grants.len(), rejected, 0)),
             ("registry", tally(&self.registry)),
-            ("register", tally(&register_ops)),
-            ("lease renewals", leases),
+            ("register", tally(self.register.iter().map(|(_, op)| op))),
+            (
+                "lease renewals",
+                tally(self.leases.iter().flat_map(|l| &l.ops)),
+            ),
         ])
     }
 
