@@ -10,6 +10,7 @@ use api_spec::{
     ServiceList, SetStatusRequest,
 };
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 
 use crate::{Client, Consistency, Response, Result, Retry};
 
@@ -122,6 +123,26 @@ fn segment(text: &str) -> String {
 }
 
 impl Client {
+    /// `GET path?query` plus `read`'s parameters: retried on any server (reads are
+    /// idempotent), with a timeout long enough for a blocking query's wait.
+    async fn read<T: DeserializeOwned>(
+        &self,
+        path: String,
+        mut query: Vec<(String, String)>,
+        read: ReadOptions,
+    ) -> Result<Response<T>> {
+        query.extend(read.pairs());
+        let path = with_query(path, &query);
+        self.call_with(
+            Method::GET,
+            &path,
+            None::<&()>,
+            Retry::Idempotent,
+            read.timeout(),
+        )
+        .await
+    }
+
     /// Registers or updates an instance (`PUT /v1/services/{service}/instances/{id}`);
     /// an idempotent upsert, so it is retried on another server after a failure.
     pub async fn register(
@@ -186,15 +207,7 @@ impl Client {
 
     /// Every service with its instance counts (`GET /v1/services`).
     pub async fn services(&self, read: ReadOptions) -> Result<Response<ServiceList>> {
-        let path = with_query("/v1/services".to_owned(), &read.pairs());
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        self.read("/v1/services".to_owned(), Vec::new(), read).await
     }
 
     /// A service's instances that pass `query` (`GET /v1/services/{service}`).
@@ -204,17 +217,8 @@ impl Client {
         query: &ServiceQuery,
         read: ReadOptions,
     ) -> Result<Response<ServiceInstances>> {
-        let mut pairs = query.pairs();
-        pairs.extend(read.pairs());
-        let path = with_query(format!("/v1/services/{}", segment(service)), &pairs);
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        let path = format!("/v1/services/{}", segment(service));
+        self.read(path, query.pairs(), read).await
     }
 
     /// Acquires a lock (`POST /v1/locks/{name}/acquire`), waiting in line up to the
@@ -251,28 +255,13 @@ impl Client {
 
     /// A lock as it is (`GET /v1/locks/{name}`).
     pub async fn lock_info(&self, name: &str, read: ReadOptions) -> Result<Response<LockInfo>> {
-        let path = with_query(format!("/v1/locks/{}", segment(name)), &read.pairs());
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        self.read(format!("/v1/locks/{}", segment(name)), Vec::new(), read)
+            .await
     }
 
     /// Every lock that is held, waited for or in its lock-delay (`GET /v1/locks`).
     pub async fn locks(&self, read: ReadOptions) -> Result<Response<LockList>> {
-        let path = with_query("/v1/locks".to_owned(), &read.pairs());
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        self.read("/v1/locks".to_owned(), Vec::new(), read).await
     }
 
     /// Campaigns in an election (`POST /v1/elections/{name}/campaign`), waiting up to
@@ -324,28 +313,14 @@ impl Client {
 
     /// An election as it is (`GET /v1/elections/{name}`); blocking with `read.index`.
     pub async fn election(&self, name: &str, read: ReadOptions) -> Result<Response<ElectionInfo>> {
-        let path = with_query(format!("/v1/elections/{}", segment(name)), &read.pairs());
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        self.read(format!("/v1/elections/{}", segment(name)), Vec::new(), read)
+            .await
     }
 
     /// Every election with a leader or candidates (`GET /v1/elections`).
     pub async fn elections(&self, read: ReadOptions) -> Result<Response<ElectionList>> {
-        let path = with_query("/v1/elections".to_owned(), &read.pairs());
-        self.call_with(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Retry::Idempotent,
-            read.timeout(),
-        )
-        .await
+        self.read("/v1/elections".to_owned(), Vec::new(), read)
+            .await
     }
 }
 
