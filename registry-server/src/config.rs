@@ -101,6 +101,17 @@ pub struct Config {
     /// cluster membership still see PEER.
     #[arg(long, value_name = "PEER=VIA,...", value_parser = parse_peer_via)]
     pub peer_via: Option<PeerVia>,
+
+    /// How long a write waits on the leader to be committed before the client gets a 503
+    /// with Retry-After (a leader cut off from its quorum cannot commit). Under 10s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub propose_timeout: Duration,
+
+    /// The largest node-to-node message in bytes, sent or accepted. Replication sends
+    /// fewer entries per message to stay under it; one log entry holds at most a quarter
+    /// of it. Give every server of a cluster the same value.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
+    pub raft_max_message_bytes: u64,
 }
 
 const EXAMPLES: &str = "\
@@ -229,6 +240,15 @@ impl Config {
         if let Some(advertise) = &self.advertise {
             check_addr(advertise).map_err(|e| format!("--advertise: {e}"))?;
         }
+        if self.propose_timeout < Duration::from_millis(100)
+            || self.propose_timeout >= Duration::from_secs(10)
+        {
+            return Err(format!(
+                "--propose-timeout ({}) must be at least 100ms and under 10s (a forwarded \
+                 write waits 10s for the leader's answer)",
+                api_spec::format_duration(self.propose_timeout)
+            ));
+        }
         Ok(())
     }
 
@@ -281,6 +301,8 @@ impl Config {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.snapshot_every.min(1000),
+            // A chunk and its framing must fit in one message.
+            snapshot_max_chunk_size: (self.raft_max_message_bytes / 2).min(3 * 1024 * 1024),
             ..Default::default()
         }
         .validate()
@@ -356,6 +378,12 @@ mod tests {
         assert!(parse(&["--expiry-storm-threshold", "1.5"]).is_err());
         assert!(parse(&["--expiry-storm-rate", "-1"]).is_err());
         assert!(parse(&["--expiry-storm-threshold", "0.3"]).is_ok());
+        assert!(parse(&["--propose-timeout", "10s"])
+            .unwrap_err()
+            .contains("under 10s"));
+        assert!(parse(&["--propose-timeout", "1s"]).is_ok());
+        assert!(parse(&["--raft-max-message-bytes", "1000"]).is_err());
+        assert!(parse(&["--raft-max-message-bytes", "1048576"]).is_ok());
     }
 
     #[test]

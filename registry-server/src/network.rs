@@ -1,17 +1,23 @@
 //! Node-to-node RPC: openraft's `RaftNetwork` over HTTP with bincode bodies, and the
-//! internal calls a follower makes to the leader (forwarded writes, keepalives, read
-//! indexes).
+//! pooled client the application's one forwarding call (`app::Forward`) goes through.
 //!
 //! Every internal route lives under `/internal/`; bodies are bincode (compact, no JSON
 //! escaping of log entries), requests go through one pooled keep-alive reqwest client.
 //! Snapshots travel in openraft's chunks (`snapshot_max_chunk_size`), so a large state
 //! never needs one huge request.
+//!
+//! **Invariant:** no internal request is larger than the cluster's message limit
+//! ([`PeerClient::max_message`], `--raft-max-message-bytes`): an AppendEntries that would
+//! be is answered `PayloadTooLarge` here, before sending, so openraft sends fewer entries
+//! (as it does when a peer answers 413 because its limit is lower). A peer's 4xx is a
+//! refusal ([`PeerError::Rejected`]), never "unreachable".
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -19,9 +25,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::state::{Command, Outcome};
 use crate::types::{Node, NodeId, TypeConfig};
 
 /// Content type of every internal request and response body.
@@ -35,10 +40,13 @@ pub mod paths {
     pub const APPEND: &str = "/internal/raft/append";
     pub const VOTE: &str = "/internal/raft/vote";
     pub const SNAPSHOT: &str = "/internal/raft/snapshot";
-    pub const PROPOSE: &str = "/internal/propose";
-    pub const KEEPALIVE: &str = "/internal/keepalive";
-    pub const READ_INDEX: &str = "/internal/read-index";
+    /// The one call that runs an operation on the leader (`app::Forward`).
+    pub const FORWARD: &str = "/internal/forward";
 }
+
+/// The default `--raft-max-message-bytes`: the largest internal request a node sends
+/// or accepts.
+pub const DEFAULT_MAX_MESSAGE: u64 = 64 * 1024 * 1024;
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +58,8 @@ pub enum PeerError {
         addr: String,
         source: reqwest::Error,
     },
-    /// The peer answered with an HTTP error (wrong cluster secret, undecodable request):
-    /// it cannot serve this node's calls until someone fixes the configuration.
+    /// The peer refused the call with a 4xx (wrong cluster secret, undecodable request,
+    /// a body over its limit): it did not run it, and will not until something changes.
     #[error("peer {addr} refused the call: {status}: {body}")]
     Rejected {
         addr: String,
@@ -71,6 +79,8 @@ pub struct PeerClient {
     secret: Option<String>,
     /// `--peer-via`: peer address -> the address its traffic goes to.
     routes: std::sync::Arc<BTreeMap<String, String>>,
+    /// The largest request body sent (and accepted, by the router) between nodes.
+    max_message: usize,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -82,7 +92,11 @@ impl std::fmt::Debug for PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>, routes: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        secret: Option<String>,
+        routes: BTreeMap<String, String>,
+        max_message: usize,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -94,7 +108,13 @@ impl PeerClient {
             http,
             secret,
             routes: std::sync::Arc::new(routes),
+            max_message,
         }
+    }
+
+    /// The largest internal request body this node sends.
+    pub fn max_message(&self) -> usize {
+        self.max_message
     }
 
     /// Where traffic for the peer at `addr` goes: its `--peer-via` route, or `addr`.
@@ -102,7 +122,7 @@ impl PeerClient {
         self.routes.get(addr).map_or(addr, String::as_str)
     }
 
-    /// The underlying client, for relaying public requests to the leader.
+    /// The underlying client, for the public call a joining server makes.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
@@ -115,11 +135,25 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        let bytes = bincode::serialize(body).map_err(|e| PeerError::Failed {
+            addr: addr.to_owned(),
+            message: e.to_string(),
+        })?;
+        self.send(addr, path, bytes, timeout).await
+    }
+
+    /// POSTs an encoded body to `addr` + `path` and decodes a bincode answer.
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
         let failed = |message: String| PeerError::Failed {
             addr: addr.to_owned(),
             message,
         };
-        let bytes = bincode::serialize(body).map_err(|e| failed(e.to_string()))?;
         let mut request = self.http.post(format!("http://{}{path}", self.route(addr)));
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret);
@@ -142,6 +176,13 @@ impl PeerClient {
             })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| failed(e.to_string()))?;
+        if status.is_client_error() {
+            return Err(PeerError::Rejected {
+                addr: addr.to_owned(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
+            });
+        }
         if !status.is_success() {
             return Err(failed(format!(
                 "{status}: {}",
@@ -150,69 +191,6 @@ impl PeerClient {
         }
         bincode::deserialize(&bytes).map_err(|e| failed(format!("undecodable answer: {e}")))
     }
-}
-
-/// A write forwarded from a follower to the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProposeRequest {
-    pub command: Command,
-}
-
-/// What a keepalive renews: a lease, or the lease of a registered instance (heartbeat).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeepaliveTarget {
-    Lease(locks::LeaseId),
-    Instance(crate::catalog::InstanceKey),
-}
-
-/// A keepalive forwarded from a follower to the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct KeepaliveRequest {
-    pub target: KeepaliveTarget,
-}
-
-/// The leader's answer to a forwarded keepalive.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum KeepaliveAnswer {
-    /// Renewed: the lease and its new time remaining in ms.
-    Renewed {
-        lease: locks::Lease,
-        remaining_ms: u64,
-    },
-    NotFound,
-    /// Its deadline passed; the expiry is being committed.
-    Expired,
-    /// Heartbeat for an instance that is not registered.
-    InstanceNotFound,
-    /// Heartbeat for an instance whose lease has ended.
-    InstanceCritical,
-    NotLeader {
-        leader: Option<(NodeId, String)>,
-    },
-    Unavailable(String),
-}
-
-/// The leader's answer to a forwarded write.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ProposeAnswer {
-    /// Committed and applied at `index`.
-    Applied { index: u64, outcome: Box<Outcome> },
-    /// The answering node is not the leader (it names the leader if it knows one).
-    /// The command was not appended.
-    NotLeader { leader: Option<(NodeId, String)> },
-    /// The outcome is unknown (e.g. leadership lost after appending).
-    Unavailable(String),
-}
-
-/// The leader's answer to a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ReadIndexAnswer {
-    /// The follower may serve a linearizable read once it has applied `index`.
-    Index(u64),
-    NotLeader {
-        leader: Option<(NodeId, String)>,
-    },
-    Unavailable(String),
 }
 
 /// Makes one [`Connection`] per target; all share the pooled client.
@@ -241,32 +219,62 @@ pub struct Connection {
     client: PeerClient,
 }
 
+type RpcResult<Resp, E> = Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
 impl Connection {
     async fn rpc<Req, Resp, E>(
         &self,
         path: &str,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let bytes =
+            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(bytes, path, option, None).await
+    }
+
+    /// Sends an encoded request; `entries` (for AppendEntries) lets a 413 become
+    /// `PayloadTooLarge`, so openraft retries with fewer entries.
+    async fn send<Resp, E>(
+        &self,
+        bytes: Vec<u8>,
+        path: &str,
+        option: &RPCOption,
+        entries: Option<usize>,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer: Result<Resp, RaftError<NodeId, E>> = self
             .client
-            .call(&self.addr, path, req, option.hard_ttl())
+            .send(&self.addr, path, bytes, option.hard_ttl())
             .await
-            .map_err(|e| match e {
+            .map_err(|e| match (&e, entries) {
+                (PeerError::Rejected { status: 413, .. }, Some(n)) if n > 1 => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
+                }
                 // openraft backs off from unreachable peers instead of retrying at once;
                 // a peer that refuses our calls is no more useful than an unreachable one.
-                PeerError::Unreachable { .. } | PeerError::Rejected { .. } => {
+                (PeerError::Unreachable { .. } | PeerError::Rejected { .. }, _) => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
-                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+                (PeerError::Failed { .. }, _) => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// How many of `entries` entries fit in `limit` bytes when `size` bytes hold them all
+/// (at least one: a single entry is never larger than the limit, the proposer sees to it).
+pub fn entries_hint(entries: usize, size: usize, limit: usize) -> u64 {
+    let fit = (entries as u128 * limit as u128 / size.max(1) as u128) as u64;
+    fit.clamp(1, entries.saturating_sub(1).max(1) as u64)
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -275,7 +283,25 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.rpc(paths::APPEND, &rpc, &option).await
+        let entries = rpc.entries.len();
+        let bytes =
+            bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let limit = self.client.max_message;
+        if bytes.len() > limit && entries > 1 {
+            let hint = entries_hint(entries, bytes.len(), limit);
+            tracing::debug!(
+                entries,
+                bytes = bytes.len(),
+                limit,
+                hint,
+                "append too large; sending fewer entries"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send(bytes, paths::APPEND, &option, Some(entries))
+            .await
     }
 
     async fn install_snapshot(

@@ -6,9 +6,14 @@
 //! appends (and fsyncs) one entry at a time, so this batching is what turns N concurrent
 //! writes into one log append, one fsync and one replication round instead of N.
 //! [`PIPELINE_DEPTH`] drivers run, so the next batch fills while one is being committed.
+//!
+//! **Invariant:** a caller waits at most the proposer's timeout for its command to
+//! commit. A leader cut off from its quorum cannot commit, and openraft's `client_write`
+//! then waits until leadership changes; the caller gets a [`LeaderError::Timeout`] (503
+//! with `Retry-After`) instead of hanging, and the leader's own background tasks go on.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -21,6 +26,17 @@ pub const MAX_BATCH: usize = 1024;
 
 /// Batches in flight at once.
 pub const PIPELINE_DEPTH: usize = 2;
+
+/// Settings of the proposer.
+#[derive(Debug, Clone, Copy)]
+pub struct ProposerConfig {
+    /// How long a caller waits for its command to commit.
+    pub timeout: Duration,
+    /// Most encoded command bytes in one entry (the first command of a batch is always
+    /// taken): a quarter of the cluster's message limit, so that one entry always fits in
+    /// an AppendEntries message.
+    pub max_entry_bytes: u64,
+}
 
 impl LeaderError {
     /// A failed `client_write`: "not the leader" means nothing was appended.
@@ -47,6 +63,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
+    /// How long [`Proposer::propose`] waits for the commit.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -64,36 +82,70 @@ pub fn wall_clock_ms() -> u64 {
 
 impl Proposer {
     /// Starts the drivers; they end when every `Proposer` handle is dropped.
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, config: ProposerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..PIPELINE_DEPTH {
-            tokio::spawn(drive(raft.clone(), rx.clone()));
+            tokio::spawn(drive(raft.clone(), rx.clone(), config.max_entry_bytes));
         }
-        Self { tx }
+        Self {
+            tx,
+            timeout: config.timeout,
+        }
     }
 
     /// Proposes one command on this node (which must be the leader) and waits until it
-    /// is committed and applied; returns the entry's log index and the outcome.
+    /// is committed and applied; returns the entry's log index and the outcome. Gives up
+    /// after the proposer's timeout with [`LeaderError::Timeout`]: the outcome is then
+    /// unknown (the command may still commit).
     pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), LeaderError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { command, reply })
             .map_err(|_| LeaderError::Unavailable("server is shutting down".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(LeaderError::Unavailable("server is shutting down".into())))
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(answer) => answer.unwrap_or_else(|_| {
+                Err(LeaderError::Unavailable("server is shutting down".into()))
+            }),
+            Err(_) => Err(LeaderError::Timeout(format!(
+                "the write was not committed within {:?} (this leader may have lost its \
+                 quorum); it may still take effect: retry, or read to check",
+                self.timeout
+            ))),
+        }
     }
 }
 
-async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+/// The encoded size of a command, as it will travel in an entry.
+fn encoded_size(command: &Command) -> u64 {
+    bincode::serialized_size(command).unwrap_or(0)
+}
+
+async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>, max_bytes: u64) {
+    // A command that did not fit in the previous batch starts the next one.
+    let mut carried: Option<Pending> = None;
     loop {
         let batch = {
             let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match rx.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut bytes = encoded_size(&first.command);
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < max_bytes {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) => {
+                        bytes += encoded_size(&p.command);
+                        if bytes > max_bytes {
+                            carried = Some(p);
+                            break;
+                        }
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }

@@ -61,6 +61,7 @@ pub async fn run(
     let peers = PeerClient::new(
         config.cluster_secret.clone(),
         config.peer_via.clone().unwrap_or_default().0,
+        usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
     );
     let network = Network {
         client: peers.clone(),
@@ -77,6 +78,10 @@ pub async fn run(
 
     let app_config = AppConfig {
         leader_wait: config.election_timeout * 3,
+        proposer: crate::proposer::ProposerConfig {
+            timeout: config.propose_timeout,
+            max_entry_bytes: config.raft_max_message_bytes / 4,
+        },
         storm: config.storm(),
     };
     let app = App::new(
@@ -126,7 +131,11 @@ pub async fn run(
     });
     let serve = axum::serve(
         listener,
-        crate::http::router(app.clone(), config.cluster_secret.clone()),
+        crate::http::router(
+            app.clone(),
+            config.cluster_secret.clone(),
+            usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
+        ),
     )
     .with_graceful_shutdown(async move {
         shutdown.await;

@@ -65,18 +65,11 @@ pub enum Outcome {
 /// Side effects of applying commands, for the parts of the server outside the state.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Effects {
-    /// Leases granted (the leader starts their countdowns).
-    pub granted: Vec<Lease>,
-    /// Leases that ended, by revocation or expiry.
-    pub ended: Vec<LeaseId>,
+    /// What the coordination core reported: leases granted and ended, locks changed,
+    /// parked requests decided, leases handed a lock from a queue.
+    pub coordination: locks::Effects,
     /// Services whose instances changed (their watchers are woken).
     pub services: BTreeSet<String>,
-    /// Locks and elections that changed (their watchers are woken).
-    pub locks: BTreeSet<locks::Key>,
-    /// Parked acquire/campaign requests whose fate was decided (granted or dropped).
-    pub woken: Vec<locks::Ticket>,
-    /// Leases just granted a lock from a queue (the leader restarts their countdowns).
-    pub handed: Vec<LeaseId>,
 }
 
 /// The state machine's application data (what snapshots contain besides Raft metadata).
@@ -158,6 +151,8 @@ impl AppState {
         now_ms: u64,
         fx: &mut Effects,
     ) -> locks::Outcome {
+        // A fresh `locks::Effects` per command: the core reads it back ("did this key
+        // change during this apply?"), so it must not see earlier commands' changes.
         let mut coordination = locks::Effects::default();
         let outcome = self
             .coordinator
@@ -166,11 +161,12 @@ impl AppState {
             fx.services
                 .extend(self.catalog.lease_ended(id, index, now_ms));
         }
-        fx.granted.extend(coordination.granted);
-        fx.ended.extend(coordination.ended);
-        fx.locks.extend(coordination.changed);
-        fx.woken.extend(coordination.woken);
-        fx.handed.extend(coordination.handed);
+        let into = &mut fx.coordination;
+        into.granted.extend(coordination.granted);
+        into.ended.extend(coordination.ended);
+        into.changed.extend(coordination.changed);
+        into.woken.extend(coordination.woken);
+        into.handed.extend(coordination.handed);
         outcome
     }
 
@@ -284,21 +280,25 @@ mod tests {
         assert!(
             matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
         );
-        assert_eq!(fx.granted.len(), 1);
+        assert_eq!(fx.coordination.granted.len(), 1);
         // Same TTL: the live own lease is kept, the proposed new one is not granted.
         let (out, fx) = register(&mut s, key("a", "1"), own(2, 5000), 2);
         assert!(
             matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
         );
-        assert!(fx.granted.is_empty() && fx.ended.is_empty());
+        assert!(fx.coordination.granted.is_empty() && fx.coordination.ended.is_empty());
         assert_eq!(s.coordinator.lease_count(), 1);
         // New TTL: a new own lease, and the old one is revoked.
         let (_, fx) = register(&mut s, key("a", "1"), own(3, 9000), 3);
         assert_eq!(
-            fx.granted.iter().map(|l| l.id).collect::<Vec<_>>(),
+            fx.coordination
+                .granted
+                .iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>(),
             vec![LeaseId::from_u128(3)]
         );
-        assert_eq!(fx.ended, vec![LeaseId::from_u128(1)]);
+        assert_eq!(fx.coordination.ended, vec![LeaseId::from_u128(1)]);
         assert_eq!(s.coordinator.lease_count(), 1);
         assert_eq!(
             s.catalog.instance(&key("a", "1")).unwrap().status,
@@ -344,7 +344,7 @@ mod tests {
             10_000,
             &mut fx,
         );
-        assert_eq!(fx.ended, vec![shared]);
+        assert_eq!(fx.coordination.ended, vec![shared]);
         assert_eq!(fx.services, ["a".to_owned(), "b".to_owned()].into());
         assert_eq!(
             s.catalog.instance(&key("a", "1")).unwrap().status,
@@ -378,7 +378,7 @@ mod tests {
         let mut fx = Effects::default();
         s.apply(Command::Deregister { key: key("a", "1") }, 4, 0, &mut fx);
         s.apply(Command::Deregister { key: key("a", "2") }, 5, 0, &mut fx);
-        assert_eq!(fx.ended, vec![LeaseId::from_u128(1)]);
+        assert_eq!(fx.coordination.ended, vec![LeaseId::from_u128(1)]);
         assert!(s.coordinator.lease(&shared).is_some());
         let out = s.apply(Command::Deregister { key: key("a", "1") }, 6, 0, &mut fx);
         assert_eq!(out, Outcome::Catalog(CatalogError::InstanceNotFound));
@@ -419,10 +419,10 @@ mod tests {
             0,
             &mut fx,
         );
-        assert_eq!(fx.ended, vec![shared]);
+        assert_eq!(fx.coordination.ended, vec![shared]);
         assert_eq!(fx.services, ["a".to_owned()].into());
-        assert_eq!(fx.locks, [locks::Key::lock("db")].into());
-        assert_eq!(fx.woken, vec![locks::Ticket::from_u128(2)]);
+        assert_eq!(fx.coordination.changed, [locks::Key::lock("db")].into());
+        assert_eq!(fx.coordination.woken, vec![locks::Ticket::from_u128(2)]);
         assert_eq!(
             s.catalog.instance(&key("a", "1")).unwrap().status,
             InstanceStatus::Critical

@@ -50,6 +50,10 @@ pub enum LeaderError {
     /// This node is not the leader; nothing was done. Carries the leader if known.
     #[error("not the leader")]
     NotLeader { leader: Option<(NodeId, String)> },
+    /// The command was handed to Raft but not committed in time (no quorum?): its
+    /// outcome is unknown, it may still take effect.
+    #[error("{0}")]
+    Timeout(String),
     /// The node is stopping, has no quorum, or the outcome is unknown.
     #[error("{0}")]
     Unavailable(String),

@@ -104,9 +104,9 @@ fn cases() -> Vec<Case> {
             ..create("", "", 413, codes::PAYLOAD_TOO_LARGE)
         },
         Case {
-            name: "JSON body without a content type",
+            name: "a form body without a content type (JSON without one is accepted)",
             content_type: None,
-            ..create("", r#"{"ttl":"5s"}"#, 415, codes::UNSUPPORTED_MEDIA_TYPE)
+            ..create("", "ttl=5s", 415, codes::UNSUPPORTED_MEDIA_TYPE)
         },
         no_body(
             "get an unknown lease",
@@ -404,14 +404,14 @@ fn lock_cases(held: &str, token: u64, leading: &str, leader_token: u64) -> Vec<C
         acquire("unknown field", r#"{"ttl":"5s","tll":"5s"}"#, 400, json),
         acquire("malformed JSON", r#"{"ttl":"#, 400, json),
         Case {
-            name: "acquire with a text/plain body",
+            name: "acquire with a text/plain body that is not JSON",
             content_type: Some("text/plain"),
-            ..acquire("", r#"{"ttl":"5s"}"#, 415, codes::UNSUPPORTED_MEDIA_TYPE)
+            ..acquire("", "ttl 5s", 415, codes::UNSUPPORTED_MEDIA_TYPE)
         },
         Case {
-            name: "acquire without a content type",
+            name: "acquire with a form body and no content type",
             content_type: None,
-            ..acquire("", r#"{"ttl":"5s"}"#, 415, codes::UNSUPPORTED_MEDIA_TYPE)
+            ..acquire("", "ttl=5s", 415, codes::UNSUPPORTED_MEDIA_TYPE)
         },
         Case {
             name: "acquire body over 1 MiB",
@@ -533,14 +533,9 @@ fn lock_cases(held: &str, token: u64, leading: &str, leader_token: u64) -> Vec<C
             json,
         ),
         Case {
-            name: "campaign with a text/plain body",
+            name: "campaign with a text/plain body that is not JSON",
             content_type: Some("text/plain"),
-            ..campaign(
-                "",
-                r#"{"candidate":"c","ttl":"5s"}"#,
-                415,
-                codes::UNSUPPORTED_MEDIA_TYPE,
-            )
+            ..campaign("", "candidate=c", 415, codes::UNSUPPORTED_MEDIA_TYPE)
         },
         post(
             "proclaim an empty candidate",
@@ -734,6 +729,95 @@ async fn bad_lock_and_election_requests_get_4xx_and_change_nothing() {
             "elections left: {elections:?}"
         );
         let _ = get("/healthz").await.context("still serving")?;
+        Ok(())
+    })
+    .await;
+}
+
+/// `curl -d '{...}'` sends `application/x-www-form-urlencoded`, and scripts forget
+/// `-H 'content-type: application/json'`: a body that parses as JSON is accepted whatever
+/// its content type. And a blocking query at index 0 answers at once, as in Consul.
+#[tokio::test]
+async fn json_without_a_json_content_type_is_accepted_and_index_zero_does_not_block() {
+    let cluster = Cluster::start_single(&[])
+        .await
+        .expect("start a single node");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let http = reqwest::Client::new();
+        let send = |method: Method, path: &str, content_type: Option<&str>, body: &str| {
+            let mut request = http.request(method, format!("http://{addr}{path}"));
+            if let Some(content_type) = content_type {
+                request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+            }
+            request.body(body.to_owned()).send()
+        };
+        for content_type in [
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some("text/plain"),
+        ] {
+            let lease = send(Method::POST, "/v1/leases", content_type, r#"{"ttl":"5s"}"#).await?;
+            ensure!(
+                lease.status() == 200,
+                "create lease with {content_type:?}: {}",
+                lease.status()
+            );
+            let registered = send(
+                Method::PUT,
+                "/v1/services/web/instances/i1",
+                content_type,
+                r#"{"address":"127.0.0.1","port":8080,"ttl":"10s"}"#,
+            )
+            .await?;
+            ensure!(
+                registered.status() == 200,
+                "register with {content_type:?}: {} {}",
+                registered.status(),
+                registered.text().await?
+            );
+            let grant = send(
+                Method::POST,
+                "/v1/locks/ct/acquire",
+                content_type,
+                r#"{"ttl":"5s"}"#,
+            )
+            .await?;
+            ensure!(
+                grant.status() == 200,
+                "acquire with {content_type:?}: {}",
+                grant.status()
+            );
+            let grant: LockGrant = grant.json().await?;
+            let released = send(
+                Method::POST,
+                "/v1/locks/ct/release",
+                content_type,
+                &format!(r#"{{"token":{}}}"#, grant.token),
+            )
+            .await?;
+            ensure!(
+                released.status() == 200,
+                "release with {content_type:?}: {}",
+                released.status()
+            );
+        }
+
+        // A name that never changed, watched from index 0 with a long wait: at once.
+        let started = std::time::Instant::now();
+        for path in [
+            "/v1/services/never-registered?index=0&wait=30s",
+            "/v1/locks/never-taken?index=0&wait=30s",
+            "/v1/services?index=0&wait=30s",
+        ] {
+            let answer = send(Method::GET, path, None, "").await?;
+            ensure!(answer.status() == 200, "{path}: {}", answer.status());
+        }
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "index=0 waited {:?}",
+            started.elapsed()
+        );
         Ok(())
     })
     .await;

@@ -1565,7 +1565,7 @@ fn bad_input_cases(unknown_lease: &str) -> Vec<Case> {
             ..bad_register("", valid.clone(), 400, json_error)
         },
         Case {
-            name: "registration without a content type",
+            name: "registration without a body",
             body: None,
             ..bad_register("", valid, 415, codes::UNSUPPORTED_MEDIA_TYPE)
         },

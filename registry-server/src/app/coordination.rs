@@ -6,7 +6,11 @@
 //! wakes exactly this request and no other. While it waits, the node keeps the request's
 //! lease alive, since the client cannot while blocked. If the request goes away (the client
 //! disconnected, or the handler failed), a guard proposes a `Withdraw` that also releases a
-//! grant nobody will ever hear of: a disconnected waiter never ends up holding the lock.
+//! grant nobody will ever hear of.
+//!
+//! **Invariant:** a waiting request that goes away never keeps a grant: its `Withdraw` is
+//! retried until it commits or the request's lease has ended (which releases the lock and
+//! leaves the queue by itself).
 
 use std::time::Duration;
 
@@ -14,11 +18,10 @@ use locks::{Binding, Hold, Key, Kind, Lease, LockState, Ticket};
 use tokio::time::Instant;
 
 use super::{App, AppError, Block, Consistency};
-use crate::proposer::wall_clock_ms;
 use crate::state::{Command, Outcome};
 
-/// Most locks whose lock-delay one entry ends.
-const DELAY_BATCH: usize = 10_000;
+/// First and longest pause between tries of an abandoned request's `Withdraw`.
+const WITHDRAW_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// Shortest interval between the keepalives a node sends for a parked request's lease.
 const MIN_PARKED_KEEPALIVE: Duration = Duration::from_millis(200);
@@ -56,6 +59,8 @@ struct Abandon {
     app: App,
     key: Key,
     ticket: Ticket,
+    /// The request's lease: once it has ended, the queue and any grant went with it.
+    lease: locks::LeaseId,
     armed: bool,
 }
 
@@ -72,23 +77,44 @@ impl Drop for Abandon {
         }
         let app = self.app.clone();
         let key = self.key.clone();
-        let ticket = self.ticket;
+        let (ticket, lease) = (self.ticket, self.lease);
         tracing::debug!(name = %key.name, %ticket, "waiting request went away; withdrawing it");
-        tokio::spawn(async move {
-            let withdraw = locks::Command::Withdraw {
-                key: key.clone(),
-                ticket,
-                release_if_granted: true,
-            };
-            if let Err(e) = app.propose(Command::Coordinate(withdraw)).await {
-                tracing::warn!(name = %key.name, %ticket, error = %e,
-                    "could not withdraw an abandoned request; it leaves the queue when its lease ends");
-            }
-        });
+        tokio::spawn(async move { app.withdraw_abandoned(key, ticket, lease).await });
     }
 }
 
 impl App {
+    /// Proposes the `Withdraw` of a request that went away until it commits, or until its
+    /// lease has ended (then the lock and the queue place went with it).
+    async fn withdraw_abandoned(&self, key: Key, ticket: Ticket, lease: locks::LeaseId) {
+        let withdraw = locks::Command::Withdraw {
+            key: key.clone(),
+            ticket,
+            release_if_granted: true,
+        };
+        let (mut pause, longest) = WITHDRAW_RETRY;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let Err(e) = self.propose(Command::Coordinate(withdraw.clone())).await else {
+                if tries > 1 {
+                    tracing::info!(name = %key.name, %ticket, tries, "abandoned request withdrawn");
+                }
+                return;
+            };
+            if self.lease_of(&lease).is_none() {
+                tracing::info!(name = %key.name, %ticket, "abandoned request's lease ended; nothing to withdraw");
+                return;
+            }
+            if tries == 1 {
+                tracing::warn!(name = %key.name, %ticket, error = %e,
+                    "could not withdraw an abandoned request yet; retrying until it commits or its lease ends");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(longest);
+        }
+    }
+
     /// Takes the lock, waiting up to `spec.wait` in its queue.
     pub async fn acquire(&self, spec: AcquireSpec) -> Result<Granted, AppError> {
         let ticket = Ticket::new_v4();
@@ -97,6 +123,9 @@ impl App {
             app: self.clone(),
             key: spec.key.clone(),
             ticket,
+            lease: match spec.binding {
+                Binding::Existing(id) | Binding::Own { id, .. } => id,
+            },
             armed: true,
         };
         let (lease, own_ttl_ms) = match spec.binding {
@@ -244,20 +273,6 @@ impl App {
         state.app.coordinator.lock(key).cloned().unwrap_or_default()
     }
 
-    /// Waits until this node has applied `index` (immediate on the leader).
-    async fn wait_applied(&self, index: u64) -> Result<(), AppError> {
-        if self.inner.state.applied_index() >= index {
-            return Ok(());
-        }
-        self.inner
-            .raft
-            .wait(Some(super::FORWARD_TIMEOUT))
-            .applied_index_at_least(Some(index), "apply of a lock entry")
-            .await
-            .map(|_| ())
-            .map_err(|e| AppError::Unavailable(format!("catching up to the leader: {e}")))
-    }
-
     /// Releases a lock (or resigns an election) held with `token`; returns the index and
     /// the hold that ended (its `own_lease` says whether its lease was revoked with it).
     pub async fn release(&self, key: Key, token: u64) -> Result<(u64, Hold), AppError> {
@@ -335,33 +350,5 @@ impl App {
             .map(|(key, lock)| (key.name.clone(), lock.clone()))
             .collect();
         Ok((state.last_applied.map_or(0, |l| l.index), locks))
-    }
-
-    /// Leader task step: ends the lock-delays that passed (granting those locks to their
-    /// first waiters) in one entry.
-    pub(super) async fn end_lock_delays(&self) {
-        let due = self
-            .inner
-            .state
-            .read()
-            .app
-            .coordinator
-            .delays_due(wall_clock_ms(), DELAY_BATCH);
-        if due.is_empty() {
-            return;
-        }
-        let command = locks::Command::GrantDelayed { keys: due };
-        match self
-            .inner
-            .proposer
-            .propose(Command::Coordinate(command))
-            .await
-        {
-            Ok((index, Outcome::Coordinate(locks::Outcome::DelaysEnded(keys)))) => {
-                tracing::debug!(index, locks = keys.len(), "lock-delays ended");
-            }
-            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of ending lock-delays"),
-            Err(e) => tracing::warn!(error = %e, "ending lock-delays not committed; will retry"),
-        }
     }
 }

@@ -2,12 +2,14 @@
 //! fitting status and a stable code from `api_spec::codes`; 5xx details go to the log.
 
 use api_spec::{codes, ElectionInfo, ErrorBody, ErrorDetail, LockInfo};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::views;
 use crate::app::AppError;
 use crate::validate::Invalid;
 
@@ -37,10 +39,8 @@ impl ApiError {
     /// Adds the lock's or election's current state to the answer.
     fn with_state_of(self, key: &locks::Key, state: &locks::LockState) -> Self {
         match key.kind {
-            locks::Kind::Lock => self.with_lock(super::locks::lock_info(&key.name, state)),
-            locks::Kind::Election => {
-                self.with_election(super::locks::election_info(&key.name, state))
-            }
+            locks::Kind::Lock => self.with_lock(views::lock_info(&key.name, state)),
+            locks::Kind::Election => self.with_election(views::election_info(&key.name, state)),
         }
     }
 
@@ -73,7 +73,9 @@ impl From<AppError> for ApiError {
             locks::Kind::Election => codes::ELECTION_HELD,
         };
         let (status, code) = match e {
-            AppError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, codes::NO_LEADER),
+            AppError::NoLeader | AppError::NotLeader { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::NO_LEADER)
+            }
             AppError::LeaseNotFound(_) | AppError::LeaseExpired(_) => {
                 (StatusCode::NOT_FOUND, codes::LEASE_NOT_FOUND)
             }
@@ -81,7 +83,6 @@ impl From<AppError> for ApiError {
             // A heartbeat's answer; a status change answers 409 instead (see its handler).
             AppError::InstanceCritical => (StatusCode::NOT_FOUND, codes::INSTANCE_CRITICAL),
             AppError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT),
-            AppError::InvalidDuration(_) => (StatusCode::BAD_REQUEST, codes::INVALID_DURATION),
             AppError::MemberNotFound(_) => (StatusCode::NOT_FOUND, codes::MEMBER_NOT_FOUND),
             AppError::MembershipConflict(_) => (StatusCode::CONFLICT, codes::MEMBERSHIP_CONFLICT),
             AppError::LockHeld { key, state } => {
@@ -93,7 +94,9 @@ impl From<AppError> for ApiError {
                 return e.with_state_of(&key, &state);
             }
             AppError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, codes::QUEUE_FULL),
-            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
+            AppError::Unavailable(_) | AppError::Timeout(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
+            }
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         };
         ApiError::new(status, code, message)
@@ -137,26 +140,20 @@ impl From<Invalid> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                codes::UNSUPPORTED_MEDIA_TYPE,
-                "expected a JSON body with `Content-Type: application/json`",
-            ),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    codes::PAYLOAD_TOO_LARGE,
-                    e.body_text(),
-                )
-            }
-            other => ApiError::new(
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                rejection.body_text(),
+            )
+        } else {
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 codes::INVALID_JSON,
-                other.body_text(),
-            ),
+                rejection.body_text(),
+            )
         }
     }
 }
@@ -173,7 +170,10 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, but its rejections are JSON errors too.
+/// A JSON request body. Its rejections are JSON errors too, and it reads the body as
+/// JSON whatever the content type says, as Consul and etcd's gateway do: `curl -d '{..}'`
+/// without `-H 'content-type: application/json'` just works. A body that is not JSON
+/// at all is 415 unless it claimed to be JSON (then 400 `invalid_json`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -185,8 +185,72 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Json(value))
+        let claims_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime_type::Essence>().ok())
+            .is_some_and(|m| m.is_json());
+        let body = Bytes::from_request(req, state).await?;
+        parse_json(&body, claims_json).map(Json)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8], claims_json: bool) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let not_json = matches!(
+            e.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        if not_json && !claims_json {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON body (`Content-Type: application/json`)",
+            )
+        } else if not_json {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_JSON,
+                format!("the body is not valid JSON: {e}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_JSON,
+                format!("the JSON body does not fit this request: {e}"),
+            )
+        }
+    })
+}
+
+/// The essence of a `Content-Type` (`type/subtype`, parameters dropped).
+mod mime_type {
+    #[derive(Debug)]
+    pub struct Essence(String);
+
+    impl std::str::FromStr for Essence {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let essence = s
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence.contains('/') {
+                Ok(Essence(essence))
+            } else {
+                Err(())
+            }
+        }
+    }
+
+    impl Essence {
+        /// `application/json` or any `+json` type.
+        pub fn is_json(&self) -> bool {
+            self.0 == "application/json" || self.0.ends_with("+json")
+        }
     }
 }
 
@@ -202,4 +266,57 @@ pub async fn method_not_allowed() -> ApiError {
         codes::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ttl {
+        #[allow(dead_code)]
+        ttl: String,
+    }
+
+    #[test]
+    fn json_is_read_whatever_the_content_type() {
+        assert!(parse_json::<Ttl>(br#"{"ttl":"5s"}"#, false).is_ok());
+        assert!(parse_json::<Ttl>(br#"{"ttl":"5s"}"#, true).is_ok());
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_415_unless_it_claimed_to_be() {
+        let e = parse_json::<Ttl>(b"ttl=5s", false).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UNSUPPORTED_MEDIA_TYPE
+            )
+        );
+        let e = parse_json::<Ttl>(b"", false).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let e = parse_json::<Ttl>(br#"{"ttl":"#, true).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, codes::INVALID_JSON)
+        );
+        // JSON of the wrong shape is 400 whatever the content type.
+        let e = parse_json::<Ttl>(br#"{"tll":"5s"}"#, false).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, codes::INVALID_JSON)
+        );
+    }
+
+    #[test]
+    fn content_type_essence() {
+        let is_json = |s: &str| s.parse::<mime_type::Essence>().is_ok_and(|m| m.is_json());
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/merge-patch+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("json"));
+    }
 }

@@ -14,8 +14,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::App;
-use crate::network::{KeepaliveRequest, ProposeRequest, BINCODE, SECRET_HEADER};
+use crate::app::{App, Forward};
+use crate::network::{BINCODE, SECRET_HEADER};
 use crate::types::{NodeId, TypeConfig};
 
 /// Refuses internal requests that do not carry the configured cluster secret.
@@ -101,20 +101,10 @@ pub async fn snapshot(State(app): State<App>, body: Bytes) -> Response {
     .await
 }
 
-pub async fn propose(State(app): State<App>, body: Bytes) -> Response {
-    handle(body, |req: ProposeRequest| async move {
-        app.propose_forwarded(req.command).await
-    })
+pub async fn forward(State(app): State<App>, body: Bytes) -> Response {
+    handle(
+        body,
+        |op: Forward| async move { app.serve_forwarded(op).await },
+    )
     .await
-}
-
-pub async fn keepalive(State(app): State<App>, body: Bytes) -> Response {
-    handle(body, |req: KeepaliveRequest| async move {
-        app.keepalive_forwarded(req.target).await
-    })
-    .await
-}
-
-pub async fn read_index(State(app): State<App>) -> Response {
-    encode(&app.read_index_forwarded().await)
 }

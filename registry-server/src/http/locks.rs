@@ -1,81 +1,22 @@
-//! Lock and election handlers: check input, call one `App` method, map the result; and
-//! the views that turn a lock's state into its wire form.
+//! Lock and election handlers: check input, call one `App` method, map the result.
 
 use api_spec::{
-    AcquireRequest, CampaignRequest, CampaignResponse, ElectionInfo, ElectionLeader, ElectionList,
-    LockGrant, LockHolder, LockInfo, LockList, LockWaiter, ProclaimRequest, ReleaseRequest,
-    ReleaseResponse,
+    AcquireRequest, CampaignRequest, CampaignResponse, ElectionList, LockGrant, LockList,
+    ProclaimRequest, ReleaseRequest, ReleaseResponse,
 };
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use locks::{Hold, Key, Kind, LeaseId, LockState, Waiter};
+use locks::{Hold, Key, Kind, LeaseId};
 
 use super::error::{ApiError, Json};
-use super::public::indexed;
-use super::query::{query_pairs, unknown_parameter, ReadQuery};
+use super::query::{self, Blocking, ReadQuery};
+use super::views::{election_info, indexed, leader, lock_info};
 use crate::app::{App, Granted};
 use crate::validate;
 
-/// A lock as the API shows it.
-pub(crate) fn lock_info(name: &str, state: &LockState) -> LockInfo {
-    LockInfo {
-        name: name.to_owned(),
-        held: state.holder.is_some(),
-        holder: state.holder.as_ref().map(|h| LockHolder {
-            holder: h.holder.clone(),
-            token: h.token,
-            lease: h.lease,
-            own_lease: h.own_lease,
-            lock_delay_ms: h.lock_delay_ms,
-            granted_index: h.granted_index,
-            granted_at_ms: h.granted_at_ms,
-        }),
-        waiters: state.waiters.iter().map(waiter).collect(),
-        delay_until_ms: state.delay_until_ms,
-        modify_index: state.modify_index,
-    }
-}
-
-/// An election as the API shows it.
-pub(crate) fn election_info(name: &str, state: &LockState) -> ElectionInfo {
-    ElectionInfo {
-        name: name.to_owned(),
-        leader: state.holder.as_ref().map(|h| leader(name, h)),
-        candidates: state.waiters.iter().map(waiter).collect(),
-        modify_index: state.modify_index,
-    }
-}
-
-fn waiter(w: &Waiter) -> LockWaiter {
-    LockWaiter {
-        holder: w.holder.clone(),
-        lease: w.lease,
-        queued_index: w.queued_index,
-        queued_at_ms: w.queued_at_ms,
-    }
-}
-
-fn leader(name: &str, hold: &Hold) -> ElectionLeader {
-    ElectionLeader {
-        name: name.to_owned(),
-        candidate: hold.holder.clone(),
-        token: hold.token,
-        lease: hold.lease,
-        own_lease: hold.own_lease,
-        since_index: hold.granted_index,
-        since_ms: hold.granted_at_ms,
-    }
-}
-
 /// The query of a lock or election read: consistency and blocking parameters only.
 fn read_query(raw: Option<String>) -> Result<ReadQuery, ApiError> {
-    let mut query = ReadQuery::default();
-    for (key, value) in query_pairs(raw)? {
-        if !query.take(&key, &value)? {
-            return Err(unknown_parameter(&key, "index, wait, stale, consistency"));
-        }
-    }
-    Ok(query)
+    query::parse(raw, Blocking::Yes, &[], query::none)
 }
 
 fn released(name: String, hold: &Hold, index: u64) -> Response {

@@ -8,6 +8,7 @@ mod locks;
 mod public;
 mod query;
 mod services;
+mod views;
 
 use std::sync::{Arc, OnceLock};
 
@@ -24,9 +25,6 @@ use crate::network::paths;
 /// Largest public request body. Registrations and lock requests are small; anything this
 /// big is a mistake or an attack.
 pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
-
-/// Largest internal body: a batch of log entries or one snapshot chunk.
-pub const INTERNAL_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Every public route: method, path (axum syntax), handler. The router is built from
 /// this table, and [`public_routes`] lists it, so the OpenAPI document can be checked
@@ -138,8 +136,9 @@ pub fn public_routes() -> Vec<(Method, &'static str)> {
 }
 
 /// Builds the whole router. With a `cluster_secret`, internal routes answer 401 to
-/// requests that do not carry it.
-pub fn router(app: App, cluster_secret: Option<String>) -> Router {
+/// requests that do not carry it; internal bodies over `max_message` bytes (a batch of
+/// log entries, a snapshot chunk) are refused with 413.
+pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> Router {
     // `route` merges the method routers of a path given more than once.
     let public = public_table()
         .into_iter()
@@ -151,10 +150,8 @@ pub fn router(app: App, cluster_secret: Option<String>) -> Router {
         .route(paths::APPEND, post(internal::append))
         .route(paths::VOTE, post(internal::vote))
         .route(paths::SNAPSHOT, post(internal::snapshot))
-        .route(paths::PROPOSE, post(internal::propose))
-        .route(paths::KEEPALIVE, post(internal::keepalive))
-        .route(paths::READ_INDEX, post(internal::read_index))
-        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT))
+        .route(paths::FORWARD, post(internal::forward))
+        .layer(DefaultBodyLimit::max(max_message))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(cluster_secret),
             internal::check_secret,

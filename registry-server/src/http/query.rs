@@ -1,4 +1,5 @@
-//! Query strings shared by the read routes: consistency and blocking parameters.
+//! The one query-string parser every read route uses: consistency and blocking
+//! parameters, plus whatever a route adds of its own (discovery filters).
 
 use std::time::Duration;
 
@@ -8,23 +9,61 @@ use rand::Rng;
 use super::error::ApiError;
 use crate::app::{Block, Consistency};
 
-/// The query string as `(key, value)` pairs; `?stale` alone gives `("stale", "")`.
-pub(super) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::invalid_argument(format!("malformed query string: {e}")))
+/// Whether a read route takes blocking parameters (`index`, `wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blocking {
+    Yes,
+    No,
 }
 
-/// Read parameters shared by both discovery GETs.
+/// Read parameters common to every read route.
 #[derive(Debug, Default)]
 pub(super) struct ReadQuery {
-    pub consistency: Option<Consistency>,
-    pub index: Option<u64>,
-    pub wait: Option<Duration>,
+    consistency: Option<Consistency>,
+    index: Option<u64>,
+    wait: Option<Duration>,
+}
+
+/// Parses a read route's query string. `own(key, value)` takes the route's own
+/// parameters and answers `false` for a key it does not know; `own_names` lists them for
+/// the error that names every allowed parameter.
+pub(super) fn parse(
+    raw: Option<String>,
+    blocking: Blocking,
+    own_names: &[&str],
+    mut own: impl FnMut(&str, String) -> Result<bool, ApiError>,
+) -> Result<ReadQuery, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid_argument(format!("malformed query string: {e}")))?;
+    let mut query = ReadQuery::default();
+    for (key, value) in pairs {
+        let taken = match key.as_str() {
+            "index" | "wait" if blocking == Blocking::No => false,
+            _ => query.take(&key, &value)?,
+        };
+        if !taken && !own(&key, value)? {
+            let mut allowed: Vec<&str> = own_names.to_vec();
+            if blocking == Blocking::Yes {
+                allowed.extend(["index", "wait"]);
+            }
+            allowed.extend(["stale", "consistency"]);
+            return Err(ApiError::invalid_argument(format!(
+                "unknown query parameter {key:?} (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(query)
+}
+
+/// For routes that take nothing of their own.
+pub(super) fn none(_: &str, _: String) -> Result<bool, ApiError> {
+    Ok(false)
 }
 
 impl ReadQuery {
     /// Takes `stale`, `consistency`, `index` and `wait`; `false` for any other key.
-    pub(super) fn take(&mut self, key: &str, value: &str) -> Result<bool, ApiError> {
+    fn take(&mut self, key: &str, value: &str) -> Result<bool, ApiError> {
         match key {
             "stale" => {
                 self.consistency = Some(match value {
@@ -84,10 +123,4 @@ impl ReadQuery {
             wait: wait + jitter,
         })
     }
-}
-
-pub(super) fn unknown_parameter(key: &str, allowed: &str) -> ApiError {
-    ApiError::invalid_argument(format!(
-        "unknown query parameter {key:?} (allowed: {allowed})"
-    ))
 }

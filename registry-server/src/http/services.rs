@@ -11,9 +11,9 @@ use axum::response::Response;
 use locks::LeaseId;
 
 use super::error::{ApiError, Json};
-use super::public::indexed;
-use super::query::{query_pairs, unknown_parameter, ReadQuery};
-use crate::app::{instance_view, App, AppError};
+use super::query::{self, Blocking};
+use super::views::{self, indexed};
+use crate::app::{App, AppError};
 use crate::catalog::{Filter, InstanceKey};
 use crate::validate;
 
@@ -33,7 +33,7 @@ pub async fn register(
     let (index, record, lease) = app.register(key.clone(), spec, binding).await?;
     Ok(indexed(
         index,
-        instance_view(&key.0, &key.1, &record, Some(&lease)),
+        views::instance(&key.0, &key.1, &record, Some(&lease)),
     ))
 }
 
@@ -96,7 +96,7 @@ pub async fn set_status(
             })?;
     Ok(indexed(
         index,
-        instance_view(&key.0, &key.1, &record, lease.as_ref()),
+        views::instance(&key.0, &key.1, &record, lease.as_ref()),
     ))
 }
 
@@ -104,13 +104,9 @@ pub async fn list_services(
     State(app): State<App>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut query = ReadQuery::default();
-    for (key, value) in query_pairs(raw)? {
-        if !query.take(&key, &value)? {
-            return Err(unknown_parameter(&key, "index, wait, stale, consistency"));
-        }
-    }
+    let query = query::parse(raw, Blocking::Yes, &[], query::none)?;
     let (index, services) = app.services(query.consistency(), query.block()).await?;
+    let services = services.into_iter().map(views::service_summary).collect();
     Ok(indexed(index, ServiceList { services }))
 }
 
@@ -120,44 +116,43 @@ pub async fn get_service(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     validate::service_name(&service)?;
-    let mut query = ReadQuery::default();
     let mut filter = Filter::healthy();
-    for (key, value) in query_pairs(raw)? {
-        if query.take(&key, &value)? {
-            continue;
-        }
-        match key.as_str() {
+    let own = ["tag", "zone", "region", "meta.KEY", "status"];
+    let query = query::parse(raw, Blocking::Yes, &own, |key, value| {
+        match key {
             "tag" => filter.tags.push(value),
             "zone" => filter.zone = Some(value),
             "region" => filter.region = Some(value),
-            "status" => {
-                filter.status = match value.as_str() {
-                    "any" => None,
-                    "passing" | "healthy" => Some(InstanceStatus::Passing),
-                    "draining" => Some(InstanceStatus::Draining),
-                    "critical" => Some(InstanceStatus::Critical),
-                    v => {
-                        return Err(ApiError::invalid_argument(format!(
-                            "`status` is passing, draining, critical or any, not {v:?}"
-                        )))
-                    }
-                }
-            }
+            "status" => filter.status = status_filter(&value)?,
             _ => match key.strip_prefix("meta.") {
                 Some(meta_key) if !meta_key.is_empty() => {
                     filter.meta.push((meta_key.to_owned(), value))
                 }
-                _ => {
-                    return Err(unknown_parameter(
-                        &key,
-                        "tag, zone, region, meta.KEY, status, index, wait, stale, consistency",
-                    ))
-                }
+                _ => return Ok(false),
             },
         }
-    }
+        Ok(true)
+    })?;
     let (index, instances) = app
-        .service(&service, &filter, query.consistency(), query.block())
+        .service(
+            &service,
+            &filter,
+            query.consistency(),
+            query.block(),
+            |id, record, lease| views::instance(&service, id, record, lease),
+        )
         .await?;
     Ok(indexed(index, ServiceInstances { service, instances }))
+}
+
+fn status_filter(value: &str) -> Result<Option<InstanceStatus>, ApiError> {
+    match value {
+        "any" => Ok(None),
+        "passing" | "healthy" => Ok(Some(InstanceStatus::Passing)),
+        "draining" => Ok(Some(InstanceStatus::Draining)),
+        "critical" => Ok(Some(InstanceStatus::Critical)),
+        v => Err(ApiError::invalid_argument(format!(
+            "`status` is passing, draining, critical or any, not {v:?}"
+        ))),
+    }
 }

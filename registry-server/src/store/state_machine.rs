@@ -112,18 +112,22 @@ impl StateMachineStore {
 
     /// Tells the lease clock and the watchers what a batch of entries did.
     fn publish(&self, effects: Effects, index: u64) {
-        effects
+        let coordination = &effects.coordination;
+        coordination
             .granted
             .iter()
             .for_each(|lease| self.clock.track(lease));
-        effects.ended.iter().for_each(|id| self.clock.forget(id));
+        coordination
+            .ended
+            .iter()
+            .for_each(|id| self.clock.forget(id));
         // A no-op unless leading; the lease may also have ended in the same batch.
-        effects.handed.iter().for_each(|id| {
+        coordination.handed.iter().for_each(|id| {
             let _ = self.clock.keepalive(id);
         });
         self.watches.notify(&effects.services, index);
-        self.watches.notify_locks(&effects.locks, index);
-        self.watches.wake(&effects.woken);
+        self.watches.notify_locks(&coordination.changed, index);
+        self.watches.wake(&coordination.woken);
     }
 }
 

@@ -1,0 +1,124 @@
+//! The service catalog: registering, deregistering, draining, and discovery reads.
+
+use api_spec::InstanceStatus;
+use locks::Lease;
+
+use super::{App, AppError, Block, Consistency};
+use crate::catalog::{Filter, InstanceKey, InstanceRecord, InstanceSpec};
+use crate::state::{Binding, Command, Outcome};
+
+/// One service's counts, for `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCounts {
+    pub name: String,
+    pub instances: u64,
+    pub healthy: u64,
+}
+
+impl App {
+    /// Registers or updates an instance.
+    pub async fn register(
+        &self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        binding: Binding,
+    ) -> Result<(u64, InstanceRecord, Lease), AppError> {
+        match self
+            .propose(Command::Register { key, spec, binding })
+            .await?
+        {
+            (index, Outcome::Registered { record, lease }) => Ok((index, record, lease)),
+            (_, Outcome::LeaseNotFound(id)) => Err(AppError::LeaseNotFound(id)),
+            (_, Outcome::Catalog(e)) => Err(e.into()),
+            (_, other) => Err(super::unexpected(other)),
+        }
+    }
+
+    /// Deregisters an instance.
+    pub async fn deregister(&self, key: InstanceKey) -> Result<u64, AppError> {
+        match self.propose(Command::Deregister { key }).await? {
+            (index, Outcome::Deregistered(_)) => Ok(index),
+            (_, Outcome::Catalog(e)) => Err(e.into()),
+            (_, other) => Err(super::unexpected(other)),
+        }
+    }
+
+    /// Sets an instance `draining` (out of healthy discovery) or back to `passing`.
+    pub async fn set_status(
+        &self,
+        key: InstanceKey,
+        draining: bool,
+    ) -> Result<(u64, InstanceRecord, Option<Lease>), AppError> {
+        match self.propose(Command::SetStatus { key, draining }).await? {
+            (index, Outcome::StatusSet(record)) => {
+                let lease = self
+                    .inner
+                    .state
+                    .read()
+                    .app
+                    .coordinator
+                    .lease(&record.lease)
+                    .cloned();
+                Ok((index, record, lease))
+            }
+            (_, Outcome::Catalog(e)) => Err(e.into()),
+            (_, other) => Err(super::unexpected(other)),
+        }
+    }
+
+    /// Every service with its instance and healthy counts.
+    pub async fn services(
+        &self,
+        consistency: Consistency,
+        block: Option<Block>,
+    ) -> Result<(u64, Vec<ServiceCounts>), AppError> {
+        let watch = self.inner.watches.catalog();
+        self.read_index(consistency).await?;
+        self.block_until(watch, block, |app| app.catalog.catalog_index())
+            .await;
+        let state = self.inner.state.read();
+        let services = state
+            .app
+            .catalog
+            .services()
+            .map(|(name, service)| ServiceCounts {
+                name: name.clone(),
+                instances: service.instances.len() as u64,
+                healthy: service
+                    .instances
+                    .values()
+                    .filter(|r| r.status == InstanceStatus::Passing)
+                    .count() as u64,
+            })
+            .collect();
+        Ok((state.last_applied.map_or(0, |l| l.index), services))
+    }
+
+    /// One service's instances that pass `filter`, each turned into a `T` by `view` with
+    /// the lease it is bound to (`None` once the lease has ended). The caller picks the
+    /// form (the HTTP layer its wire view), so nothing is copied twice under the read lock.
+    pub async fn service<T>(
+        &self,
+        name: &str,
+        filter: &Filter,
+        consistency: Consistency,
+        block: Option<Block>,
+        view: impl Fn(&str, &InstanceRecord, Option<&Lease>) -> T,
+    ) -> Result<(u64, Vec<T>), AppError> {
+        let watch = self.inner.watches.service(name);
+        self.read_index(consistency).await?;
+        self.block_until(watch, block, |app| app.catalog.service_index(name))
+            .await;
+        let state = self.inner.state.read();
+        let instances = state
+            .app
+            .catalog
+            .service(name)
+            .into_iter()
+            .flat_map(|s| s.instances.iter())
+            .filter(|(_, record)| filter.matches(record))
+            .map(|(id, record)| view(id, record, state.app.coordinator.lease(&record.lease)))
+            .collect();
+        Ok((state.last_applied.map_or(0, |l| l.index), instances))
+    }
+}

@@ -1,0 +1,97 @@
+//! What the application can answer instead of a result. `crate::http::error` maps each
+//! variant to a status and a stable code; the forwarding call carries them between nodes
+//! unchanged, so a follower answers exactly what the leader answered.
+
+use locks::LeaseId;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::CatalogError;
+use crate::types::NodeId;
+
+/// Errors the application reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum AppError {
+    /// No leader could be found within the leader wait.
+    #[error("no leader is known; retry shortly")]
+    NoLeader,
+    /// The node asked is not the leader; nothing was done there. Carries the leader it
+    /// believes in, if any: "try X". Routing follows it; it reaches a client only as
+    /// [`AppError::NoLeader`]'s answer.
+    #[error("not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("lease {0} not found")]
+    LeaseNotFound(LeaseId),
+    #[error("lease {0} has expired")]
+    LeaseExpired(LeaseId),
+    #[error("no such instance is registered; register it")]
+    InstanceNotFound,
+    #[error("the instance's lease has ended (it is critical); register it again")]
+    InstanceCritical,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("member {0} is not part of the cluster")]
+    MemberNotFound(NodeId),
+    #[error("{0}")]
+    MembershipConflict(String),
+    #[error("{}", held_message(key, state))]
+    LockHeld {
+        key: locks::Key,
+        state: Box<locks::LockState>,
+    },
+    #[error("{} is not the current holder's token", token_subject(key))]
+    TokenMismatch {
+        key: locks::Key,
+        state: Box<locks::LockState>,
+    },
+    #[error("{} has {} waiters already; retry later", key_subject(.0), locks::MAX_WAITERS)]
+    QueueFull(locks::Key),
+    /// The write was handed to Raft but not committed in time: its outcome is unknown.
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn key_subject(key: &locks::Key) -> String {
+    match key.kind {
+        locks::Kind::Lock => format!("lock {:?}", key.name),
+        locks::Kind::Election => format!("election {:?}", key.name),
+    }
+}
+
+fn token_subject(key: &locks::Key) -> String {
+    format!("the token given for {}", key_subject(key))
+}
+
+fn held_message(key: &locks::Key, state: &locks::LockState) -> String {
+    let subject = key_subject(key);
+    match (&state.holder, key.kind) {
+        (Some(hold), locks::Kind::Lock) => {
+            format!(
+                "{subject} is held by {:?} (token {})",
+                hold.holder, hold.token
+            )
+        }
+        (Some(hold), locks::Kind::Election) => {
+            format!(
+                "{subject} is led by {:?} (token {})",
+                hold.holder, hold.token
+            )
+        }
+        (None, _) if state.delay_until_ms.is_some() => {
+            format!("{subject} is in its lock-delay after its holder's lease expired")
+        }
+        (None, _) => format!("{subject} has waiters ahead of this request"),
+    }
+}
+
+impl From<CatalogError> for AppError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::InstanceNotFound => AppError::InstanceNotFound,
+            CatalogError::InstanceCritical => AppError::InstanceCritical,
+        }
+    }
+}

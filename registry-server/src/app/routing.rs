@@ -1,0 +1,278 @@
+//! The one way onto the leader.
+//!
+//! Everything that must run on the leader is a [`Forward`]: a write to propose, a
+//! keepalive, a read-index round, a membership change. [`App::on_leader`] runs it here
+//! when this node leads, or sends it to the leader it knows of over the one internal
+//! route (`/internal/forward`); the leader runs it with [`App::serve_forwarded`] and
+//! answers a [`Forwarded`] or the [`AppError`] a local call would have returned. "Not the
+//! leader, try X" ([`AppError::NotLeader`]) is followed here, for up to the leader wait;
+//! every other answer is final and reaches the client as it is.
+//!
+//! **Invariant:** a forwarded operation runs at most once per attempt, and an attempt is
+//! retried elsewhere only when it certainly did not run: the node answered "not the
+//! leader", or could not be reached at all.
+
+use std::time::Duration;
+
+use locks::Lease;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{App, AppError};
+use crate::catalog::InstanceKey;
+use crate::network::{paths, PeerError};
+use crate::state::{Command, Outcome};
+use crate::types::{LeaderError, NodeId};
+
+/// How long a forwarded call may take, unless the operation says otherwise.
+pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a forwarded membership change may take: adding a server waits for it to
+/// catch up (`CATCH_UP_TIMEOUT`), then for the voter change to commit.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a keepalive renews: a lease, or the lease of a registered instance (heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeepaliveTarget {
+    Lease(locks::LeaseId),
+    Instance(InstanceKey),
+}
+
+/// An operation that runs on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forward {
+    /// Propose a replicated command and wait until it is applied.
+    Propose(Command),
+    /// Renew a lease on the leader's lease clock.
+    Keepalive(KeepaliveTarget),
+    /// Confirm leadership with a quorum; answers the index a linearizable read must see.
+    ReadIndex,
+    /// Add a server as a learner that catches up, then (unless `learner`) as a voter.
+    AddMember {
+        id: NodeId,
+        addr: String,
+        learner: bool,
+    },
+    /// Remove a server (voter or learner).
+    RemoveMember(NodeId),
+}
+
+impl Forward {
+    fn timeout(&self) -> Duration {
+        match self {
+            Forward::AddMember { .. } | Forward::RemoveMember(_) => MEMBERSHIP_TIMEOUT,
+            _ => FORWARD_TIMEOUT,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Forward::Propose(_) => "propose",
+            Forward::Keepalive(_) => "keepalive",
+            Forward::ReadIndex => "read index",
+            Forward::AddMember { .. } => "add member",
+            Forward::RemoveMember(_) => "remove member",
+        }
+    }
+}
+
+/// What the leader answers to a [`Forward`], one variant per operation.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// Committed and applied at `index`.
+    Applied { index: u64, outcome: Outcome },
+    /// The lease and the time it now has left.
+    Renewed { lease: Lease, remaining_ms: u64 },
+    /// A linearizable read may be served once this index is applied.
+    ReadIndex(u64),
+    /// The membership change committed at `index`.
+    Membership { index: u64 },
+}
+
+/// The internal call's answer.
+pub type ForwardAnswer = Result<Forwarded, AppError>;
+
+impl From<LeaderError> for AppError {
+    fn from(e: LeaderError) -> Self {
+        match e {
+            LeaderError::NotLeader { leader } => AppError::NotLeader { leader },
+            LeaderError::Timeout(m) => AppError::Timeout(m),
+            LeaderError::Unavailable(m) => AppError::Unavailable(m),
+        }
+    }
+}
+
+impl From<PeerError> for AppError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            // Nothing reached the peer: as good as "not the leader", try again.
+            PeerError::Unreachable { .. } => AppError::NotLeader { leader: None },
+            // The peer refused the call itself (wrong cluster secret, a version that does
+            // not know the call): retrying will not help until someone fixes it.
+            PeerError::Rejected { .. } => AppError::Unavailable(e.to_string()),
+            // It may or may not have run there.
+            PeerError::Failed { .. } => AppError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The leader answered with another operation's result: a bug, never a client's doing.
+fn mismatch(op: &str, answer: &Forwarded) -> AppError {
+    AppError::Internal(format!("the leader answered {op} with {answer:?}"))
+}
+
+impl App {
+    /// Runs `op` on the leader: here if this node leads, else on the leader it knows of.
+    /// Follows "not the leader" answers and waits up to the leader wait for a leader to be
+    /// known before answering [`AppError::NoLeader`].
+    pub(super) async fn on_leader(&self, op: Forward) -> Result<Forwarded, AppError> {
+        let deadline = Instant::now() + self.inner.leader_wait;
+        let mut hint: Option<(NodeId, String)> = None;
+        loop {
+            let target = match hint.take().or_else(|| self.leader()) {
+                Some(t) => t,
+                None => {
+                    if Instant::now() >= deadline {
+                        return Err(AppError::NoLeader);
+                    }
+                    self.wait_for_metrics_change(deadline).await;
+                    continue;
+                }
+            };
+            let answer = if target.0 == self.inner.id {
+                self.serve_forwarded(op.clone()).await
+            } else {
+                self.forward_to(&target.1, &op).await
+            };
+            match answer {
+                Err(AppError::NotLeader { leader: next }) => {
+                    if Instant::now() >= deadline {
+                        return Err(AppError::NoLeader);
+                    }
+                    // A hint naming the node just asked (or none) means an election is
+                    // under way: wait for news rather than spin.
+                    match next {
+                        Some(next) if next.0 != target.0 => hint = Some(next),
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            self.wait_for_metrics_change(deadline).await;
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends `op` to the node at `addr` over the internal forwarding route.
+    async fn forward_to(&self, addr: &str, op: &Forward) -> ForwardAnswer {
+        match self
+            .inner
+            .peers
+            .call::<Forward, ForwardAnswer>(addr, paths::FORWARD, op, op.timeout())
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(op = op.name(), %addr, error = %e, "forwarding failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `op` on this node, which must be the leader (else it answers
+    /// [`AppError::NotLeader`] and does nothing). Serves `/internal/forward`.
+    pub async fn serve_forwarded(&self, op: Forward) -> ForwardAnswer {
+        match op {
+            Forward::Propose(command) => {
+                let (index, outcome) = self.inner.proposer.propose(command).await?;
+                Ok(Forwarded::Applied { index, outcome })
+            }
+            Forward::Keepalive(target) => {
+                let (lease, remaining) = self.renew_here(target).await?;
+                Ok(Forwarded::Renewed {
+                    lease,
+                    remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+            Forward::ReadIndex => Ok(Forwarded::ReadIndex(self.inner.barrier.confirm().await?)),
+            Forward::AddMember { id, addr, learner } => {
+                let index = self.add_member_here(id, addr, learner).await?;
+                Ok(Forwarded::Membership { index })
+            }
+            Forward::RemoveMember(id) => {
+                let index = self.remove_member_here(id).await?;
+                Ok(Forwarded::Membership { index })
+            }
+        }
+    }
+
+    async fn wait_for_metrics_change(&self, deadline: Instant) {
+        let mut metrics = self.inner.raft.metrics();
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        let _ = tokio::time::timeout(wait, metrics.changed()).await;
+    }
+
+    /// Proposes a command through the leader; returns the entry's index and the outcome.
+    pub(super) async fn propose(&self, command: Command) -> Result<(u64, Outcome), AppError> {
+        match self.on_leader(Forward::Propose(command)).await? {
+            Forwarded::Applied { index, outcome } => Ok((index, outcome)),
+            other => Err(mismatch("propose", &other)),
+        }
+    }
+
+    /// Renews a lease on the leader; returns it with the time it now has left.
+    pub(super) async fn renew(
+        &self,
+        target: KeepaliveTarget,
+    ) -> Result<(Lease, Duration), AppError> {
+        match self.on_leader(Forward::Keepalive(target)).await? {
+            Forwarded::Renewed {
+                lease,
+                remaining_ms,
+            } => Ok((lease, Duration::from_millis(remaining_ms))),
+            other => Err(mismatch("keepalive", &other)),
+        }
+    }
+
+    /// Runs a membership change on the leader; returns the index it committed at.
+    pub(super) async fn change_membership(&self, op: Forward) -> Result<u64, AppError> {
+        match self.on_leader(op).await? {
+            Forwarded::Membership { index } => Ok(index),
+            other => Err(mismatch("a membership change", &other)),
+        }
+    }
+
+    /// The index a read must reflect: this node's applied index for a stale read; for a
+    /// linearizable one, the leader's confirmed read index, once applied here.
+    pub(super) async fn read_index(
+        &self,
+        consistency: super::Consistency,
+    ) -> Result<u64, AppError> {
+        if consistency == super::Consistency::Stale {
+            return Ok(self.inner.state.applied_index());
+        }
+        let index = match self.on_leader(Forward::ReadIndex).await? {
+            Forwarded::ReadIndex(index) => index,
+            other => return Err(mismatch("read index", &other)),
+        };
+        self.wait_applied(index).await?;
+        Ok(self.inner.state.applied_index().max(index))
+    }
+
+    /// Waits until this node has applied `index` (immediate on the leader).
+    pub(super) async fn wait_applied(&self, index: u64) -> Result<(), AppError> {
+        if self.inner.state.applied_index() >= index {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "catching up to the leader")
+            .await
+            .map(|_| ())
+            .map_err(|e| AppError::Unavailable(format!("catching up to the leader: {e}")))
+    }
+}

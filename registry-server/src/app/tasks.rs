@@ -1,0 +1,161 @@
+//! The leader's background work: following role changes, expiring leases whose deadline
+//! passed (minus what expiry storm protection holds back), deregistering critical
+//! instances whose `deregister_after` passed, and ending lock-delays.
+//!
+//! **Invariant:** only a leader proposes from here, and every step is retried at the next
+//! tick when its proposal did not commit: nothing here is lost by a failed round.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::App;
+use crate::proposer::wall_clock_ms;
+use crate::state::{Command, Outcome};
+use crate::storm::StormGuard;
+
+/// Most leases expired by one Raft entry; more due leases wait for the next tick.
+const EXPIRY_BATCH: usize = 10_000;
+
+/// Most critical instances deregistered by one Raft entry.
+const REAP_BATCH: usize = 10_000;
+
+/// Most locks whose lock-delay one entry ends.
+const DELAY_BATCH: usize = 10_000;
+
+impl App {
+    /// Aligns the lease clock with this node's role: restart countdowns when it starts
+    /// leading a term, stop expiring when it no longer leads.
+    pub fn observe_leadership(&self) {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
+            self.inner.clock.lead(metrics.current_term);
+        } else if self.inner.clock.leading_term().is_some() {
+            self.inner.clock.step_down();
+            tracing::info!(
+                term = metrics.current_term,
+                "no longer leading: lease clock paused"
+            );
+        }
+    }
+
+    /// Background task: follows role changes and, while leading, proposes the expiry of
+    /// every lease whose deadline passed, one entry per tick.
+    pub async fn run_lease_expiry(self, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.observe_leadership();
+            if self.inner.clock.leading_term().is_none() {
+                continue;
+            }
+            self.expire_due_leases().await;
+            self.reap_critical_instances().await;
+            self.end_lock_delays().await;
+        }
+    }
+
+    pub(super) fn storm(&self) -> std::sync::MutexGuard<'_, StormGuard> {
+        self.inner.storm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Proposes the expiry of the leases whose deadline passed, minus those storm
+    /// protection holds back.
+    async fn expire_due_leases(&self) {
+        let due = self.inner.clock.take_due(EXPIRY_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        let decision = {
+            let state = self.inner.state.read();
+            self.storm().decide(due, &state.app.catalog, Instant::now())
+        };
+        // Held back: still due, and a keepalive arriving meanwhile revives them.
+        self.inner.clock.unmark(&decision.defer);
+        let expire = decision.expire;
+        if expire.is_empty() {
+            return;
+        }
+        let command = Command::Coordinate(locks::Command::ExpireLeases {
+            ids: expire.clone(),
+        });
+        match self.inner.proposer.propose(command).await {
+            Ok((index, Outcome::Coordinate(locks::Outcome::LeasesExpired(gone)))) => {
+                tracing::info!(index, expired = gone.len(), "leases expired");
+            }
+            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),
+            Err(e) => {
+                tracing::warn!(error = %e, leases = expire.len(), "lease expiry not committed; will retry");
+                self.inner.clock.unmark(&expire);
+            }
+        }
+    }
+
+    /// Proposes the deregistration of critical instances whose `deregister_after` passed.
+    async fn reap_critical_instances(&self) {
+        let due = self
+            .inner
+            .state
+            .read()
+            .app
+            .catalog
+            .due_reaps(wall_clock_ms(), REAP_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        match self
+            .inner
+            .proposer
+            .propose(Command::Reap { instances: due })
+            .await
+        {
+            Ok((index, Outcome::Reaped(gone))) if !gone.is_empty() => {
+                tracing::info!(
+                    index,
+                    deregistered = gone.len(),
+                    "critical instances deregistered"
+                );
+            }
+            Ok((_, Outcome::Reaped(_))) => {}
+            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a reap"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deregistration of critical instances not committed; will retry")
+            }
+        }
+    }
+
+    /// Ends the lock-delays that passed (granting those locks to their first waiters) in
+    /// one entry.
+    async fn end_lock_delays(&self) {
+        let due = self
+            .inner
+            .state
+            .read()
+            .app
+            .coordinator
+            .delays_due(wall_clock_ms(), DELAY_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        let command = locks::Command::GrantDelayed { keys: due };
+        match self
+            .inner
+            .proposer
+            .propose(Command::Coordinate(command))
+            .await
+        {
+            Ok((index, Outcome::Coordinate(locks::Outcome::DelaysEnded(keys)))) => {
+                tracing::debug!(index, locks = keys.len(), "lock-delays ended");
+            }
+            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of ending lock-delays"),
+            Err(e) => tracing::warn!(error = %e, "ending lock-delays not committed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The wire views: how domain values (`locks`, `catalog`, `app` types) look in JSON.
+//! Every answer body the public API sends is built here, from `api_spec` types.
+
+use std::time::Duration;
+
+use api_spec::{
+    ClusterStatus, ElectionInfo, ElectionLeader, ExpiryStormStatus, LeaseInfo, LockHolder,
+    LockInfo, LockWaiter, Member, ServiceSummary, INDEX_HEADER,
+};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use locks::{Hold, Lease, LockState, Waiter};
+
+use crate::app::{ClusterInfo, ServiceCounts};
+use crate::catalog::InstanceRecord;
+
+/// A JSON answer carrying the index it reflects.
+pub(super) fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+    response
+}
+
+fn duration_text(ms: u64) -> String {
+    api_spec::format_duration(Duration::from_millis(ms))
+}
+
+/// A lease; `remaining` is known only on the leader.
+pub(super) fn lease_info(lease: &Lease, remaining: Option<Duration>) -> LeaseInfo {
+    LeaseInfo {
+        lease: lease.id,
+        ttl: duration_text(lease.ttl_ms),
+        ttl_ms: lease.ttl_ms,
+        granted_index: lease.granted_index,
+        granted_at_ms: lease.granted_at_ms,
+        remaining_ms: remaining.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// An instance. `lease` is `None` once the lease has ended; the TTL is then unknown and
+/// shown as 0.
+pub(super) fn instance(
+    service: &str,
+    id: &str,
+    record: &InstanceRecord,
+    lease: Option<&Lease>,
+) -> api_spec::Instance {
+    let ttl_ms = lease.map_or(0, |l| l.ttl_ms);
+    let spec = &record.spec;
+    api_spec::Instance {
+        service: service.to_owned(),
+        id: id.to_owned(),
+        address: spec.address.clone(),
+        port: spec.port,
+        tags: spec.tags.clone(),
+        meta: spec.meta.clone(),
+        zone: spec.zone.clone(),
+        region: spec.region.clone(),
+        weight: spec.weight,
+        status: record.status,
+        lease: record.lease,
+        own_lease: record.own_lease,
+        ttl: duration_text(ttl_ms),
+        ttl_ms,
+        deregister_after: duration_text(spec.deregister_after_ms),
+        deregister_after_ms: spec.deregister_after_ms,
+        registered_at_ms: record.registered_at_ms,
+        modify_index: record.modify_index,
+        critical_since_ms: record.critical_since.map(|(ms, _)| ms),
+    }
+}
+
+/// One line of `GET /v1/services`.
+pub(super) fn service_summary(counts: ServiceCounts) -> ServiceSummary {
+    ServiceSummary {
+        name: counts.name,
+        instances: counts.instances,
+        healthy: counts.healthy,
+    }
+}
+
+/// A lock.
+pub(super) fn lock_info(name: &str, state: &LockState) -> LockInfo {
+    LockInfo {
+        name: name.to_owned(),
+        held: state.holder.is_some(),
+        holder: state.holder.as_ref().map(|h| LockHolder {
+            holder: h.holder.clone(),
+            token: h.token,
+            lease: h.lease,
+            own_lease: h.own_lease,
+            lock_delay_ms: h.lock_delay_ms,
+            granted_index: h.granted_index,
+            granted_at_ms: h.granted_at_ms,
+        }),
+        waiters: state.waiters.iter().map(waiter).collect(),
+        delay_until_ms: state.delay_until_ms,
+        modify_index: state.modify_index,
+    }
+}
+
+/// An election.
+pub(super) fn election_info(name: &str, state: &LockState) -> ElectionInfo {
+    ElectionInfo {
+        name: name.to_owned(),
+        leader: state.holder.as_ref().map(|h| leader(name, h)),
+        candidates: state.waiters.iter().map(waiter).collect(),
+        modify_index: state.modify_index,
+    }
+}
+
+fn waiter(w: &Waiter) -> LockWaiter {
+    LockWaiter {
+        holder: w.holder.clone(),
+        lease: w.lease,
+        queued_index: w.queued_index,
+        queued_at_ms: w.queued_at_ms,
+    }
+}
+
+/// An election's leader.
+pub(super) fn leader(name: &str, hold: &Hold) -> ElectionLeader {
+    ElectionLeader {
+        name: name.to_owned(),
+        candidate: hold.holder.clone(),
+        token: hold.token,
+        lease: hold.lease,
+        own_lease: hold.own_lease,
+        since_index: hold.granted_index,
+        since_ms: hold.granted_at_ms,
+    }
+}
+
+/// `GET /v1/cluster`.
+pub(super) fn cluster_status(info: ClusterInfo) -> ClusterStatus {
+    ClusterStatus {
+        node_id: info.node_id,
+        role: info.role,
+        leader: info.leader,
+        leader_addr: info.leader_addr,
+        term: info.term,
+        last_log_index: info.last_log_index,
+        commit_index: info.commit_index,
+        applied_index: info.applied_index,
+        snapshot_index: info.snapshot_index,
+        purged_index: info.purged_index,
+        members: info.members.into_iter().map(member).collect(),
+        expiry_storm: info.expiry_storm.map(|(active_services, deferred_total)| {
+            ExpiryStormStatus {
+                active_services,
+                deferred_total,
+            }
+        }),
+    }
+}
+
+fn member(m: crate::app::MemberInfo) -> Member {
+    Member {
+        id: m.id,
+        addr: m.addr,
+        voter: m.voter,
+        role: m.role,
+    }
+}
