@@ -1,8 +1,9 @@
 //! The Raft log, vote and committed index in RocksDB (openraft's `RaftLogStorage`).
 //!
-//! Two column families: `logs` maps a big-endian `u64` index to a bincode entry (so
-//! RocksDB's key order is log order), `meta` holds the vote, the committed log id and the
-//! last purged log id.
+//! Two column families: `logs` maps a big-endian `u64` index to an entry (so RocksDB's key
+//! order is log order), `meta` holds the vote, the committed log id and the last purged log
+//! id. Every value is one format-version byte then its bincode (`store::format`); a value of
+//! an unknown version is refused, naming the entry's index or the metadata key.
 //!
 //! Durability: `append` writes all of a call's entries in one `WriteBatch` with
 //! `sync = true`, and only then reports `LogFlushed`. That is one WAL fsync per batch:
@@ -25,6 +26,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::store::format;
 use crate::types::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -67,11 +69,11 @@ fn key_index(key: &[u8]) -> Option<u64> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
-    bincode::serialize(value).map_err(|e| AnyError::new(&e))
+    format::encode(value).map_err(|e| AnyError::new(&e))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
-    bincode::deserialize(bytes).map_err(|e| AnyError::new(&e))
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, AnyError> {
+    format::decode(bytes, || format!("log entry at index {index}")).map_err(|e| AnyError::new(&e))
 }
 
 fn db_err(e: rocksdb::Error) -> AnyError {
@@ -100,7 +102,12 @@ impl LogStore {
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
         match self.db.get_cf(self.meta(), key).map_err(db_err)? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            Some(bytes) => Ok(Some(
+                format::decode(&bytes, || {
+                    format!("Raft metadata `{}`", String::from_utf8_lossy(key))
+                })
+                .map_err(|e| AnyError::new(&e))?,
+            )),
             None => Ok(None),
         }
     }
@@ -117,8 +124,9 @@ impl LogStore {
         let mut iter = self.db.iterator_cf(self.logs(), IteratorMode::End);
         match iter.next() {
             Some(item) => {
-                let (_, value) = item.map_err(db_err)?;
-                let entry: Entry<TypeConfig> = decode(&value)?;
+                let (key, value) = item.map_err(db_err)?;
+                let index = key_index(&key).ok_or_else(|| AnyError::error("malformed log key"))?;
+                let entry = decode_entry(index, &value)?;
                 Ok(Some(*entry.get_log_id()))
             }
             None => Ok(None),
@@ -134,7 +142,7 @@ impl LogStore {
             if end.is_some_and(|end| index >= end) {
                 break;
             }
-            entries.push(decode(&value)?);
+            entries.push(decode_entry(index, &value)?);
         }
         Ok(entries)
     }
@@ -309,5 +317,65 @@ mod tests {
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
         assert_eq!(store.try_get_log_entries(2..4).await.unwrap().len(), 2);
+    }
+
+    async fn store_with_entries(path: &Path, n: u64) -> LogStore {
+        let mut store = LogStore::new(open_db(path).unwrap());
+        let entries: Vec<Entry<TypeConfig>> = (1..=n)
+            .map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i)))
+            .collect();
+        openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries)
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn stored_entries_and_metadata_begin_with_the_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_entries(&dir.path().join("raft"), 2).await;
+        store.save_vote(&Vote::new(3, 1)).await.unwrap();
+        let entry = store
+            .db
+            .get_cf(store.logs(), index_key(2))
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry[0], format::LOG_FORMAT_VERSION);
+        let vote = store.db.get_cf(store.meta(), KEY_VOTE).unwrap().unwrap();
+        assert_eq!(vote[0], format::LOG_FORMAT_VERSION);
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_a_newer_format_is_refused_naming_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_entries(&dir.path().join("raft"), 3).await;
+        for index in [2, 3] {
+            let mut value = store
+                .db
+                .get_cf(store.logs(), index_key(index))
+                .unwrap()
+                .unwrap();
+            value[0] = 9;
+            store
+                .db
+                .put_cf(store.logs(), index_key(index), value)
+                .unwrap();
+        }
+        let expected = |index| {
+            format!(
+                "log entry at index {index} has format version 9; this server reads up to 1 — upgrade the server"
+            )
+        };
+
+        let err = store
+            .try_get_log_entries(1..4)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&expected(2)), "{err}");
+        // Start-up reads the last entry first: it is refused the same way.
+        let err = store.get_log_state().await.unwrap_err().to_string();
+        assert!(err.contains(&expected(3)), "{err}");
+        assert_eq!(store.try_get_log_entries(1..2).await.unwrap().len(), 1);
     }
 }

@@ -1,13 +1,15 @@
 //! The state machine openraft applies committed entries to (`RaftStateMachine`).
 //!
 //! The state lives in memory behind [`SharedState`], which the HTTP layer reads directly.
-//! Snapshots are the bincode of that state, written to `<data>/snapshot/current.snap`
-//! atomically (temporary file, fsync, rename, fsync of the directory) and sent in chunks
-//! to followers that fall behind the purged log. On start the last snapshot is loaded and
-//! openraft replays the log from there.
+//! Snapshots are the bincode of that state in a versioned, checksummed file
+//! (`store::snapshot_file`), written to `<data>/snapshot/current.snap` atomically (a
+//! temporary file of its own, fsync, rename unless the current one is newer, fsync of the
+//! directory). The file's bytes are what followers that fall behind the purged log are
+//! sent, in chunks. On start the last snapshot is loaded and openraft replays the log from
+//! there; a snapshot that fails its checks stops the start with an error naming the file.
 
-use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -19,12 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease_clock::LeaseClock;
 use crate::state::{AppState, Effects};
+use crate::store::snapshot_file::{self, Invalid, SnapshotDir, SnapshotError};
 use crate::types::{Node, NodeId, Response, TypeConfig};
 use crate::watch::Watches;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
-
-const SNAPSHOT_FILE: &str = "current.snap";
 
 /// Everything a snapshot holds: Raft's view of what was applied, and the app state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,18 +62,11 @@ impl SharedState {
     }
 }
 
-/// The snapshot file: metadata and the encoded [`StateData`].
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, Node>,
-    data: Vec<u8>,
-}
-
 /// openraft's state machine: applies entries to [`SharedState`] and keeps snapshots.
 #[derive(Debug)]
 pub struct StateMachineStore {
     state: SharedState,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
     /// Leader-side lease deadlines; told about every lease granted or ended.
     clock: LeaseClock,
     /// Blocking queries waiting for services to change.
@@ -82,23 +76,25 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine, loading the last snapshot in `snapshot_dir` if any.
+    /// Opens the state machine, loading the last snapshot in `snapshot_dir` if any. A
+    /// snapshot that is truncated, corrupt or of an unknown version is an error naming the
+    /// file, never a partial state.
     pub fn open(
         snapshot_dir: PathBuf,
         clock: LeaseClock,
         watches: Watches,
-    ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&snapshot_dir)?;
+    ) -> Result<Self, SnapshotError> {
+        let (snapshots, current) = SnapshotDir::open(snapshot_dir)?;
         let state = SharedState::default();
-        if let Some(file) = read_snapshot_file(&snapshot_dir)? {
-            let data: StateData =
-                bincode::deserialize(&file.data).map_err(std::io::Error::other)?;
+        if let Some(current) = current {
+            let data = decode_state(&current.bytes)
+                .map_err(|e| SnapshotError::invalid(&snapshots.current_path(), e))?;
             clock.reset(data.app.coordinator.leases());
             *state.write() = data;
         }
         Ok(Self {
             state,
-            snapshot_dir,
+            snapshots,
             clock,
             watches,
             snapshot_seq: 0,
@@ -131,25 +127,19 @@ impl StateMachineStore {
     }
 }
 
-fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<SnapshotFile>> {
-    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => Ok(Some(
-            bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+/// Checks a snapshot's bytes (header, checksum) and decodes the state they hold.
+fn decode_state(bytes: &[u8]) -> Result<StateData, Invalid> {
+    let (_, state) = snapshot_file::decode(bytes)?;
+    Ok(bincode::deserialize(state)?)
 }
 
-/// Writes the snapshot file so that a crash leaves either the old or the new one.
-fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> std::io::Result<()> {
-    let bytes = bincode::serialize(file).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+/// Why a received snapshot was not installed.
+#[derive(Debug)]
+enum InstallError {
+    /// The bytes received are not a snapshot this server reads.
+    Received(Invalid),
+    Encode(bincode::Error),
+    Store(SnapshotError),
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> AnyError {
@@ -163,7 +153,7 @@ pub struct SnapshotBuilder {
     encoded: Result<Vec<u8>, String>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
     seq: u64,
 }
 
@@ -180,20 +170,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        let dir = self.snapshot_dir.clone();
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: bytes,
-        };
-        let file =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|()| file))
-                .await
-                .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
-                .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = file.data.len(), "snapshot built");
+        let snapshots = self.snapshots.clone();
+        let file_meta = meta.clone();
+        let (file, current) = tokio::task::spawn_blocking(move || {
+            let file = snapshot_file::encode(&file_meta, &bytes).map_err(io_err)?;
+            let current = snapshots.store(&file_meta, &file).map_err(io_err)?;
+            Ok::<_, AnyError>((file, current))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        if current {
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = file.len(), "snapshot built");
+        } else {
+            // A newer snapshot was installed meanwhile; openraft ignores an older one.
+            tracing::info!(snapshot = %meta.snapshot_id, "snapshot built but not kept: a newer one is current");
+        }
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(file.data)),
+            snapshot: Box::new(Cursor::new(file)),
         })
     }
 }
@@ -264,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             encoded,
             last_applied,
             membership,
-            snapshot_dir: self.snapshot_dir.clone(),
+            snapshots: self.snapshots.clone(),
             seq: self.snapshot_seq,
         }
     }
@@ -278,18 +273,41 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
+        // The bytes are the sender's snapshot file: check them (version, checksum) and
+        // decode the state before anything is replaced.
         let bytes = snapshot.into_inner();
-        let data: StateData = bincode::deserialize(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: bytes,
+        let snapshots = self.snapshots.clone();
+        let file_meta = meta.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            let (_, state) = snapshot_file::decode(&bytes).map_err(InstallError::Received)?;
+            let data: StateData =
+                bincode::deserialize(state).map_err(|e| InstallError::Received(e.into()))?;
+            // Written with openraft's metadata, which is the authority for this install.
+            let file = snapshot_file::encode(&file_meta, state).map_err(InstallError::Encode)?;
+            let current = snapshots
+                .store(&file_meta, &file)
+                .map_err(InstallError::Store)?;
+            Ok((data, current))
+        })
+        .await;
+        let signature = Some(meta.signature());
+        let (data, current) = match installed {
+            Ok(Ok(installed)) => installed,
+            Ok(Err(InstallError::Received(e))) => {
+                let msg = format!("received snapshot {} {e}", meta.snapshot_id);
+                return Err(StorageIOError::read_snapshot(signature, AnyError::error(msg)).into());
+            }
+            Ok(Err(InstallError::Encode(e))) => {
+                return Err(StorageIOError::write_snapshot(signature, io_err(e)).into())
+            }
+            Ok(Err(InstallError::Store(e))) => {
+                return Err(StorageIOError::write_snapshot(signature, io_err(e)).into())
+            }
+            Err(e) => return Err(StorageIOError::write_snapshot(signature, io_err(e)).into()),
         };
-        let dir = self.snapshot_dir.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        if !current {
+            tracing::warn!(snapshot = %meta.snapshot_id, "installed snapshot not kept on disk: a newer one is current");
+        }
         self.clock.reset(data.app.coordinator.leases());
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         *self.state.write() = StateData {
@@ -303,11 +321,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let file = read_snapshot_file(&self.snapshot_dir)
+        let snapshots = self.snapshots.clone();
+        let current = tokio::task::spawn_blocking(move || snapshots.read_current())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?
             .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
-        Ok(file.map(|f| Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(f.data)),
+        Ok(current.map(|current| Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(Cursor::new(current.bytes)),
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "state_machine_test.rs"]
+mod tests;

@@ -1,0 +1,201 @@
+//! Snapshot files: a slow build never replaces a newer install, a damaged or newer-format
+//! file stops `open` with an error naming it, and a crash's temporary files are removed.
+
+use std::path::Path;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, LogId, RaftSnapshotBuilder};
+
+use super::StateMachineStore;
+use crate::types::TypeConfig;
+
+fn open(dir: &Path) -> StateMachineStore {
+    try_open(dir).unwrap()
+}
+
+fn try_open(dir: &Path) -> Result<StateMachineStore, String> {
+    StateMachineStore::open(dir.to_path_buf(), Default::default(), Default::default())
+        .map_err(|e| e.to_string())
+}
+
+/// A state machine in `dir` that applied blank entries 1..=index.
+async fn applied_up_to(dir: &Path, index: u64) -> StateMachineStore {
+    let mut sm = open(dir);
+    let entries =
+        (1..=index).map(|i| Entry::new_blank(LogId::new(CommittedLeaderId::new(1, 1), i)));
+    sm.apply(entries.collect::<Vec<Entry<TypeConfig>>>())
+        .await
+        .unwrap();
+    sm
+}
+
+async fn applied_index(sm: &mut StateMachineStore) -> Option<u64> {
+    sm.applied_state().await.unwrap().0.map(|l| l.index)
+}
+
+async fn current_index(sm: &mut StateMachineStore) -> Option<u64> {
+    let snapshot = sm.get_current_snapshot().await.unwrap();
+    snapshot.and_then(|s| s.meta.last_log_id).map(|l| l.index)
+}
+
+/// `dir` with a snapshot built at `index`; returns the snapshot file's path.
+async fn with_snapshot(dir: &Path, index: u64) -> std::path::PathBuf {
+    let mut sm = applied_up_to(dir, index).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    dir.join("current.snap")
+}
+
+#[tokio::test]
+async fn an_older_build_finishing_late_never_replaces_a_newer_install() {
+    let (follower_dir, leader_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut follower = applied_up_to(follower_dir.path(), 10).await;
+    // The build starts at index 10 (the state is encoded now) ...
+    let mut older_build = follower.get_snapshot_builder().await;
+
+    // ... a snapshot at index 20 from the leader is installed meanwhile ...
+    let mut leader = applied_up_to(leader_dir.path(), 20).await;
+    let sent = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut received = follower.begin_receiving_snapshot().await.unwrap();
+    *received = *sent.snapshot;
+    follower
+        .install_snapshot(&sent.meta, received)
+        .await
+        .unwrap();
+
+    // ... and then the older build finishes writing.
+    let built = older_build.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(10));
+    assert_eq!(current_index(&mut follower).await, Some(20));
+    assert_eq!(applied_index(&mut follower).await, Some(20));
+
+    drop(follower);
+    let mut reopened = open(follower_dir.path());
+    assert_eq!(applied_index(&mut reopened).await, Some(20));
+    assert_eq!(current_index(&mut reopened).await, Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_builds_at_one_log_id_each_write_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = applied_up_to(dir.path(), 7).await;
+    for _ in 0..20 {
+        let mut builders = Vec::new();
+        for _ in 0..8 {
+            builders.push(sm.get_snapshot_builder().await);
+        }
+        let builds = builders.into_iter().map(|mut b| {
+            tokio::spawn(async move { b.build_snapshot().await.map(|s| s.meta.snapshot_id) })
+        });
+        let mut ids = Vec::new();
+        for build in builds.collect::<Vec<_>>() {
+            ids.push(build.await.unwrap().unwrap());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 8, "snapshot ids are unique");
+    }
+    drop(sm);
+    let mut reopened = open(dir.path());
+    assert_eq!(applied_index(&mut reopened).await, Some(7));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != "current.snap")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files left: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_snapshot_stops_open_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_snapshot(dir.path(), 5).await;
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+
+    let err = try_open(dir.path()).unwrap_err();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("is truncated"), "{err}");
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_stops_open_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_snapshot(dir.path(), 5).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = try_open(dir.path()).unwrap_err();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("is corrupt: checksum"), "{err}");
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_snapshot(dir.path(), 5).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[6..8].copy_from_slice(&2u16.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = try_open(dir.path()).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "snapshot file {} has format version 2; this server reads up to 1 — upgrade the server",
+            path.display()
+        )
+    );
+
+    // The same bytes sent by a newer leader are refused before anything is replaced.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = applied_up_to(follower_dir.path(), 3).await;
+    let mut received = follower.begin_receiving_snapshot().await.unwrap();
+    *received = std::io::Cursor::new(bytes);
+    let meta = openraft::SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+        last_membership: Default::default(),
+        snapshot_id: "1-5-1".into(),
+    };
+    let err = follower
+        .install_snapshot(&meta, received)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("received snapshot 1-5-1 has format version 2; this server reads up to 1"),
+        "{err}"
+    );
+    assert_eq!(applied_index(&mut follower).await, Some(3));
+}
+
+#[tokio::test]
+async fn open_removes_temporary_files_left_by_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_snapshot(dir.path(), 4).await;
+    let left = ["current.snap.tmp", "1-9-3.0.snap.tmp"].map(|name| dir.path().join(name));
+    for tmp in &left {
+        std::fs::write(tmp, b"half a snapshot").unwrap();
+    }
+
+    let mut sm = open(dir.path());
+    assert_eq!(applied_index(&mut sm).await, Some(4));
+    for tmp in &left {
+        assert!(!tmp.exists(), "{} removed", tmp.display());
+    }
+    assert!(path.exists());
+}
