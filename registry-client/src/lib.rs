@@ -54,7 +54,7 @@ pub use api_spec::{
     RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
 pub use discovery::{Endpoints, Resolved, ServicePolicy};
-pub use error::Error;
+pub use error::{Conflict, Error};
 pub use handles::{
     CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
 };
