@@ -1,6 +1,6 @@
 //! The client's error type, and how an error response body becomes one.
 
-use api_spec::ErrorBody;
+use api_spec::{ElectionInfo, ErrorBody, LockInfo};
 
 /// Everything a [`crate::Client`] call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +22,18 @@ pub enum Error {
     /// `code` is one of [`api_spec::codes`] when the body was a registry error body
     /// (`{"error":{"code","message"}}`). When it was not (say a proxy's HTML page), `code`
     /// is empty and `message` holds the start of the body, so nothing is silently lost.
+    /// `conflict` is the lock or election the body described (with a `409`
+    /// `lock_held`, `election_held` or `token_mismatch`); read it with [`Error::lock`]
+    /// and [`Error::election`].
     #[error("{endpoint} answered {status} {code}: {message}")]
     Api {
         endpoint: String,
         status: u16,
         code: String,
         message: String,
+        /// Boxed: it is rare and large, and every `Result` of the crate carries an
+        /// `Error`'s size.
+        conflict: Option<Box<Conflict>>,
     },
 
     /// The request could not be sent, or the answer could not be read (connection
@@ -57,6 +63,17 @@ pub enum Error {
     },
 }
 
+/// What an error body says about the lock or election a request conflicted with: who
+/// holds it now, who waits. The server sends it with `409 lock_held`, `election_held`
+/// and `token_mismatch`, so a caller can name the holder without another read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The lock as it was when the server refused (on lock routes).
+    pub lock: Option<LockInfo>,
+    /// The election as it was when the server refused (on election routes).
+    pub election: Option<ElectionInfo>,
+}
+
 impl Error {
     /// The HTTP status, for [`Error::Api`].
     pub fn status(&self) -> Option<u16> {
@@ -70,6 +87,23 @@ impl Error {
     pub fn code(&self) -> Option<&str> {
         match self {
             Error::Api { code, .. } if !code.is_empty() => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The lock the request conflicted with, as the server's error body showed it.
+    pub fn lock(&self) -> Option<&LockInfo> {
+        self.conflict()?.lock.as_ref()
+    }
+
+    /// The election the request conflicted with, as the server's error body showed it.
+    pub fn election(&self) -> Option<&ElectionInfo> {
+        self.conflict()?.election.as_ref()
+    }
+
+    fn conflict(&self) -> Option<&Conflict> {
+        match self {
+            Error::Api { conflict, .. } => conflict.as_deref(),
             _ => None,
         }
     }
@@ -92,15 +126,23 @@ const MAX_FOREIGN_BODY: usize = 512;
 /// Turns an error response into [`Error::Api`]. Never fails: a body that is not a
 /// registry error body is kept (truncated) as the message with an empty code.
 pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error, .. }) => (error.code, error.message),
+    let (code, message, conflict) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error,
+            lock,
+            election,
+        }) => {
+            let conflict = (lock.is_some() || election.is_some())
+                .then(|| Box::new(Conflict { lock, election }));
+            (error.code, error.message, conflict)
+        }
         Err(_) => {
             let text = String::from_utf8_lossy(body);
             let mut end = text.len().min(MAX_FOREIGN_BODY);
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
-            (String::new(), text[..end].to_owned())
+            (String::new(), text[..end].to_owned(), None)
         }
     };
     Error::Api {
@@ -108,6 +150,7 @@ pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
         status,
         code,
         message,
+        conflict,
     }
 }
 
@@ -173,6 +216,82 @@ mod tests {
             }
             other => panic!("expected Api, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn lock_held_body_keeps_the_lock_as_the_server_showed_it() {
+        let body = br#"{
+            "error": {"code": "lock_held", "message": "lock job is held"},
+            "lock": {
+                "name": "job", "held": true,
+                "holder": {"holder": "host-a/17", "token": 42,
+                           "lease": "6f1e1c1e-0000-4000-8000-000000000001",
+                           "own_lease": true, "lock_delay_ms": 1000,
+                           "granted_index": 41, "granted_at_ms": 1700000000000},
+                "waiters": [{"holder": "host-b/18",
+                             "lease": "6f1e1c1e-0000-4000-8000-000000000002",
+                             "queued_index": 43, "queued_at_ms": 1700000000500}],
+                "modify_index": 43
+            }
+        }"#;
+        let err = api_error("127.0.0.1:1", 409, body);
+        assert_eq!(err.code(), Some(api_spec::codes::LOCK_HELD));
+        let lock = err.lock().expect("the lock from the body");
+        let holder = lock.holder.as_ref().expect("a holder");
+        assert_eq!(
+            (lock.name.as_str(), holder.holder.as_str()),
+            ("job", "host-a/17")
+        );
+        assert_eq!(holder.token, 42);
+        assert_eq!(lock.waiters.len(), 1);
+        assert_eq!(lock.waiters[0].holder, "host-b/18");
+        assert!(err.election().is_none());
+        match &err {
+            Error::Api { message, .. } => assert_eq!(message, "lock job is held"),
+            other => panic!("expected Api, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn election_held_body_keeps_the_election() {
+        let body = br#"{
+            "error": {"code": "election_held", "message": "primary has a leader"},
+            "election": {
+                "name": "primary",
+                "leader": {"name": "primary", "candidate": "node-a", "token": 9,
+                           "lease": "6f1e1c1e-0000-4000-8000-000000000003",
+                           "own_lease": true, "since_index": 9, "since_ms": 1700000000000},
+                "candidates": [],
+                "modify_index": 9
+            }
+        }"#;
+        let err = api_error("127.0.0.1:1", 409, body);
+        assert_eq!(err.code(), Some(api_spec::codes::ELECTION_HELD));
+        let election = err.election().expect("the election from the body");
+        let leader = election.leader.as_ref().expect("a leader");
+        assert_eq!((leader.candidate.as_str(), leader.token), ("node-a", 9));
+        assert!(err.lock().is_none());
+    }
+
+    #[test]
+    fn a_body_without_detail_and_other_errors_have_none() {
+        let plain = br#"{"error":{"code":"token_mismatch","message":"not yours"}}"#;
+        let err = api_error("127.0.0.1:1", 409, plain);
+        assert!(err.lock().is_none() && err.election().is_none());
+        assert!(matches!(err, Error::Api { conflict: None, .. }));
+        let foreign = api_error("127.0.0.1:1", 409, b"conflict");
+        assert!(foreign.lock().is_none() && foreign.election().is_none());
+        assert!(Error::NoEndpoints.lock().is_none());
+    }
+
+    #[test]
+    fn the_detail_does_not_make_every_error_larger() {
+        // `Api` is three strings (endpoint, code, message) plus the status and one
+        // pointer; a lock or election inline would add hundreds of bytes to every
+        // `Result` of the crate.
+        let strings = 3 * std::mem::size_of::<String>();
+        let size = std::mem::size_of::<Error>();
+        assert!(size <= strings + 24, "Error is {size} bytes");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! calls its hold lost at that bound minus a safety margin (for clock rate differences and
 //! scheduling delays), or as soon as a keepalive answers that the lease is gone, whichever
 //! comes first. Once lost, a handle stays lost: it stops renewing and gives the lock back
-//! (best effort, with its token), since its owner was told to stop using it.
+//! (best effort, with its token), since its owner was told to stop using it; an owner that
+//! must first stop the work itself (`regctl` stops its command) turns that off with
+//! [`LockOptions::give_back_when_lost`] and releases once it is done.
 //!
 //! Lock-delay and the server's expiry tick only add time between that bound and a grant
 //! to another client; a leader change restarts every lease's countdown, so failovers only
@@ -23,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_spec::{
-    AcquireRequest, CampaignRequest, ElectionLeader, LeaseInfo, LockGrant, ReleaseResponse,
+    AcquireRequest, CampaignRequest, ElectionInfo, ElectionLeader, LeaseInfo, LockGrant,
+    ReleaseResponse,
 };
 use reqwest::Method;
 use tokio::sync::{oneshot, watch};
@@ -118,6 +121,9 @@ struct HoldState {
     lost: Option<LostReason>,
     /// Keepalives the server accepted.
     renewals: u64,
+    /// Failed keepalives since the last accepted one, so that an owner can report the
+    /// start of a run of failures once rather than every retry.
+    failures: u32,
     /// The last failed keepalive, kept after later successes.
     last_error: Option<Arc<Error>>,
 }
@@ -184,6 +190,19 @@ impl LostSignal {
     pub fn last_error(&self) -> Option<Arc<Error>> {
         self.state.borrow().last_error.clone()
     }
+
+    /// Failed keepalives since the last accepted one (0 while renewals get through).
+    pub fn failures(&self) -> u32 {
+        self.state.borrow().failures
+    }
+
+    /// Waits for the hold's next change: a keepalive accepted or failed, or the hold's
+    /// end; e.g. to report renewal trouble while it lasts. `false` once nothing will
+    /// change any more. Cancel-safe. (A deadline passing is no change: wait for that
+    /// with [`lost`](Self::lost).)
+    pub async fn changed(&mut self) -> bool {
+        self.state.changed().await.is_ok()
+    }
 }
 
 /// Which kind of hold, for giving it back.
@@ -216,6 +235,8 @@ struct Keeper {
     lease: Uuid,
     ttl: Duration,
     margin: Duration,
+    /// Whether [`lapse`](Self::lapse) gives the hold back ([`LockOptions::give_back_when_lost`]).
+    give_back_when_lost: bool,
     state: Arc<watch::Sender<HoldState>>,
 }
 
@@ -248,6 +269,7 @@ impl Keeper {
                         if s.lost.is_none() {
                             s.valid_until = s.valid_until.max(until);
                             s.renewals += 1;
+                            s.failures = 0;
                         }
                     });
                     next = sent + renew_interval(self.ttl);
@@ -261,20 +283,26 @@ impl Keeper {
                 }
                 Err(error) => {
                     failures += 1;
-                    self.state
-                        .send_modify(|s| s.last_error = Some(Arc::new(error)));
+                    self.state.send_modify(|s| {
+                        s.failures = failures;
+                        s.last_error = Some(Arc::new(error));
+                    });
                     next = Instant::now() + backoff(failures, retry_cap(self.ttl));
                 }
             }
         }
     }
 
-    /// The deadline passed without a confirmed renewal: mark the hold lost and give it
-    /// back, so that others need not wait for the expiry and the lock-delay.
+    /// The deadline passed without a confirmed renewal: mark the hold lost and (unless
+    /// the owner gives it back itself) give it back, so that others need not wait for the
+    /// expiry and the lock-delay.
     async fn lapse(self, mut stop: oneshot::Receiver<()>) {
         self.state.send_modify(|s| {
             s.lost.get_or_insert(LostReason::Unconfirmed);
         });
+        if !self.give_back_when_lost {
+            return;
+        }
         tokio::select! {
             biased;
             _ = &mut stop => {}
@@ -305,6 +333,8 @@ struct Grant<'a> {
     lease: Uuid,
     ttl: Duration,
     margin: Duration,
+    /// See [`LockOptions::give_back_when_lost`].
+    give_back_when_lost: bool,
     /// Send time of the request whose success the first period is measured from.
     sent: Instant,
 }
@@ -316,6 +346,7 @@ impl Hold {
             valid_until: grant.sent + grant.ttl.saturating_sub(grant.margin),
             lost: None,
             renewals: 0,
+            failures: 0,
             last_error: None,
         }));
         let (stop, stopped) = oneshot::channel();
@@ -327,6 +358,7 @@ impl Hold {
             lease: grant.lease,
             ttl: grant.ttl,
             margin: grant.margin,
+            give_back_when_lost: grant.give_back_when_lost,
             state: state.clone(),
         };
         let task = tokio::spawn(keeper.run(stopped, grant.sent));
@@ -388,24 +420,61 @@ impl Drop for Hold {
         if before == Some(LostReason::LeaseEnded) {
             return; // nothing left to give back
         }
-        // Best effort: without a runtime there is no way to send the release, and the
-        // lease simply expires (the renewal task, if its runtime still runs, has stopped).
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (client, kind, name, token) = (
-            self.client.clone(),
+        give_back_later(
+            &self.client,
             self.kind,
             std::mem::take(&mut self.name),
             self.token,
+            self.task.take(),
         );
-        let task = self.task.take();
-        runtime.spawn(async move {
-            if let Some(task) = task {
-                let _ = task.await;
-            }
-            let _ = give_back(&client, kind, &name, token).await;
-        });
+    }
+}
+
+/// Gives a hold back from a spawned task, after `after` (the renewal task) ended. Best
+/// effort: without a runtime there is no way to send the release, and the lease simply
+/// expires; a runtime that shuts down first (a program exiting) drops it too.
+fn give_back_later(
+    client: &Client,
+    kind: Kind,
+    name: String,
+    token: u64,
+    after: Option<JoinHandle<()>>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let client = client.clone();
+    runtime.spawn(async move {
+        if let Some(task) = after {
+            let _ = task.await;
+        }
+        let _ = give_back(&client, kind, &name, token).await;
+    });
+}
+
+/// A grant that [`Client::lock`] or [`Client::elect`] is still confirming: if that call
+/// is cancelled (its future dropped) before the grant becomes a [`Hold`], this gives the
+/// grant back rather than leave it held until its lease expires.
+struct Unheld<'a> {
+    client: &'a Client,
+    kind: Kind,
+    name: &'a str,
+    token: u64,
+    /// Cleared once a [`Hold`] took over, or the grant is known to be gone.
+    armed: bool,
+}
+
+impl Drop for Unheld<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            give_back_later(
+                self.client,
+                self.kind,
+                self.name.to_owned(),
+                self.token,
+                None,
+            );
+        }
     }
 }
 
@@ -427,6 +496,11 @@ pub struct LockOptions {
     /// is [`default_safety_margin`]. A margin of the TTL or more makes the guard lost at
     /// once.
     pub safety_margin: Option<Duration>,
+    /// Whether the guard gives the lock back by itself as soon as it is lost for want of
+    /// a confirmed renewal (default `true`), so others need not wait for the expiry and
+    /// the lock-delay. `false` leaves the lock to the owner, who may still be stopping
+    /// the work it guards: it releases (or drops the guard) once that work has stopped.
+    pub give_back_when_lost: bool,
 }
 
 impl Default for LockOptions {
@@ -437,6 +511,7 @@ impl Default for LockOptions {
             holder: None,
             lock_delay: None,
             safety_margin: None,
+            give_back_when_lost: true,
         }
     }
 }
@@ -522,6 +597,8 @@ pub struct CampaignOptions {
     pub wait: Option<Duration>,
     /// As [`LockOptions::safety_margin`].
     pub safety_margin: Option<Duration>,
+    /// As [`LockOptions::give_back_when_lost`]: resign by itself once lost (default).
+    pub give_back_when_lost: bool,
 }
 
 impl CampaignOptions {
@@ -532,6 +609,7 @@ impl CampaignOptions {
             ttl: DEFAULT_HOLD_TTL,
             wait: None,
             safety_margin: None,
+            give_back_when_lost: true,
         }
     }
 }
@@ -643,6 +721,12 @@ impl Observer {
     /// `next` again and it reconnects (to any endpoint) after a backoff that grows with
     /// each failure in a row.
     pub async fn next(&mut self) -> Result<Option<ElectionLeader>> {
+        Ok(self.next_info().await?.leader)
+    }
+
+    /// As [`next`](Self::next), answering the whole election as read with that change
+    /// (its waiting candidates and modify index too), e.g. to print it.
+    pub async fn next_info(&mut self) -> Result<ElectionInfo> {
         loop {
             if self.failures > 0 {
                 sleep(backoff(self.failures, Duration::from_secs(5))).await;
@@ -664,10 +748,9 @@ impl Observer {
             let index = answer.index.unwrap_or(answer.value.modify_index);
             let stalled = self.last.is_some() && index <= self.index;
             self.index = index;
-            let leader = answer.value.leader;
-            if self.last.as_ref() != Some(&leader) {
-                self.last = Some(leader.clone());
-                return Ok(leader);
+            if self.last.as_ref() != Some(&answer.value.leader) {
+                self.last = Some(answer.value.leader.clone());
+                return Ok(answer.value);
             }
             if stalled {
                 // Nothing moved (the wait ran out, or a server answered without blocking):
@@ -698,11 +781,18 @@ impl Client {
         };
         let sent = Instant::now();
         let grant = self.acquire(name, &request).await?.value;
+        let mut unheld = Unheld {
+            client: self,
+            kind: Kind::Lock,
+            name,
+            token: grant.token,
+            armed: true,
+        };
         let ttl = Duration::from_millis(grant.ttl_ms);
         let margin = options
             .safety_margin
             .unwrap_or_else(|| default_safety_margin(ttl));
-        let sent = self.confirm(grant.lease, ttl, sent).await?;
+        let sent = self.confirm(grant.lease, ttl, sent, &mut unheld).await?;
         let hold = Hold::start(
             self,
             Grant {
@@ -712,9 +802,11 @@ impl Client {
                 lease: grant.lease,
                 ttl,
                 margin,
+                give_back_when_lost: options.give_back_when_lost,
                 sent,
             },
         );
+        unheld.armed = false;
         Ok(LockGuard { grant, hold })
     }
 
@@ -730,11 +822,20 @@ impl Client {
         };
         let sent = Instant::now();
         let answer = self.campaign(name, &request).await?.value;
+        let mut unheld = Unheld {
+            client: self,
+            kind: Kind::Election,
+            name,
+            token: answer.leader.token,
+            armed: true,
+        };
         let ttl = Duration::from_millis(answer.ttl_ms);
         let margin = options
             .safety_margin
             .unwrap_or_else(|| default_safety_margin(ttl));
-        let sent = self.confirm(answer.leader.lease, ttl, sent).await?;
+        let sent = self
+            .confirm(answer.leader.lease, ttl, sent, &mut unheld)
+            .await?;
         let leader = answer.leader;
         let hold = Hold::start(
             self,
@@ -745,9 +846,11 @@ impl Client {
                 lease: leader.lease,
                 ttl,
                 margin,
+                give_back_when_lost: options.give_back_when_lost,
                 sent,
             },
         );
+        unheld.armed = false;
         Ok(Leadership { leader, ttl, hold })
     }
 
@@ -767,15 +870,25 @@ impl Client {
     /// countdown), only that it was after the request was sent; if that leaves less
     /// than two thirds of the TTL, one keepalive now gives a fresh starting point. If it
     /// fails for a reason other than the lease being gone, the hold starts from the
-    /// request's send time and may be lost at once.
-    async fn confirm(&self, lease: Uuid, ttl: Duration, sent: Instant) -> Result<Instant> {
+    /// request's send time and may be lost at once. A gone lease disarms `unheld`:
+    /// there is nothing left to give back.
+    async fn confirm(
+        &self,
+        lease: Uuid,
+        ttl: Duration,
+        sent: Instant,
+        unheld: &mut Unheld<'_>,
+    ) -> Result<Instant> {
         if sent.elapsed() < ttl / 3 {
             return Ok(sent);
         }
         let again = Instant::now();
         match keepalive(self, lease, ttl).await {
             Ok(_) => Ok(again),
-            Err(error) if error.is_lease_not_found() => Err(error),
+            Err(error) if error.is_lease_not_found() => {
+                unheld.armed = false;
+                Err(error)
+            }
             Err(_) => Ok(sent),
         }
     }
@@ -825,6 +938,7 @@ mod tests {
             valid_until,
             lost: None,
             renewals: 0,
+            failures: 0,
             last_error: None,
         });
         let signal = LostSignal {
@@ -899,6 +1013,81 @@ mod tests {
         addr
     }
 
+    /// Request lines (`POST /v1/locks/l/release`) a [`scripted`] server received.
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A server that answers each request as `answer(request line)` says: status, body
+    /// and a delay before answering; `None` never answers. Records every request line.
+    async fn scripted(
+        answer: impl Fn(&str) -> Option<(u16, &'static str, Duration)> + Send + Sync + 'static,
+    ) -> (String, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Seen::default();
+        let answer = Arc::new(answer);
+        tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let (seen, answer) = (seen.clone(), answer.clone());
+                    tokio::spawn(async move {
+                        // The head is enough to route; a small body arrives with it.
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf);
+                        let line = head.lines().next().unwrap_or_default();
+                        let line = line.trim_end_matches(" HTTP/1.1").to_owned();
+                        seen.lock().unwrap().push(line.clone());
+                        let Some((status, body, delay)) = answer(&line) else {
+                            // Hold the connection open without answering.
+                            let _ = socket.read(&mut chunk).await;
+                            return;
+                        };
+                        sleep(delay).await;
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(reply.as_bytes()).await;
+                    });
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    fn releases(seen: &Seen) -> usize {
+        let seen = seen.lock().unwrap();
+        seen.iter().filter(|l| l.ends_with("/release")).count()
+    }
+
+    /// Waits (up to 5 s) for the server to have seen a request line that `wanted`.
+    async fn arrives(seen: &Seen, wanted: impl Fn(&str) -> bool) -> bool {
+        let arrived = || seen.lock().unwrap().iter().any(|l| wanted(l));
+        let wait = async {
+            while !arrived() {
+                sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_ok()
+    }
+
+    fn is_release(line: &str) -> bool {
+        line.ends_with("/release")
+    }
+
+    const NO_LEADER: &str = r#"{"error":{"code":"no_leader","message":"electing"}}"#;
+    const RELEASED: &str = r#"{"name":"l","token":7,"released":true,"lease_revoked":true}"#;
+
     fn grant(sent: Instant) -> Grant<'static> {
         Grant {
             kind: Kind::Lock,
@@ -907,6 +1096,7 @@ mod tests {
             lease: Uuid::new_v4(),
             ttl: Duration::from_secs(1),
             margin: Duration::from_millis(200),
+            give_back_when_lost: true,
             sent,
         }
     }
@@ -972,5 +1162,93 @@ mod tests {
         assert!(hold.finish().await.is_err());
         assert_eq!(signal.reason(), Some(LostReason::Released));
         assert!(signal.is_lost());
+    }
+
+    #[tokio::test]
+    async fn failures_count_a_run_and_changed_wakes_on_each() {
+        let (addr, _) = scripted(|_| Some((503, NO_LEADER, Duration::ZERO))).await;
+        let client = Client::new([addr]).unwrap();
+        let hold = Hold::start(&client, grant(Instant::now()));
+        let mut signal = hold.signal();
+        assert_eq!(signal.failures(), 0);
+        assert!(signal.changed().await);
+        assert_eq!(signal.failures(), 1);
+        assert!(signal.changed().await);
+        assert!(signal.failures() >= 2, "{}", signal.failures());
+        assert_eq!(signal.last_error().and_then(|e| e.status()), Some(503));
+        assert_eq!(signal.renewals(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_hold_is_given_back_at_once_unless_the_owner_does_it() {
+        // Keepalives fail, releases succeed.
+        let script = |line: &str| {
+            let body = if line.ends_with("/release") {
+                (200, RELEASED, Duration::ZERO)
+            } else {
+                (503, NO_LEADER, Duration::ZERO)
+            };
+            Some(body)
+        };
+
+        let (addr, seen) = scripted(script).await;
+        let client = Client::new([addr]).unwrap();
+        let hold = Hold::start(&client, grant(Instant::now()));
+        assert_eq!(hold.signal().lost().await, LostReason::Unconfirmed);
+        assert!(
+            arrives(&seen, is_release).await,
+            "no release after the lapse"
+        );
+
+        let (addr, seen) = scripted(script).await;
+        let client = Client::new([addr]).unwrap();
+        let mut hold = Hold::start(
+            &client,
+            Grant {
+                give_back_when_lost: false,
+                ..grant(Instant::now())
+            },
+        );
+        assert_eq!(hold.signal().lost().await, LostReason::Unconfirmed);
+        // The first test's release came within a round trip; give this one many.
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(releases(&seen), 0, "given back behind the owner's back");
+        let released = hold.finish().await.unwrap();
+        assert!(released.released);
+        assert_eq!(releases(&seen), 1);
+    }
+
+    #[tokio::test]
+    async fn cancelling_lock_while_it_confirms_a_late_grant_gives_the_lock_back() {
+        // The grant comes after 500 ms, more than a third of its 1 s TTL, so `lock`
+        // confirms it with a keepalive, which never gets an answer.
+        const GRANT: &str = r#"{"name":"l","token":7,"lease":"6f1e1c1e-0000-4000-8000-000000000000","own_lease":true,"ttl_ms":1000,"holder":"h","lock_delay_ms":1000,"granted_index":7,"granted_at_ms":1}"#;
+        let (addr, seen) = scripted(|line| {
+            if line.ends_with("/acquire") {
+                Some((200, GRANT, Duration::from_millis(500)))
+            } else if line.ends_with("/release") {
+                Some((200, RELEASED, Duration::ZERO))
+            } else {
+                None
+            }
+        })
+        .await;
+        let client = Client::new([addr]).unwrap();
+        let options = LockOptions {
+            ttl: Duration::from_secs(1),
+            wait: Some(Duration::from_secs(10)),
+            ..LockOptions::default()
+        };
+        let confirming = |line: &str| line.starts_with("PUT /v1/leases/");
+        tokio::select! {
+            answer = client.lock("l", options) => panic!("lock returned: {answer:?}"),
+            arrived = arrives(&seen, confirming) => assert!(arrived, "no confirming keepalive"),
+        }
+        // `lock` was dropped while its keepalive waited for an answer.
+        assert!(
+            arrives(&seen, is_release).await,
+            "not given back: {:?}",
+            seen.lock().unwrap()
+        );
     }
 }

@@ -20,7 +20,10 @@
 //!   elections, leases ([`Client::create_lease`], [`Client::keepalive`], ...), cluster
 //!   administration ([`Client::cluster_status`], [`Client::add_member`], ...).
 //!
-//! `regctl`, the command-line tool, is this crate's binary.
+//! `regctl`, the command-line tool, is this crate's binary, behind the default `cli`
+//! feature (it alone needs `clap` and `nix`): a program that only uses the library can
+//! depend on the crate with `default-features = false`. `regctl lock` and `regctl elect`
+//! hold their lock or lead with the same [`LockGuard`] and [`Leadership`] as any program.
 //!
 //! Transport: plain HTTP (no TLS) to `host:port` endpoints, one pooled connection set
 //! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]; requests the server
@@ -54,7 +57,7 @@ pub use api_spec::{
     RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
 pub use discovery::{Endpoints, Resolved, ServicePolicy};
-pub use error::Error;
+pub use error::{Conflict, Error};
 pub use handles::{
     CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
 };

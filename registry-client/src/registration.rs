@@ -287,6 +287,7 @@ mod tests {
             status,
             code: code.into(),
             message: String::new(),
+            conflict: None,
         }
     }
 

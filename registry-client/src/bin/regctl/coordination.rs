@@ -2,18 +2,17 @@
 //! command runs (or until Ctrl-C), `locks` and `lock-info` show locks, `elect --observe`
 //! follows an election.
 
+use std::future::Future;
 use std::time::Duration;
 
-use api_spec::{codes, AcquireRequest, CampaignRequest, ElectionInfo, LockInfo};
+use api_spec::{codes, CampaignResponse, LockInfo, ReleaseResponse};
 use clap::Args;
-use registry_client::{Error, ReadOptions, Uuid};
-use tokio::time::Instant;
+use registry_client::{CampaignOptions, Error, Leadership, LockGuard, LockOptions, ReadOptions};
 
-use crate::catalog::Backoff;
 use crate::output::{self, describe, warn, Failure};
 use crate::supervise::{
-    describe_status, exit_code, signal_exit_code, supervise, Ending, Job, LeaseKeeper, Lost,
-    Signals,
+    self, describe_status, exit_code, safety_margin, signal_exit_code, supervise, Ending, Job,
+    Lost, Signals,
 };
 use crate::{duration, Context, EXIT_LOST};
 
@@ -96,16 +95,18 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
     // Caught from the start: a Ctrl-C while waiting in line abandons the request (the
     // server drops a waiter whose connection closed); one after the grant releases.
     let mut signals = Signals::install()?;
-    let request = AcquireRequest {
-        lease: None,
-        ttl: Some(api_spec::format_duration(args.ttl)),
-        wait: Some(api_spec::format_duration(args.wait)),
+    let options = LockOptions {
+        ttl: args.ttl,
+        wait: Some(args.wait),
         holder: Some(args.holder.clone().unwrap_or_else(default_holder)),
-        lock_delay: args.lock_delay.map(api_spec::format_duration),
+        lock_delay: args.lock_delay,
+        safety_margin: Some(safety_margin(args.ttl)),
+        // Given back here, once the command has stopped.
+        give_back_when_lost: false,
     };
-    let grant = tokio::select! {
-        answer = cx.client.acquire(name, &request) => match answer {
-            Ok(answer) => answer.value,
+    let guard = tokio::select! {
+        answer = cx.client.lock(name, options) => match answer {
+            Ok(guard) => guard,
             Err(e) if e.code() == Some(codes::LOCK_HELD) => {
                 return Err(lock_not_acquired(cx, name, args.wait, &e).await);
             }
@@ -113,46 +114,35 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
         },
         signal = signals.recv() => return Ok(signal_exit_code(signal)),
     };
-    let give_back = |quiet: bool| release(cx, name, grant.token, args.verbose, quiet);
-    let ttl = Duration::from_millis(grant.ttl_ms);
-    let mut keeper = match cx.renewal_client(ttl) {
-        Ok(renewer) => LeaseKeeper::start(renewer, grant.lease, ttl),
-        Err(failure) => {
-            give_back(false).await;
-            return Err(failure);
-        }
+    let (token, lease) = (guard.token(), guard.lease());
+    let ttl = Duration::from_millis(guard.grant().ttl_ms);
+    let lost = supervise::lost(guard.lost_signal(), lease, ttl);
+    let give_back = |guard: LockGuard, quiet: bool| {
+        GiveBack::lock(name, token, args.verbose).run(guard.release(), quiet)
     };
-    tokio::select! {
-        confirmed = keeper.confirmed() => {
-            if let Err(lost) = confirmed {
-                drop(keeper);
-                warn(format!("lost lock {name} before starting the command: {lost}"));
-                give_back(true).await;
-                return Ok(EXIT_LOST);
-            }
-        }
-        signal = signals.recv() => {
-            drop(keeper);
-            give_back(false).await;
-            return Ok(signal_exit_code(signal));
-        }
+    if guard.is_lost() {
+        // A grant that came late and whose confirming keepalive failed.
+        warn(format!(
+            "lost lock {name} before starting the command: {}",
+            lost.await
+        ));
+        give_back(guard, true).await;
+        return Ok(EXIT_LOST);
     }
     if args.verbose {
         warn(format!(
-            "acquired lock {name} (token {}, lease {})",
-            grant.token, grant.lease
+            "acquired lock {name} (token {token}, lease {lease})"
         ));
     }
     let env = [
-        ("REGISTRY_LOCK_TOKEN", grant.token.to_string()),
-        ("REGISTRY_LOCK_LEASE", grant.lease.to_string()),
+        ("REGISTRY_LOCK_TOKEN", token.to_string()),
+        ("REGISTRY_LOCK_LEASE", lease.to_string()),
         ("REGISTRY_LOCK_NAME", name.clone()),
     ];
     let job = match Job::spawn(&args.command, &env) {
         Ok(job) => job,
         Err(failure) => {
-            drop(keeper);
-            give_back(false).await;
+            give_back(guard, false).await;
             return Err(failure);
         }
     };
@@ -162,17 +152,16 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
             api_spec::format_duration(args.kill_after)
         ));
     };
-    let ending = supervise(job, &mut keeper, &mut signals, args.kill_after, on_lost).await;
-    drop(keeper);
+    let ending = supervise(job, lost, &mut signals, args.kill_after, on_lost).await;
     match ending {
         Ok(Ending::Exited(status)) => {
-            give_back(false).await;
+            give_back(guard, false).await;
             Ok(exit_code(status))
         }
         Ok(Ending::Lost { status, .. }) => {
             // If only our keepalives were cut off, the lock may still be ours: give it
             // back rather than leave it to expire.
-            give_back(true).await;
+            give_back(guard, true).await;
             warn(format!(
                 "lost lock {name}: the command {}",
                 describe_status(status)
@@ -180,7 +169,7 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
             Ok(EXIT_LOST)
         }
         Err(failure) => {
-            give_back(false).await;
+            give_back(guard, false).await;
             Err(failure)
         }
     }
@@ -189,57 +178,91 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
 /// How long a give-back that is expected to fail (after a loss) may hold up the exit.
 const BEST_EFFORT: Duration = Duration::from_secs(2);
 
-/// Gives the lock back. `quiet`: after a loss, when it is expected to fail; then it
-/// complains about nothing and gives up after [`BEST_EFFORT`].
-async fn release(cx: &Context, name: &str, token: u64, verbose: bool, quiet: bool) {
-    let answer = if quiet {
-        match tokio::time::timeout(BEST_EFFORT, cx.client.release(name, token)).await {
-            Ok(answer) => answer,
-            Err(_) => return,
+/// What regctl says when it gives a lock or leadership back.
+struct GiveBack {
+    /// Said with `--verbose` once it is given back.
+    done: String,
+    /// Starts the warning when it could not be given back.
+    failed: String,
+    verbose: bool,
+}
+
+impl GiveBack {
+    fn lock(name: &str, token: u64, verbose: bool) -> Self {
+        GiveBack {
+            done: format!("released lock {name} (token {token})"),
+            failed: format!("could not release lock {name}"),
+            verbose,
         }
-    } else {
-        cx.client.release(name, token).await
-    };
-    match answer {
-        Ok(_) => {
-            if verbose {
-                warn(format!("released lock {name} (token {token})"));
+    }
+
+    fn election(name: &str, token: u64, verbose: bool) -> Self {
+        GiveBack {
+            done: format!("resigned from {name} (token {token})"),
+            failed: format!("could not resign from {name}"),
+            verbose,
+        }
+    }
+
+    /// Awaits `release` (the guard's release or resign). `quiet`: after a loss, when it
+    /// is expected to fail; then it complains about nothing and gives up after
+    /// [`BEST_EFFORT`].
+    async fn run(
+        self,
+        release: impl Future<Output = registry_client::Result<ReleaseResponse>>,
+        quiet: bool,
+    ) {
+        let answer = if quiet {
+            match tokio::time::timeout(BEST_EFFORT, release).await {
+                Ok(answer) => answer,
+                Err(_) => return,
             }
+        } else {
+            release.await
+        };
+        match answer {
+            Ok(_) => {
+                if self.verbose {
+                    warn(self.done);
+                }
+            }
+            // Not ours any more: nothing to give back.
+            Err(e) if e.code() == Some(codes::TOKEN_MISMATCH) => {}
+            Err(_) if quiet => {}
+            Err(e) => warn(format!("{}: {}", self.failed, describe(&e))),
         }
-        // Not ours any more: nothing to give back.
-        Err(e) if e.code() == Some(codes::TOKEN_MISMATCH) => {}
-        Err(_) if quiet => {}
-        Err(e) => warn(format!("could not release lock {name}: {}", describe(&e))),
     }
 }
 
 /// The failure for an acquire that found the lock held until its wait ran out, naming
-/// the holder.
+/// the holder: as the refusal showed it, or as a read shows it now.
 async fn lock_not_acquired(cx: &Context, name: &str, wait: Duration, error: &Error) -> Failure {
     let gave_up = if wait.is_zero() {
         String::new()
     } else {
         format!(" after waiting {}", api_spec::format_duration(wait))
     };
-    match cx.client.lock_info(name, ReadOptions::default()).await {
-        Ok(answer) => match &answer.value.holder {
-            Some(holder) => Failure::new(format!(
-                "lock {name} is held by {:?} (token {}, granted {}){}; not acquired{gave_up}",
-                holder.holder,
-                holder.token,
-                output::ago(holder.granted_at_ms),
-                waiting(&answer.value),
-            )),
-            None => Failure::new(format!(
-                "lock {name} was not free{gave_up}{}; not acquired",
-                answer
-                    .value
-                    .delay_until_ms
-                    .map(|until| format!(" (lock-delay until {})", output::from_now(until)))
-                    .unwrap_or_default()
-            )),
+    let lock = match error.lock() {
+        Some(lock) => lock.clone(),
+        None => match cx.client.lock_info(name, ReadOptions::default()).await {
+            Ok(answer) => answer.value,
+            Err(_) => return Failure::new(format!("{}; not acquired{gave_up}", describe(error))),
         },
-        Err(_) => Failure::new(format!("{}; not acquired{gave_up}", describe(error))),
+    };
+    match &lock.holder {
+        Some(holder) => Failure::new(format!(
+            "lock {name} is held by {:?} (token {}, granted {}){}; not acquired{gave_up}",
+            holder.holder,
+            holder.token,
+            output::ago(holder.granted_at_ms),
+            waiting(&lock),
+        )),
+        None => Failure::new(format!(
+            "lock {name} was not free{gave_up}{}; not acquired",
+            lock.delay_until_ms
+                .map(|until| format!(" (lock-delay until {})", output::from_now(until)))
+                .unwrap_or_default()
+        )),
     }
 }
 
@@ -334,15 +357,17 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     };
     let name = &args.name;
     let mut signals = Signals::install()?;
-    let request = CampaignRequest {
+    let options = CampaignOptions {
         candidate: candidate.clone(),
-        lease: None,
-        ttl: Some(api_spec::format_duration(args.ttl)),
-        wait: Some(api_spec::format_duration(args.wait)),
+        ttl: args.ttl,
+        wait: Some(args.wait),
+        safety_margin: Some(safety_margin(args.ttl)),
+        // Resigned here, once the command has stopped.
+        give_back_when_lost: false,
     };
-    let won = tokio::select! {
-        answer = cx.client.campaign(name, &request) => match answer {
-            Ok(answer) => answer.value,
+    let leadership = tokio::select! {
+        answer = cx.client.elect(name, options) => match answer {
+            Ok(leadership) => leadership,
             Err(e) if e.code() == Some(codes::ELECTION_HELD) => {
                 return Err(not_elected(cx, name, args.wait, &e).await);
             }
@@ -350,45 +375,33 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
         },
         signal = signals.recv() => return Ok(signal_exit_code(signal)),
     };
-    let token = won.leader.token;
-    let lease = won.leader.lease;
-    let give_up = |quiet: bool| resign(cx, name, token, args.verbose, quiet);
-    let mut keeper = match cx.renewal_client(Duration::from_millis(won.ttl_ms)) {
-        Ok(renewer) => LeaseKeeper::start(renewer, lease, Duration::from_millis(won.ttl_ms)),
-        Err(failure) => {
-            give_up(false).await;
-            return Err(failure);
-        }
+    let (token, lease) = (leadership.token(), leadership.lease());
+    let lost = supervise::lost(leadership.lost_signal(), lease, leadership.ttl());
+    let give_up = |leadership: Leadership, quiet: bool| {
+        GiveBack::election(name, token, args.verbose).run(leadership.resign(), quiet)
     };
-    tokio::select! {
-        confirmed = keeper.confirmed() => {
-            if let Err(lost) = confirmed {
-                drop(keeper);
-                warn(format!("lost leadership of {name} at once: {lost}"));
-                give_up(true).await;
-                return Ok(EXIT_LOST);
-            }
-        }
-        signal = signals.recv() => {
-            drop(keeper);
-            give_up(false).await;
-            return Ok(signal_exit_code(signal));
-        }
+    if leadership.is_lost() {
+        warn(format!("lost leadership of {name} at once: {}", lost.await));
+        give_up(leadership, true).await;
+        return Ok(EXIT_LOST);
     }
     if args.command.is_empty() {
         if cx.json {
+            let won = CampaignResponse {
+                leader: leadership.leader().clone(),
+                ttl_ms: u64::try_from(leadership.ttl().as_millis()).unwrap_or(u64::MAX),
+            };
             output::json(&won)?;
         } else {
             output::line(format!("leading {name} as {candidate:?} (token {token})"))?;
         }
         let ended = tokio::select! {
-            lost = keeper.lost() => Err(lost),
+            lost = lost => Err(lost),
             signal = signals.recv() => Ok(signal),
         };
-        drop(keeper);
         return match ended {
             Ok(_) => {
-                give_up(false).await;
+                give_up(leadership, false).await;
                 if !cx.json {
                     output::line(format!("resigned from {name}"))?;
                 }
@@ -396,7 +409,7 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
             }
             Err(lost) => {
                 warn(format!("lost leadership of {name} ({lost})"));
-                give_up(true).await;
+                give_up(leadership, true).await;
                 Ok(EXIT_LOST)
             }
         };
@@ -413,8 +426,7 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     let job = match Job::spawn(&args.command, &env) {
         Ok(job) => job,
         Err(failure) => {
-            drop(keeper);
-            give_up(false).await;
+            give_up(leadership, false).await;
             return Err(failure);
         }
     };
@@ -424,9 +436,8 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
             api_spec::format_duration(args.kill_after)
         ));
     };
-    let ending = supervise(job, &mut keeper, &mut signals, args.kill_after, on_lost).await;
-    drop(keeper);
-    give_up(matches!(ending, Ok(Ending::Lost { .. }))).await;
+    let ending = supervise(job, lost, &mut signals, args.kill_after, on_lost).await;
+    give_up(leadership, matches!(ending, Ok(Ending::Lost { .. }))).await;
     match ending? {
         Ending::Exited(status) => Ok(exit_code(status)),
         Ending::Lost { status, .. } => {
@@ -439,103 +450,62 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Gives up leadership. `quiet`: as for [`release`].
-async fn resign(cx: &Context, name: &str, token: u64, verbose: bool, quiet: bool) {
-    let answer = if quiet {
-        match tokio::time::timeout(BEST_EFFORT, cx.client.resign(name, token)).await {
-            Ok(answer) => answer,
-            Err(_) => return,
-        }
-    } else {
-        cx.client.resign(name, token).await
-    };
-    match answer {
-        Ok(_) => {
-            if verbose {
-                warn(format!("resigned from {name} (token {token})"));
-            }
-        }
-        Err(e) if e.code() == Some(codes::TOKEN_MISMATCH) => {}
-        Err(_) if quiet => {}
-        Err(e) => warn(format!("could not resign from {name}: {}", describe(&e))),
-    }
-}
-
-/// The failure for a campaign whose wait ran out, naming the leader.
+/// The failure for a campaign whose wait ran out, naming the leader: as the refusal
+/// showed it, or as a read shows it now.
 async fn not_elected(cx: &Context, name: &str, wait: Duration, error: &Error) -> Failure {
-    match cx.client.election(name, ReadOptions::default()).await {
-        Ok(answer) => match &answer.value.leader {
-            Some(leader) => Failure::new(format!(
-                "election {name} is led by {:?} (token {}, since {}); not elected after waiting {}",
-                leader.candidate,
-                leader.token,
-                output::ago(leader.since_ms),
-                api_spec::format_duration(wait)
-            )),
-            None => Failure::new(format!(
-                "election {name}: not elected after waiting {}",
-                api_spec::format_duration(wait)
-            )),
+    let election = match error.election() {
+        Some(election) => election.clone(),
+        None => match cx.client.election(name, ReadOptions::default()).await {
+            Ok(answer) => answer.value,
+            Err(_) => return Failure::new(format!("{}; not elected", describe(error))),
         },
-        Err(_) => Failure::new(format!("{}; not elected", describe(error))),
+    };
+    match &election.leader {
+        Some(leader) => Failure::new(format!(
+            "election {name} is led by {:?} (token {}, since {}); not elected after waiting {}",
+            leader.candidate,
+            leader.token,
+            output::ago(leader.since_ms),
+            api_spec::format_duration(wait)
+        )),
+        None => Failure::new(format!(
+            "election {name}: not elected after waiting {}",
+            api_spec::format_duration(wait)
+        )),
     }
 }
 
-/// Who leads, as far as `--observe` tells changes apart.
-fn leadership(info: &ElectionInfo) -> Option<(u64, String, Uuid)> {
-    info.leader
-        .as_ref()
-        .map(|l| (l.token, l.candidate.clone(), l.lease))
-}
-
-/// `elect NAME --observe`: prints the leader, then every change, with blocking reads.
+/// `elect NAME --observe`: prints the leader, then every change (the library's
+/// [`registry_client::Observer`]: blocking reads, reconnecting after a backoff).
 async fn observe(cx: &Context, name: &str, count: Option<u64>) -> Result<u8, Failure> {
+    let mut observer = cx.client.observe(name);
     let mut printed = 0u64;
-    let mut last = None;
-    let mut index = None;
-    let mut backoff = Backoff::default();
     while count.is_none_or(|count| printed < count) {
-        let read = ReadOptions {
-            index,
-            wait: index.map(|_| api_spec::DEFAULT_BLOCKING_WAIT),
-            ..ReadOptions::default()
-        };
-        let started = Instant::now();
-        let answer = match cx.client.election(name, read).await {
-            Ok(answer) => answer,
+        let info = match observer.next_info().await {
+            Ok(info) => info,
             Err(e) if e.is_retryable() => {
                 warn(format!(
                     "observing {name} failed, retrying: {}",
                     describe(&e)
                 ));
-                backoff.wait().await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        backoff.reset();
-        let previous_index = index;
-        index = answer.index;
-        let now = leadership(&answer.value);
-        if printed == 0 || now != last {
-            if cx.json {
-                output::json_line(&answer.value)?;
-            } else {
-                match &answer.value.leader {
-                    Some(l) => output::line(format!(
-                        "{name}: led by {:?} (token {}, since {})",
-                        l.candidate,
-                        l.token,
-                        output::ago(l.since_ms)
-                    ))?,
-                    None => output::line(format!("{name}: no leader"))?,
-                }
+        if cx.json {
+            output::json_line(&info)?;
+        } else {
+            match &info.leader {
+                Some(l) => output::line(format!(
+                    "{name}: led by {:?} (token {}, since {})",
+                    l.candidate,
+                    l.token,
+                    output::ago(l.since_ms)
+                ))?,
+                None => output::line(format!("{name}: no leader"))?,
             }
-            printed += 1;
-            last = now;
-        } else if answer.index <= previous_index && started.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        printed += 1;
     }
     Ok(0)
 }

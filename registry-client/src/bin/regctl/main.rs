@@ -118,23 +118,6 @@ pub struct Context {
     pub client: Client,
     /// `--json`: print the API's JSON rather than text.
     pub json: bool,
-    /// `--endpoints`, for a client with other settings ([`Context::renewal_client`]).
-    endpoints: Vec<String>,
-    /// `--timeout`.
-    timeout: Duration,
-}
-
-impl Context {
-    /// A client for keepalives of a lease with this TTL: each attempt on one server gets
-    /// at most a quarter of the TTL (and no more than `--timeout`), so a server that hangs
-    /// costs one short attempt and the next server is tried while the lease is still
-    /// safe, rather than after the whole TTL.
-    pub fn renewal_client(&self, ttl: Duration) -> Result<Client, Failure> {
-        let timeout = (ttl / 4).max(Duration::from_millis(250)).min(self.timeout);
-        Ok(Client::builder(self.endpoints.clone())
-            .timeout(timeout)
-            .build()?)
-    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -148,14 +131,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
-    let client = Client::builder(cli.endpoints.clone())
+    let client = Client::builder(cli.endpoints)
         .timeout(cli.timeout)
         .build()?;
     let context = Context {
         client,
         json: cli.json,
-        endpoints: cli.endpoints,
-        timeout: cli.timeout,
     };
     // One thread is plenty for one command line: at most a child, a renewal loop and a
     // request or two in flight.

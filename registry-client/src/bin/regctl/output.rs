@@ -74,6 +74,7 @@ pub fn describe(error: &registry_client::Error) -> String {
             status,
             code,
             message,
+            ..
         } if !code.is_empty() => format!("{message} ({status} {code} from {endpoint})"),
         registry_client::Error::Transport { endpoint, source } if source.is_timeout() => {
             format!("request to {endpoint} timed out")
@@ -212,6 +213,7 @@ mod tests {
             status: 404,
             code: "lease_not_found".into(),
             message: "no lease x".into(),
+            conflict: None,
         };
         assert_eq!(
             describe(&error),

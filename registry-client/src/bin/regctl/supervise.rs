@@ -1,24 +1,21 @@
-//! Holding a lease while a command runs: the renewal loop and the rule for when the lease
-//! must be taken as lost ([`LeaseKeeper`]), the command in its own process group
-//! ([`Job`]), and signals ([`Signals`]).
+//! Holding a lock or leadership while a command runs: telling when the hold is lost
+//! ([`lost`], over the library guard's [`LostSignal`], which renews), the command in its
+//! own process group ([`Job`]), and signals ([`Signals`]).
 //!
-//! When is a lease lost? When a keepalive answers `lease_not_found`, or when no keepalive
-//! has been confirmed for the TTL minus a safety margin of a third of the TTL, counted
-//! from the moment the last confirmed keepalive was *sent*. The leader restarts the
-//! countdown when it receives a keepalive, which is after we sent it, so the lease cannot
-//! have expired on the leader before that point (clock rates aside). After a failover the
-//! new leader restarts every countdown at the full TTL, which only makes it later.
+//! The renewal and the rule for when a hold is lost are the library's
+//! (`registry_client::handles`); regctl only picks the safety margin, a third of the TTL
+//! ([`safety_margin`]), and reports what happens.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::pin;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use registry_client::{Client, Uuid};
+use registry_client::{LostReason, LostSignal, Uuid};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::output::{describe, warn, Failure};
@@ -59,165 +56,71 @@ pub fn signal_exit_code(signal: Signal) -> u8 {
     128u8.saturating_add(u8::try_from(signal as i32).unwrap_or(0))
 }
 
-/// What the renewal loop last learned about the lease.
+/// Why a lock or leadership was lost, as regctl tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Renewal {
-    /// Granted; no keepalive confirmed since.
-    Pending,
-    /// A keepalive sent at this instant was answered with success.
-    Confirmed(Instant),
-    /// The registry says the lease does not exist any more.
-    Gone,
-}
-
-/// Why a lease counts as lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lost {
-    /// A keepalive answered `lease_not_found`: revoked or expired.
-    Gone,
-    /// No keepalive got through for this long (the TTL minus the safety margin): it may
-    /// expire any moment, if it has not already.
-    Unconfirmed(Duration),
+pub struct Lost {
+    reason: LostReason,
+    /// How long no keepalive had got through when it was called lost.
+    unconfirmed_for: Duration,
 }
 
 impl fmt::Display for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Lost::Gone => write!(f, "its lease ended"),
-            Lost::Unconfirmed(for_how_long) => write!(
+        match self.reason {
+            LostReason::LeaseEnded => write!(f, "its lease ended"),
+            LostReason::Unconfirmed => write!(
                 f,
                 "no keepalive got through for {}",
-                crate::output::millis(u64::try_from(for_how_long.as_millis()).unwrap_or(u64::MAX))
+                crate::output::millis(
+                    u64::try_from(self.unconfirmed_for.as_millis()).unwrap_or(u64::MAX)
+                )
             ),
+            LostReason::Released => write!(f, "it was given back"),
         }
     }
 }
 
-/// Keeps a lease alive from a background task (a keepalive at once, then every TTL/3,
-/// sooner after a failure) and tells when it must be taken as lost. Dropping it stops the
-/// renewing.
-#[derive(Debug)]
-pub struct LeaseKeeper {
-    state: watch::Receiver<Renewal>,
-    task: JoinHandle<()>,
-    /// How long after the send time of the last confirmed keepalive the lease counts as
-    /// lost: the TTL minus the safety margin.
-    trust: Duration,
-    /// When the grant was received: the deadline for the first keepalive.
-    granted: Instant,
-}
-
-impl LeaseKeeper {
-    /// Starts renewing `lease`, whose TTL is `ttl`, granted just now.
-    pub fn start(client: Client, lease: Uuid, ttl: Duration) -> Self {
-        let (tx, rx) = watch::channel(Renewal::Pending);
-        let task = tokio::spawn(renew(client, lease, ttl, tx));
-        LeaseKeeper {
-            state: rx,
-            task,
-            trust: ttl.saturating_sub(safety_margin(ttl)),
-            granted: Instant::now(),
-        }
-    }
-
-    /// Waits for the first keepalive after the grant to be confirmed. A grant that waited
-    /// in line was renewed by the server until the hand-off and then restarted at a full
-    /// TTL at a moment we do not know, so nothing may start under it before a keepalive
-    /// of our own got through.
-    pub async fn confirmed(&mut self) -> Result<(), Lost> {
-        loop {
-            let state = *self.state.borrow_and_update();
-            let since = match state {
-                Renewal::Confirmed(_) => return Ok(()),
-                Renewal::Gone => return Err(Lost::Gone),
-                Renewal::Pending => self.granted,
-            };
-            if let Some(lost) = self.next_change(since).await {
-                return Err(lost);
-            }
-        }
-    }
-
-    /// Resolves once the lease is lost (see the module docs). Cancel-safe.
-    pub async fn lost(&mut self) -> Lost {
-        loop {
-            let state = *self.state.borrow_and_update();
-            let since = match state {
-                Renewal::Gone => return Lost::Gone,
-                Renewal::Pending => self.granted,
-                Renewal::Confirmed(sent) => sent,
-            };
-            if let Some(lost) = self.next_change(since).await {
-                return lost;
-            }
-        }
-    }
-
-    /// Waits for news from the renewal loop (`None`) or for the lease confirmed at
-    /// `since` to run out of trust (`Some`).
-    async fn next_change(&mut self, since: Instant) -> Option<Lost> {
-        let deadline = since + self.trust;
-        tokio::select! {
-            changed = self.state.changed() => {
-                if changed.is_err() {
-                    // The loop only ends after reporting `Gone`; if it died some other
-                    // way, nothing renews the lease any more: wait out the trust.
-                    tokio::time::sleep_until(deadline).await;
-                    return Some(Lost::Unconfirmed(since.elapsed()));
-                }
-                None
-            }
-            () = tokio::time::sleep_until(deadline) => Some(Lost::Unconfirmed(since.elapsed())),
-        }
-    }
-}
-
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A third of the TTL: the lease is given up once no keepalive got through for two
+/// A third of the TTL: the hold counts as lost once no keepalive got through for two
 /// thirds of it, leaving the last third to stop the command before the leader could
 /// expire the lease (and lock-delay, default 1 s, after that).
-fn safety_margin(ttl: Duration) -> Duration {
+pub fn safety_margin(ttl: Duration) -> Duration {
     ttl / 3
 }
 
-/// The renewal loop: keepalive at once, then every TTL/3; after a failure, retry soon.
-/// The first failure of a run of them is reported on stderr (the rest would only repeat
-/// it; whether they cost the lease is [`LeaseKeeper`]'s call).
-async fn renew(client: Client, lease: Uuid, ttl: Duration, tx: watch::Sender<Renewal>) {
-    let every = ttl / 3;
-    let retry_after = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut next = Instant::now();
+/// Resolves once the hold behind `signal` (the library guard's, renewing `lease` with
+/// this `ttl` and [`safety_margin`]) is lost. On the way it says on stderr when a run of
+/// keepalive failures starts (the retries would only repeat it; whether they cost the
+/// hold is the guard's call).
+pub async fn lost(mut signal: LostSignal, lease: Uuid, ttl: Duration) -> Lost {
+    let trust = ttl.saturating_sub(safety_margin(ttl));
     let mut failing = false;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let sent = Instant::now();
-        // Bounded, so a hung request cannot keep the next try from being sent.
-        let failure = match tokio::time::timeout(ttl, client.keepalive(lease)).await {
-            Ok(Ok(_)) => {
-                tx.send_replace(Renewal::Confirmed(sent));
-                next = sent + every;
-                failing = false;
-                continue;
+    let reason = loop {
+        let deadline = signal.clone();
+        tokio::select! {
+            reason = deadline.lost() => break reason,
+            more = signal.changed() => {
+                if !more {
+                    break signal.lost().await;
+                }
+                let now_failing = signal.failures() > 0;
+                if now_failing && !failing {
+                    if let Some(error) = signal.last_error() {
+                        warn(format!(
+                            "keepalive of lease {lease} failed, retrying: {}",
+                            describe(&error)
+                        ));
+                    }
+                }
+                failing = now_failing;
             }
-            Ok(Err(e)) if e.is_lease_not_found() => {
-                tx.send_replace(Renewal::Gone);
-                return;
-            }
-            Ok(Err(e)) => describe(&e),
-            Err(_) => format!("no answer within {}", api_spec::format_duration(ttl)),
-        };
-        if !failing {
-            warn(format!(
-                "keepalive of lease {lease} failed, retrying: {failure}"
-            ));
-            failing = true;
         }
-        next = Instant::now() + retry_after;
+    };
+    // The hold was sure until `valid_until`: `trust` after the last keepalive that got
+    // through was sent.
+    let confirmed_at = signal.valid_until().checked_sub(trust);
+    Lost {
+        reason,
+        unconfirmed_for: confirmed_at.map_or(trust, |at| at.elapsed()),
     }
 }
 
@@ -362,20 +265,21 @@ pub enum Ending {
     Lost { status: ExitStatus },
 }
 
-/// Runs `job` until it exits or the lease is lost, passing on SIGINT, SIGTERM and SIGHUP
-/// to its group. On loss: `on_lost` is told, then the group gets SIGTERM and, after
-/// `grace`, SIGKILL.
+/// Runs `job` until it exits or `lost` (see [`lost`]) resolves, passing on SIGINT,
+/// SIGTERM and SIGHUP to its group. On loss: `on_lost` is told, then the group gets
+/// SIGTERM and, after `grace`, SIGKILL.
 pub async fn supervise(
     mut job: Job,
-    keeper: &mut LeaseKeeper,
+    lost: impl Future<Output = Lost>,
     signals: &mut Signals,
     grace: Duration,
     on_lost: impl FnOnce(Lost),
 ) -> Result<Ending, Failure> {
+    let mut lost = pin!(lost);
     loop {
         tokio::select! {
             status = job.wait() => return Ok(Ending::Exited(status?)),
-            lost = keeper.lost() => {
+            lost = &mut lost => {
                 on_lost(lost);
                 let status = job.stop(grace).await?;
                 return Ok(Ending::Lost { status });
@@ -432,33 +336,26 @@ mod tests {
         assert_eq!(group_runs_per_proc(Pid::from_raw(i32::MAX)), Some(false));
     }
 
-    #[tokio::test]
-    async fn an_unreachable_registry_loses_the_lease_after_two_thirds_of_the_ttl() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let client = Client::builder([format!("127.0.0.1:{port}")])
-            .timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let mut keeper = LeaseKeeper::start(client, Uuid::nil(), Duration::from_millis(1500));
-        let lost = keeper.confirmed().await.unwrap_err();
-        let took = started.elapsed();
-        assert!(matches!(lost, Lost::Unconfirmed(_)), "{lost:?}");
-        assert!(
-            took >= Duration::from_millis(1000) && took < Duration::from_millis(1400),
-            "{took:?}"
-        );
-    }
-
     #[test]
-    fn the_lease_is_trusted_for_two_thirds_of_its_ttl() {
+    fn the_hold_is_trusted_for_two_thirds_of_its_ttl() {
         let ttl = Duration::from_secs(3);
         assert_eq!(
             ttl.saturating_sub(safety_margin(ttl)),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn a_loss_says_why() {
+        let gone = Lost {
+            reason: LostReason::LeaseEnded,
+            unconfirmed_for: Duration::ZERO,
+        };
+        assert_eq!(gone.to_string(), "its lease ended");
+        let cut_off = Lost {
+            reason: LostReason::Unconfirmed,
+            unconfirmed_for: Duration::from_millis(1340),
+        };
+        assert_eq!(cut_off.to_string(), "no keepalive got through for 1s 340ms");
     }
 }
