@@ -1433,6 +1433,115 @@ mod tests {
         assert!(description.contains("fencing `token` that strictly increases"));
     }
 
+    /// The request schemas state the rules the server checks with (`crate::rules`).
+    #[test]
+    fn request_schemas_carry_the_rules() {
+        use crate::rules;
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let register = &schemas["RegisterRequest"]["properties"];
+        assert_eq!(register["address"]["pattern"], rules::ADDRESS_PATTERN);
+        assert_eq!(register["address"]["maxLength"], rules::MAX_ADDRESS_LEN);
+        assert_eq!(register["port"]["minimum"], 1);
+        assert_eq!(register["port"]["maximum"], 65535);
+        assert_eq!(register["weight"]["maximum"], rules::MAX_WEIGHT);
+        assert_eq!(register["tags"]["maxItems"], rules::MAX_TAGS);
+        assert_eq!(register["tags"]["items"]["pattern"], rules::TEXT_PATTERN);
+        assert_eq!(register["meta"]["maxProperties"], rules::MAX_META);
+        assert_eq!(
+            register["meta"]["propertyNames"]["pattern"],
+            rules::NAME_PATTERN
+        );
+        assert_eq!(
+            register["meta"]["additionalProperties"]["maxLength"],
+            rules::MAX_META_VALUE_LEN
+        );
+        assert_eq!(register["zone"]["pattern"], rules::NAME_PATTERN);
+        assert!(register["tags"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("?tag="));
+        assert_eq!(
+            schemas["RegisterRequest"]["not"],
+            serde_json::json!({"required": ["lease", "ttl"]})
+        );
+        for name in ["AcquireRequest", "CampaignRequest"] {
+            assert_eq!(
+                schemas[name]["oneOf"],
+                serde_json::json!([{"required": ["lease"]}, {"required": ["ttl"]}]),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            schemas["SetStatusRequest"]["properties"]["status"]["enum"],
+            serde_json::json!(["passing", "draining"])
+        );
+        let candidate = &schemas["CampaignRequest"]["properties"]["candidate"];
+        assert_eq!(candidate["minLength"], 1);
+        assert_eq!(candidate["maxLength"], MAX_CANDIDATE_LEN);
+        // Every duration field: its syntax as a pattern, its range for tools and people.
+        for (schema, field, range) in [
+            ("CreateLeaseRequest", "ttl", rules::LEASE_TTL),
+            ("RegisterRequest", "ttl", rules::LEASE_TTL),
+            (
+                "RegisterRequest",
+                "deregister_after",
+                rules::DEREGISTER_AFTER,
+            ),
+            ("AcquireRequest", "ttl", rules::LEASE_TTL),
+            ("AcquireRequest", "wait", rules::LOCK_WAIT),
+            ("AcquireRequest", "lock_delay", rules::LOCK_DELAY),
+            ("CampaignRequest", "ttl", rules::LEASE_TTL),
+            ("CampaignRequest", "wait", rules::LOCK_WAIT),
+        ] {
+            let field = &schemas[schema]["properties"][field];
+            assert_eq!(
+                field["pattern"],
+                rules::DURATION_PATTERN,
+                "{schema}.{field}"
+            );
+            assert_eq!(field["x-duration-min-ms"], range.min.as_millis() as u64);
+            let max = range.max.unwrap();
+            assert_eq!(field["x-duration-max-ms"], max.as_millis() as u64);
+            let description = field["description"].as_str().unwrap();
+            assert!(
+                description.contains(&format!("`\"{}\"`", crate::format_duration(max))),
+                "{schema}.{field}: {description}"
+            );
+        }
+        // Path and query parameters the server checks.
+        let parameter = |path: &str, method: &str, name: &str| {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path}: no {name}"))
+                .clone()
+        };
+        let instance = "/v1/services/{service}/instances/{id}";
+        assert_eq!(
+            parameter(instance, "put", "service")["schema"]["pattern"],
+            rules::NAME_PATTERN
+        );
+        let id = parameter(instance, "put", "id");
+        assert_eq!(id["schema"]["pattern"], rules::INSTANCE_ID_PATTERN);
+        assert_eq!(id["required"], true);
+        assert!(!id["description"].as_str().unwrap().is_empty());
+        assert_eq!(
+            parameter("/v1/locks/{name}", "get", "name")["schema"]["maxLength"],
+            rules::MAX_NAME_LEN
+        );
+        assert_eq!(
+            parameter("/v1/locks", "get", "wait")["schema"]["pattern"],
+            rules::DURATION_PATTERN
+        );
+        assert_eq!(
+            parameter("/v1/leases/{id}", "get", "id")["schema"]["format"],
+            "uuid"
+        );
+    }
+
     #[test]
     fn request_enums_match_their_serde_names() {
         let doc = document();
