@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod openapi;
+pub mod rules;
 
 /// Response header carrying the Raft log index a response reflects.
 pub const INDEX_HEADER: &str = "X-Registry-Index";
@@ -27,12 +28,12 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// unit mistake, and a lease that long is no longer a liveness signal.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Parses a duration string such as `"15s"`, `"500ms"`, `"1m30s"`.
+/// Parses a duration string such as `"15s"`, `"500ms"`, `"1m30s"`, `"1m 30s"`: exactly
+/// the strings [`rules::DURATION_PATTERN`] matches (humantime reads the value).
 ///
 /// A bare number is rejected: `"15"` could mean seconds or milliseconds, and guessing
 /// wrong by a factor of a thousand is the kind of mistake a registry must not make quietly.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let text = text.trim();
     if text.is_empty() {
         return Err(DurationError::Empty);
     }
@@ -42,6 +43,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(DurationError::MissingUnit(text.to_owned()));
     }
+    if !rules::is_duration_syntax(text) {
+        return Err(DurationError::Invalid {
+            text: text.to_owned(),
+            reason: "write whole numbers each followed by a unit (ms, s, m, h, d...), \
+                     at most one space between them"
+                .to_owned(),
+        });
+    }
+    // Only a number too large to represent is refused here.
     humantime::parse_duration(text).map_err(|e| DurationError::Invalid {
         text: text.to_owned(),
         reason: e.to_string(),
@@ -213,21 +223,24 @@ pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(10 * 60);
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Host name or IP address callers connect to.
+    /// Host name or IP address callers connect to: a DNS name (a dotted IPv4 address is
+    /// one) or an IPv6 address in hex form, at most 253 characters.
     pub address: String,
     /// Port callers connect to, 1 to 65535.
-    #[schema(minimum = 1)]
     pub port: u16,
-    /// Free-form labels callers filter on (`?tag=`).
+    /// Free-form labels callers filter on (`?tag=`): at most 64, each 1 to 128
+    /// characters without control characters.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// String key/value pairs callers filter on (`?meta.KEY=VALUE`).
+    /// String key/value pairs callers filter on (`?meta.KEY=VALUE`): at most 64; keys are
+    /// names (letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most 128),
+    /// values up to 512 characters without control characters.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
-    /// Availability zone, for zone-aware callers (`?zone=`).
+    /// Availability zone, for zone-aware callers (`?zone=`); a name, like meta keys.
     #[serde(default)]
     pub zone: Option<String>,
-    /// Region, for region-aware callers (`?region=`).
+    /// Region, for region-aware callers (`?region=`); a name, like meta keys.
     #[serde(default)]
     pub region: Option<String>,
     /// Relative share of traffic for weighted balancing: 0 (no traffic) to 1000, default 1.
@@ -448,10 +461,10 @@ pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// Longest `wait` an acquire or campaign may ask for.
 pub const MAX_LOCK_WAIT: Duration = MAX_BLOCKING_WAIT;
 
-/// Longest `holder` text on an acquire, in bytes.
+/// Longest `holder` text on an acquire, in characters.
 pub const MAX_HOLDER_LEN: usize = 256;
 
-/// Longest election `candidate` value, in bytes.
+/// Longest election `candidate` value, in characters.
 pub const MAX_CANDIDATE_LEN: usize = 4096;
 
 /// `POST /v1/locks/{name}/acquire`.
@@ -470,7 +483,8 @@ pub struct AcquireRequest {
     /// once). While the request waits, the server keeps its lease alive.
     #[serde(default)]
     pub wait: Option<String>,
-    /// Free text shown to others as the holder (e.g. host and pid), up to 256 bytes.
+    /// Free text shown to others as the holder (e.g. host and pid), up to 256 characters, no control
+    /// characters.
     #[serde(default)]
     pub holder: Option<String>,
     /// How long the lock stays ungranted if this holder's lease *expires* (default
@@ -572,7 +586,7 @@ pub struct LockList {
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
     /// The value this candidate announces when it leads (e.g. its address), 1 to 4096
-    /// bytes.
+    /// characters.
     pub candidate: String,
     /// Campaign under this existing lease. Give this or `ttl`.
     #[serde(default)]
@@ -592,6 +606,7 @@ pub struct CampaignRequest {
 #[serde(deny_unknown_fields)]
 pub struct ProclaimRequest {
     pub token: u64,
+    /// The new value, 1 to 4096 characters.
     pub candidate: String,
 }
 
@@ -647,7 +662,8 @@ mod tests {
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7days"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]
@@ -665,6 +681,12 @@ mod tests {
             parse_duration("soon"),
             Err(DurationError::Invalid { .. })
         ));
+        for text in [" 2m ", "1.5s", "15 s", "1m  30s", "99999999999999999999h"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::Invalid { .. })),
+                "{text:?}"
+            );
+        }
         assert!(parse_duration("15")
             .unwrap_err()
             .to_string()

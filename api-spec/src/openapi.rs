@@ -12,15 +12,28 @@
 //! - every response carries the [`INDEX_HEADER`] header;
 //! - every `503` error answer carries `Retry-After`.
 //!
+//! What a request may hold comes from [`crate::rules`], the rules the server checks
+//! with: [`RequestRules`] narrows each request field the types derive to its rule
+//! (pattern, lengths, bounds, enum, item and pair counts, which of `lease`/`ttl` may be
+//! given), and each path and query parameter the server checks to its rule. A duration's
+//! range, which no pattern can say, is in its description and, for tools, in
+//! `x-duration-min-ms`/`x-duration-max-ms`.
+//!
 //! The server serves [`openapi_json`] at `GET /v1/openapi.json`, and a test there checks
 //! that the routes documented here are exactly the routes it serves.
 
 use serde::Deserialize;
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, Parameter, ParameterIn};
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, Object, ObjectBuilder, Schema, SchemaFormat,
+    SchemaType, Type,
+};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
+use crate::rules::{self, DurationRange, StringRule};
 use crate::INDEX_HEADER;
 
 /// The document, built from the annotations in this module.
@@ -93,7 +106,7 @@ highest it has seen.";
     // Schemas reached from request and response bodies are collected on their own; the
     // enums used only by query parameters are not, so they are listed here.
     components(schemas(ReadConsistency, StatusFilter)),
-    modifiers(&CommonHeaders),
+    modifiers(&CommonHeaders, &RequestRules),
     tags(
         (name = "services", description = "Register instances and discover them."),
         (name = "leases", description = "Time-limited liveness tokens that instances, locks and elections hang on."),
@@ -175,24 +188,288 @@ fn is_error_body(response: &Response) -> bool {
         })
 }
 
+/// A string schema for `rule`; `nullable` where the field may also be `null` (the same as
+/// leaving it out).
+fn string_schema(rule: StringRule, nullable: bool, description: Option<String>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(types(Type::String, nullable))
+        .pattern(rule.pattern)
+        .min_length((rule.min_length > 0).then_some(rule.min_length))
+        .max_length(rule.max_length)
+        .description(description)
+        .build()
+}
+
+fn types(ty: Type, nullable: bool) -> SchemaType {
+    if nullable {
+        SchemaType::from_iter([ty, Type::Null])
+    } else {
+        SchemaType::new(ty)
+    }
+}
+
+/// A duration string within `range`: the pattern gives its syntax; the range, which a
+/// pattern cannot say, is written into the description and the `x-duration-*-ms`
+/// extensions.
+fn duration_schema(range: DurationRange, nullable: bool, description: Option<String>) -> Object {
+    let human = crate::format_duration;
+    let bounds = match range.max {
+        Some(max) => format!(
+            "between `\"{}\"` and `\"{}\"`",
+            human(range.min),
+            human(max)
+        ),
+        None => format!("at least `\"{}\"`, with no upper limit", human(range.min)),
+    };
+    let prose = format!(
+        "A duration: whole numbers each with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`, `d` and \
+         their longer names), at most one space between them, e.g. `\"15s\"`, `\"1m 30s\"`; \
+         {bounds} (a range the pattern cannot express; also in `x-duration-min-ms` and \
+         `x-duration-max-ms`). A number too large to represent is refused."
+    );
+    let description = match description {
+        Some(d) => format!("{d}\n\n{prose}"),
+        None => prose,
+    };
+    let mut schema = string_schema(rules::DURATION, nullable, Some(description));
+    let mut extensions = Extensions::default();
+    extensions.insert("x-duration-min-ms".into(), millis(range.min).into());
+    if let Some(max) = range.max {
+        extensions.insert("x-duration-max-ms".into(), millis(max).into());
+    }
+    schema.extensions = Some(extensions);
+    schema
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn integer_schema(min: u64, max: u64, nullable: bool, description: Option<String>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(types(Type::Integer, nullable))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(description)
+        .build()
+}
+
+fn uuid_schema(description: Option<String>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+        .description(description)
+        .build()
+}
+
+/// How one request field is narrowed to its rule; gets the field's own description.
+type Narrow = fn(Option<String>) -> Schema;
+
+/// Every request field with a rule beyond its type: (schema, field, its schema).
+fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
+    vec![
+        ("CreateLeaseRequest", "ttl", |d| {
+            duration_schema(rules::LEASE_TTL, false, d).into()
+        }),
+        ("RegisterRequest", "address", |d| {
+            string_schema(rules::ADDRESS, false, d).into()
+        }),
+        ("RegisterRequest", "port", |d| {
+            integer_schema(rules::MIN_PORT.into(), u16::MAX.into(), false, d).into()
+        }),
+        ("RegisterRequest", "tags", |d| {
+            ArrayBuilder::new()
+                .items(string_schema(rules::TAG, false, None))
+                .max_items(Some(rules::MAX_TAGS))
+                .description(d)
+                .build()
+                .into()
+        }),
+        ("RegisterRequest", "meta", |d| {
+            let mut meta = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+                    string_schema(rules::META_VALUE, false, None).into(),
+                ))))
+                .property_names(Some(string_schema(rules::NAME, false, None)))
+                .max_properties(Some(rules::MAX_META))
+                .description(d)
+                .build();
+            meta.properties.clear();
+            meta.into()
+        }),
+        ("RegisterRequest", "zone", |d| {
+            string_schema(rules::NAME, true, d).into()
+        }),
+        ("RegisterRequest", "region", |d| {
+            string_schema(rules::NAME, true, d).into()
+        }),
+        ("RegisterRequest", "weight", |d| {
+            integer_schema(0, rules::MAX_WEIGHT.into(), true, d).into()
+        }),
+        ("RegisterRequest", "ttl", |d| {
+            duration_schema(rules::LEASE_TTL, false, d).into()
+        }),
+        ("RegisterRequest", "deregister_after", |d| {
+            duration_schema(rules::DEREGISTER_AFTER, true, d).into()
+        }),
+        ("RegisterRequest", "lease", |d| uuid_schema(d).into()),
+        ("SetStatusRequest", "status", |d| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(rules::SETTABLE_STATUSES.map(status_name)))
+                .description(d)
+                .build()
+                .into()
+        }),
+        ("AcquireRequest", "lease", |d| uuid_schema(d).into()),
+        ("AcquireRequest", "ttl", |d| {
+            duration_schema(rules::LEASE_TTL, false, d).into()
+        }),
+        ("AcquireRequest", "wait", |d| {
+            duration_schema(rules::LOCK_WAIT, true, d).into()
+        }),
+        ("AcquireRequest", "holder", |d| {
+            string_schema(rules::HOLDER, true, d).into()
+        }),
+        ("AcquireRequest", "lock_delay", |d| {
+            duration_schema(rules::LOCK_DELAY, true, d).into()
+        }),
+        ("CampaignRequest", "candidate", |d| {
+            string_schema(rules::CANDIDATE, false, d).into()
+        }),
+        ("CampaignRequest", "lease", |d| uuid_schema(d).into()),
+        ("CampaignRequest", "ttl", |d| {
+            duration_schema(rules::LEASE_TTL, false, d).into()
+        }),
+        ("CampaignRequest", "wait", |d| {
+            duration_schema(rules::LOCK_WAIT, true, d).into()
+        }),
+        ("ProclaimRequest", "candidate", |d| {
+            string_schema(rules::CANDIDATE, false, d).into()
+        }),
+        ("AddMemberRequest", "id", |d| {
+            integer_schema(rules::MIN_NODE_ID, u64::MAX, false, d).into()
+        }),
+        ("AddMemberRequest", "addr", |d| {
+            string_schema(rules::MEMBER_ADDR, false, d).into()
+        }),
+    ]
+}
+
+fn status_name(status: crate::InstanceStatus) -> &'static str {
+    match status {
+        crate::InstanceStatus::Passing => "passing",
+        crate::InstanceStatus::Draining => "draining",
+        crate::InstanceStatus::Critical => "critical",
+    }
+}
+
+/// Requests that bind to a lease: `(schema, exactly one of lease/ttl required)`.
+const LEASE_OR_TTL: [(&str, bool); 3] = [
+    ("RegisterRequest", false),
+    ("AcquireRequest", true),
+    ("CampaignRequest", true),
+];
+
+/// Narrows the request schemas derived from the types to what [`crate::rules`] accepts
+/// (see the module docs).
+#[derive(Debug)]
+struct RequestRules;
+
+impl Modify for RequestRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if let Some(schema) = parameter_rule(path, parameter) {
+                        parameter.schema = Some(RefOr::T(schema.into()));
+                    }
+                }
+            }
+        }
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let schemas = &mut components.schemas;
+        for (schema, field, narrow) in request_field_rules() {
+            let property = object(schemas, schema)
+                .properties
+                .get_mut(field)
+                .unwrap_or_else(|| panic!("{schema} has no field {field}"));
+            *property = RefOr::T(narrow(description(property)));
+        }
+        for (schema, one_required) in LEASE_OR_TTL {
+            // utoipa's `Object` has no field for these JSON Schema keywords; extensions
+            // are written into the object as they are, which is where they belong.
+            let (keyword, value) = if one_required {
+                (
+                    "oneOf",
+                    serde_json::json!([{"required": ["lease"]}, {"required": ["ttl"]}]),
+                )
+            } else {
+                ("not", serde_json::json!({"required": ["lease", "ttl"]}))
+            };
+            object(schemas, schema)
+                .extensions
+                .get_or_insert_with(Extensions::default)
+                .insert(keyword.into(), value);
+        }
+    }
+}
+
+/// The object schema `name` of the document's components.
+fn object<'a>(
+    schemas: &'a mut std::collections::BTreeMap<String, RefOr<Schema>>,
+    name: &str,
+) -> &'a mut Object {
+    match schemas.get_mut(name) {
+        Some(RefOr::T(Schema::Object(object))) => object,
+        // A test builds the document, so a renamed type fails it, not a request.
+        _ => panic!("the OpenAPI document has no object schema {name}"),
+    }
+}
+
+/// A property's own description, kept when its schema is replaced.
+fn description(schema: &RefOr<Schema>) -> Option<String> {
+    match schema {
+        RefOr::T(Schema::Object(o)) => o.description.clone(),
+        RefOr::T(Schema::Array(a)) => a.description.clone(),
+        RefOr::T(Schema::OneOf(o)) => o.description.clone(),
+        RefOr::T(Schema::AllOf(o)) => o.description.clone(),
+        RefOr::T(Schema::AnyOf(o)) => o.description.clone(),
+        _ => None,
+    }
+}
+
+/// The rule of a path or query parameter the server checks beyond its type, if any.
+fn parameter_rule(path: &str, parameter: &Parameter) -> Option<Object> {
+    let rule = match (&parameter.parameter_in, parameter.name.as_str()) {
+        (ParameterIn::Path, "service" | "name") => rules::NAME,
+        (ParameterIn::Path, "id") if path.starts_with("/v1/services/") => rules::INSTANCE_ID,
+        (ParameterIn::Query, "wait") => {
+            return Some(duration_schema(rules::BLOCKING_WAIT, false, None))
+        }
+        _ => return None,
+    };
+    Some(string_schema(rule, false, None))
+}
+
 /// The path of an instance: `/v1/services/{service}/instances/{id}...`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct InstancePath {
     /// The service name: letters, digits, `.`, `_`, `-`, starting with a letter or digit.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
     pub service: String,
     /// The instance id, unique within its service: letters, digits, `.`, `_`, `-`, `:`,
     /// `@` (so `host:port` works), starting with a letter or digit.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
-    )]
     pub id: String,
 }
 
@@ -201,11 +478,6 @@ pub struct InstancePath {
 #[into_params(parameter_in = Path)]
 pub struct ServicePath {
     /// The service name: letters, digits, `.`, `_`, `-`, starting with a letter or digit.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
     pub service: String,
 }
 
@@ -215,11 +487,6 @@ pub struct ServicePath {
 pub struct LockPath {
     /// The lock name: letters, digits, `.`, `_`, `-`, starting with a letter or digit
     /// (the rule of service names). Locks and elections have separate name spaces.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
 }
 
@@ -229,11 +496,6 @@ pub struct LockPath {
 pub struct ElectionPath {
     /// The election name: letters, digits, `.`, `_`, `-`, starting with a letter or digit
     /// (the rule of service names). Elections and locks have separate name spaces.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
 }
 
@@ -544,7 +806,7 @@ mod routes {
         request_body = AcquireRequest,
         responses(
             (status = 200, description = "The caller holds the lock, with its fencing token.", body = LockGrant),
-            (status = 400, description = "`invalid_json`: the body is not an `AcquireRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `holder` is longer than 256 bytes or contains control characters; `invalid_duration`: `ttl`, `wait` or `lock_delay` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m, `lock_delay` at most 1m).", body = ErrorBody),
+            (status = 400, description = "`invalid_json`: the body is not an `AcquireRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `holder` is longer than 256 characters or contains control characters; `invalid_duration`: `ttl`, `wait` or `lock_delay` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m, `lock_delay` at most 1m).", body = ErrorBody),
             (status = 404, description = "`lease_not_found`: `lease` names no live lease, or the request's lease ended while it waited in line.", body = ErrorBody),
             (status = 409, description = "`lock_held`: the lock is held, has waiters or is in its lock-delay, and `wait` was 0 or ran out. The body's `lock` shows the lock as it is (holder, waiters, `delay_until_ms`).", body = ErrorBody),
             (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
@@ -637,7 +899,7 @@ mod routes {
         request_body = CampaignRequest,
         responses(
             (status = 200, description = "This candidate leads, with the term's fencing token.", body = CampaignResponse),
-            (status = 400, description = "`invalid_json`: the body is not a `CampaignRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `candidate` is empty or longer than 4096 bytes; `invalid_duration`: `ttl` or `wait` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m).", body = ErrorBody),
+            (status = 400, description = "`invalid_json`: the body is not a `CampaignRequest`; `invalid_argument`: the name is not valid, both or neither of `lease` and `ttl` were given, or `candidate` is empty or longer than 4096 characters; `invalid_duration`: `ttl` or `wait` cannot be read or is out of range (`ttl` 1s..24h, `wait` at most 10m).", body = ErrorBody),
             (status = 404, description = "`lease_not_found`: `lease` names no live lease, or the candidacy's lease ended while it waited in line.", body = ErrorBody),
             (status = 409, description = "`election_held`: another candidate leads, and `wait` was 0 or ran out. The body's `election` shows the election as it is (leader, candidates).", body = ErrorBody),
             (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
@@ -660,7 +922,7 @@ mod routes {
         request_body = ProclaimRequest,
         responses(
             (status = 200, description = "The leader with its new value.", body = ElectionLeader),
-            (status = 400, description = "`invalid_json`: the body is not a `ProclaimRequest`; `invalid_argument`: the name is not valid, or `candidate` is empty or longer than 4096 bytes.", body = ErrorBody),
+            (status = 400, description = "`invalid_json`: the body is not a `ProclaimRequest`; `invalid_argument`: the name is not valid, or `candidate` is empty or longer than 4096 characters.", body = ErrorBody),
             (status = 409, description = "`token_mismatch`: `token` is not the current leader's (it resigned, its lease ended, or leadership passed on); nothing changed. The body's `election` shows the election as it is.", body = ErrorBody),
             (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
             (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
@@ -1150,7 +1412,7 @@ mod tests {
                 human(DEFAULT_LOCK_DELAY),
                 human(MAX_LOCK_DELAY)
             ),
-            format!("`holder` is longer than {MAX_HOLDER_LEN} bytes"),
+            format!("`holder` is longer than {MAX_HOLDER_LEN} characters"),
         ] {
             assert!(acquire.contains(&needle), "acquire lacks {needle:?}");
         }
@@ -1159,14 +1421,125 @@ mod tests {
             ttl_range,
             wait,
             format!("at most `\"{}\"`", human(MAX_LOCK_WAIT)),
-            format!("`candidate` is empty or longer than {MAX_CANDIDATE_LEN} bytes"),
+            format!("`candidate` is empty or longer than {MAX_CANDIDATE_LEN} characters"),
         ] {
             assert!(campaign.contains(&needle), "campaign lacks {needle:?}");
         }
         let proclaim = text("/v1/elections/{name}/proclaim");
-        assert!(proclaim.contains(&format!("empty or longer than {MAX_CANDIDATE_LEN} bytes")));
+        assert!(proclaim.contains(&format!(
+            "empty or longer than {MAX_CANDIDATE_LEN} characters"
+        )));
         let description = doc["info"]["description"].as_str().unwrap();
         assert!(description.contains("fencing `token` that strictly increases"));
+    }
+
+    /// The request schemas state the rules the server checks with (`crate::rules`).
+    #[test]
+    fn request_schemas_carry_the_rules() {
+        use crate::rules;
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let register = &schemas["RegisterRequest"]["properties"];
+        assert_eq!(register["address"]["pattern"], rules::ADDRESS_PATTERN);
+        assert_eq!(register["address"]["maxLength"], rules::MAX_ADDRESS_LEN);
+        assert_eq!(register["port"]["minimum"], 1);
+        assert_eq!(register["port"]["maximum"], 65535);
+        assert_eq!(register["weight"]["maximum"], rules::MAX_WEIGHT);
+        assert_eq!(register["tags"]["maxItems"], rules::MAX_TAGS);
+        assert_eq!(register["tags"]["items"]["pattern"], rules::TEXT_PATTERN);
+        assert_eq!(register["meta"]["maxProperties"], rules::MAX_META);
+        assert_eq!(
+            register["meta"]["propertyNames"]["pattern"],
+            rules::NAME_PATTERN
+        );
+        assert_eq!(
+            register["meta"]["additionalProperties"]["maxLength"],
+            rules::MAX_META_VALUE_LEN
+        );
+        assert_eq!(register["zone"]["pattern"], rules::NAME_PATTERN);
+        assert!(register["tags"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("?tag="));
+        assert_eq!(
+            schemas["RegisterRequest"]["not"],
+            serde_json::json!({"required": ["lease", "ttl"]})
+        );
+        for name in ["AcquireRequest", "CampaignRequest"] {
+            assert_eq!(
+                schemas[name]["oneOf"],
+                serde_json::json!([{"required": ["lease"]}, {"required": ["ttl"]}]),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            schemas["SetStatusRequest"]["properties"]["status"]["enum"],
+            serde_json::json!(["passing", "draining"])
+        );
+        let candidate = &schemas["CampaignRequest"]["properties"]["candidate"];
+        assert_eq!(candidate["minLength"], 1);
+        assert_eq!(candidate["maxLength"], MAX_CANDIDATE_LEN);
+        // Every duration field: its syntax as a pattern, its range for tools and people.
+        for (schema, field, range) in [
+            ("CreateLeaseRequest", "ttl", rules::LEASE_TTL),
+            ("RegisterRequest", "ttl", rules::LEASE_TTL),
+            (
+                "RegisterRequest",
+                "deregister_after",
+                rules::DEREGISTER_AFTER,
+            ),
+            ("AcquireRequest", "ttl", rules::LEASE_TTL),
+            ("AcquireRequest", "wait", rules::LOCK_WAIT),
+            ("AcquireRequest", "lock_delay", rules::LOCK_DELAY),
+            ("CampaignRequest", "ttl", rules::LEASE_TTL),
+            ("CampaignRequest", "wait", rules::LOCK_WAIT),
+        ] {
+            let field = &schemas[schema]["properties"][field];
+            assert_eq!(
+                field["pattern"],
+                rules::DURATION_PATTERN,
+                "{schema}.{field}"
+            );
+            assert_eq!(field["x-duration-min-ms"], range.min.as_millis() as u64);
+            let max = range.max.unwrap();
+            assert_eq!(field["x-duration-max-ms"], max.as_millis() as u64);
+            let description = field["description"].as_str().unwrap();
+            assert!(
+                description.contains(&format!("`\"{}\"`", crate::format_duration(max))),
+                "{schema}.{field}: {description}"
+            );
+        }
+        // Path and query parameters the server checks.
+        let parameter = |path: &str, method: &str, name: &str| {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path}: no {name}"))
+                .clone()
+        };
+        let instance = "/v1/services/{service}/instances/{id}";
+        assert_eq!(
+            parameter(instance, "put", "service")["schema"]["pattern"],
+            rules::NAME_PATTERN
+        );
+        let id = parameter(instance, "put", "id");
+        assert_eq!(id["schema"]["pattern"], rules::INSTANCE_ID_PATTERN);
+        assert_eq!(id["required"], true);
+        assert!(!id["description"].as_str().unwrap().is_empty());
+        assert_eq!(
+            parameter("/v1/locks/{name}", "get", "name")["schema"]["maxLength"],
+            rules::MAX_NAME_LEN
+        );
+        assert_eq!(
+            parameter("/v1/locks", "get", "wait")["schema"]["pattern"],
+            rules::DURATION_PATTERN
+        );
+        assert_eq!(
+            parameter("/v1/leases/{id}", "get", "id")["schema"]["format"],
+            "uuid"
+        );
     }
 
     #[test]
