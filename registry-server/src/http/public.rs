@@ -86,11 +86,8 @@ pub async fn add_member(
     State(app): State<App>,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Response, ApiError> {
-    crate::config::check_addr(&req.addr)
-        .map_err(|e| ApiError::invalid_argument(format!("addr: {e}")))?;
-    if req.id == 0 {
-        return Err(ApiError::invalid_argument("id: node ids start at 1"));
-    }
+    api_spec::rules::member_addr(&req.addr)?;
+    api_spec::rules::member_id(req.id)?;
     let index = app.add_member(req.id, req.addr, req.learner).await?;
     Ok(membership_response(&app, index))
 }

@@ -95,9 +95,11 @@ impl ReadQuery {
                 })?)
             }
             "wait" => {
-                let wait = api_spec::parse_duration(value)
-                    .map_err(|e| ApiError::invalid_duration(format!("wait: {e}")))?;
-                self.wait = Some(wait)
+                self.wait = Some(api_spec::rules::duration(
+                    "wait",
+                    value,
+                    api_spec::rules::BLOCKING_WAIT,
+                )?)
             }
             _ => return Ok(false),
         }

@@ -75,14 +75,7 @@ pub async fn set_status(
     Json(req): Json<SetStatusRequest>,
 ) -> Result<Response, ApiError> {
     let key = instance_key(service, id)?;
-    let draining =
-        match req.status {
-            InstanceStatus::Passing => false,
-            InstanceStatus::Draining => true,
-            InstanceStatus::Critical => return Err(ApiError::invalid_argument(
-                "status may be set to `passing` or `draining`; `critical` follows from the lease",
-            )),
-        };
+    let draining = api_spec::rules::settable_status(req.status)?;
     let (index, record, lease) =
         app.set_status(key.clone(), draining)
             .await
