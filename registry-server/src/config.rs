@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::types::NodeId;
+use crate::raft::types::NodeId;
 
 /// Default client and peer address of a server started with no flags.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -110,7 +110,7 @@ pub struct Config {
     /// The largest node-to-node message in bytes, sent or accepted. Replication sends
     /// fewer entries per message to stay under it; one log entry holds at most a quarter
     /// of it. Give every server of a cluster the same value.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
+    #[arg(long, value_name = "BYTES", default_value_t = crate::raft::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub raft_max_message_bytes: u64,
 }
 
@@ -281,8 +281,8 @@ impl Config {
     }
 
     /// The storm protection settings these flags describe.
-    pub fn storm(&self) -> crate::storm::StormConfig {
-        crate::storm::StormConfig {
+    pub fn storm(&self) -> crate::leader::storm::StormConfig {
+        crate::leader::storm::StormConfig {
             enabled: !self.no_expiry_storm_protection,
             threshold: self.expiry_storm_threshold,
             window: self.expiry_storm_window,

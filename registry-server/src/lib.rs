@@ -1,20 +1,24 @@
 //! The registry server as a library: the binary in `main.rs` is a thin wrapper, and tests
 //! can build the router or run a whole server in-process.
 //!
-//! See `ARCHITECTURE.md` at the repository root for the map of these modules.
+//! The folders are the layers, from the inside out (`ARCHITECTURE.md` at the repository
+//! root has the map):
+//! - `replicated/` — the pure replicated state (catalog + the `locks` core): no IO, no
+//!   clock, no async;
+//! - `raft/` — Raft plumbing: type config, log and state machine storage, group commit,
+//!   read barriers, node-to-node network;
+//! - `leader/` — what only the leader runs: lease deadlines, expiry storm protection;
+//! - `app/` — the application: what each request does and where it runs;
+//! - `http/` — the HTTP edge: routes, handlers, wire views, errors;
+//! - `config`, `server` — flags and start-up; `validate` — client input checks;
+//!   `watch` — where blocking queries and parked requests wait.
 
 pub mod app;
-pub mod catalog;
 pub mod config;
 pub mod http;
-pub mod lease_clock;
-pub mod network;
-pub mod proposer;
-pub mod read_barrier;
+pub mod leader;
+pub mod raft;
+pub mod replicated;
 pub mod server;
-pub mod state;
-pub mod store;
-pub mod storm;
-pub mod types;
 pub mod validate;
 pub mod watch;

@@ -16,11 +16,11 @@ use tokio::sync::watch;
 
 use crate::app::{App, AppConfig};
 use crate::config::{Bootstrap, Config};
-use crate::lease_clock::LeaseClock;
-use crate::network::{Network, PeerClient};
-use crate::store::log::{open_db, LogStore};
-use crate::store::state_machine::StateMachineStore;
-use crate::types::{Node, Raft};
+use crate::leader::lease_clock::LeaseClock;
+use crate::raft::network::{Network, PeerClient};
+use crate::raft::store::log::{open_db, LogStore};
+use crate::raft::store::state_machine::StateMachineStore;
+use crate::raft::types::{Node, Raft};
 use crate::watch::Watches;
 
 /// How long in-flight requests may run after a shutdown signal before being cut off.
@@ -78,7 +78,7 @@ pub async fn run(
 
     let app_config = AppConfig {
         leader_wait: config.election_timeout * 3,
-        proposer: crate::proposer::ProposerConfig {
+        proposer: crate::raft::proposer::ProposerConfig {
             timeout: config.propose_timeout,
             max_entry_bytes: config.raft_max_message_bytes / 4,
         },

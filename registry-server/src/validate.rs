@@ -13,8 +13,8 @@ use api_spec::{
 use locks::LeaseId;
 
 use crate::app::AcquireSpec;
-use crate::catalog::InstanceSpec;
-use crate::state::Binding;
+use crate::replicated::catalog::InstanceSpec;
+use crate::replicated::state::Binding;
 
 pub use api_spec::rules::{
     address, candidate, instance_id, lock_name, service_name, Invalid, MAX_META,

@@ -4,8 +4,8 @@ use api_spec::InstanceStatus;
 use locks::Lease;
 
 use super::{App, AppError, Block, Consistency};
-use crate::catalog::{Filter, InstanceKey, InstanceRecord, InstanceSpec};
-use crate::state::{Binding, Command, Outcome};
+use crate::replicated::catalog::{Filter, InstanceKey, InstanceRecord, InstanceSpec};
+use crate::replicated::state::{Binding, Command, Outcome};
 
 /// One service's counts, for `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use openraft::{ChangeMembers, ServerState};
 
 use super::routing::Forward;
 use super::{App, AppError};
-use crate::types::{Node, NodeId};
+use crate::raft::types::{Node, NodeId};
 
 /// How long adding a server waits for it to catch up before answering.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -18,7 +18,7 @@ use locks::{Binding, Hold, Key, Kind, Lease, LockState, Ticket};
 use tokio::time::Instant;
 
 use super::{App, AppError, Block, Consistency};
-use crate::state::{Command, Outcome};
+use crate::replicated::state::{Command, Outcome};
 
 /// First and longest pause between tries of an abandoned request's `Withdraw`.
 const WITHDRAW_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));

@@ -5,8 +5,8 @@
 use locks::LeaseId;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::CatalogError;
-use crate::types::NodeId;
+use crate::raft::types::NodeId;
+use crate::replicated::catalog::CatalogError;
 
 /// Errors the application reports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -13,9 +13,9 @@ use locks::{Lease, LeaseId};
 
 use super::routing::KeepaliveTarget;
 use super::{App, AppError, Consistency};
-use crate::catalog::InstanceKey;
-use crate::lease_clock::KeepaliveError;
-use crate::state::{Command, Outcome};
+use crate::leader::lease_clock::KeepaliveError;
+use crate::replicated::catalog::InstanceKey;
+use crate::replicated::state::{Command, Outcome};
 
 impl App {
     /// Grants a new lease.

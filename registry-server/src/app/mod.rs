@@ -34,14 +34,14 @@ pub use self::error::AppError;
 pub use self::reads::{Block, Consistency};
 pub use self::routing::{Forward, ForwardAnswer, Forwarded, KeepaliveTarget};
 
-use crate::lease_clock::LeaseClock;
-use crate::network::PeerClient;
-use crate::proposer::{Proposer, ProposerConfig};
-use crate::read_barrier::ReadBarrier;
-use crate::state::Outcome;
-use crate::store::state_machine::SharedState;
-use crate::storm::{StormConfig, StormGuard};
-use crate::types::{NodeId, Raft};
+use crate::leader::lease_clock::LeaseClock;
+use crate::leader::storm::{StormConfig, StormGuard};
+use crate::raft::network::PeerClient;
+use crate::raft::proposer::{Proposer, ProposerConfig};
+use crate::raft::read_barrier::ReadBarrier;
+use crate::raft::store::state_machine::SharedState;
+use crate::raft::types::{NodeId, Raft};
+use crate::replicated::state::Outcome;
 use crate::watch::Watches;
 
 /// Settings the application takes from the command line.

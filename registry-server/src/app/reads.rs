@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::App;
-use crate::state::AppState;
+use crate::replicated::state::AppState;
 
 /// A blocking query's condition: answer once the index moves past `index`, or after
 /// `wait` (already capped and jittered by the caller). `index` 0 answers at once, as in

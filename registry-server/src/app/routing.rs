@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{App, AppError};
-use crate::catalog::InstanceKey;
-use crate::network::{paths, PeerError};
-use crate::state::{Command, Outcome};
-use crate::types::{LeaderError, NodeId};
+use crate::raft::network::{paths, PeerError};
+use crate::raft::types::{LeaderError, NodeId};
+use crate::replicated::catalog::InstanceKey;
+use crate::replicated::state::{Command, Outcome};
 
 /// How long a forwarded call may take, unless the operation says otherwise.
 pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);

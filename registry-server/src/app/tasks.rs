@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::App;
-use crate::proposer::wall_clock_ms;
-use crate::state::{Command, Outcome};
-use crate::storm::StormGuard;
+use crate::leader::storm::StormGuard;
+use crate::raft::proposer::wall_clock_ms;
+use crate::replicated::state::{Command, Outcome};
 
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
 const EXPIRY_BATCH: usize = 10_000;

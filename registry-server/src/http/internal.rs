@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::{App, Forward};
-use crate::network::{BINCODE, SECRET_HEADER};
-use crate::types::{NodeId, TypeConfig};
+use crate::raft::network::{BINCODE, SECRET_HEADER};
+use crate::raft::types::{NodeId, TypeConfig};
 
 /// Refuses internal requests that do not carry the configured cluster secret.
 pub async fn check_secret(

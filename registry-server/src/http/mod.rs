@@ -20,7 +20,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::app::App;
-use crate::network::paths;
+use crate::raft::network::paths;
 
 /// Largest public request body. Registrations and lock requests are small; anything this
 /// big is a mistake or an attack.

@@ -14,7 +14,7 @@ use super::error::{ApiError, Json};
 use super::query::{self, Blocking};
 use super::views::{self, indexed};
 use crate::app::{App, AppError};
-use crate::catalog::{Filter, InstanceKey};
+use crate::replicated::catalog::{Filter, InstanceKey};
 use crate::validate;
 
 fn instance_key(service: String, id: String) -> Result<InstanceKey, ApiError> {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use locks::{Hold, Lease, LockState, Waiter};
 
 use crate::app::{ClusterInfo, ServiceCounts};
-use crate::catalog::InstanceRecord;
+use crate::replicated::catalog::InstanceRecord;
 
 /// A JSON answer carrying the index it reflects.
 pub(super) fn indexed<T: serde::Serialize>(index: u64, body: T) -> Response {

@@ -8,7 +8,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, LogId, RaftSnapshotBuilder};
 
 use super::StateMachineStore;
-use crate::types::TypeConfig;
+use crate::raft::types::TypeConfig;
 
 fn open(dir: &Path) -> StateMachineStore {
     try_open(dir).unwrap()

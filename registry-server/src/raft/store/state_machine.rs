@@ -19,10 +19,10 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::lease_clock::LeaseClock;
-use crate::state::{AppState, Effects};
-use crate::store::snapshot_file::{self, Invalid, SnapshotDir, SnapshotError};
-use crate::types::{Node, NodeId, Response, TypeConfig};
+use crate::leader::lease_clock::LeaseClock;
+use crate::raft::store::snapshot_file::{self, Invalid, SnapshotDir, SnapshotError};
+use crate::raft::types::{Node, NodeId, Response, TypeConfig};
+use crate::replicated::state::{AppState, Effects};
 use crate::watch::Watches;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;

@@ -8,7 +8,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Command, Outcome};
+use crate::replicated::state::{Command, Outcome};
 
 /// Node ids are the `--node-id` numbers.
 pub type NodeId = u64;

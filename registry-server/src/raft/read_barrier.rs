@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 
-use crate::types::{LeaderError, Raft};
+use crate::raft::types::{LeaderError, Raft};
 
 type Waiter = oneshot::Sender<Result<u64, LeaderError>>;
 

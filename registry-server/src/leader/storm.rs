@@ -19,7 +19,7 @@ use api_spec::InstanceStatus;
 use locks::LeaseId;
 use tokio::time::Instant;
 
-use crate::catalog::Catalog;
+use crate::replicated::catalog::Catalog;
 
 /// Services with fewer instances are never held back.
 pub const MIN_STORM_INSTANCES: usize = 2;
@@ -232,7 +232,7 @@ impl StormGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::test_spec;
+    use crate::replicated::catalog::test_spec;
 
     /// A catalog with `n` instances of `service`, each on its own lease numbered from
     /// `first`.

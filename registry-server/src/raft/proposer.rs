@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::state::{Command, Outcome};
-use crate::types::{LeaderError, NodeId, Raft, Request};
+use crate::raft::types::{LeaderError, NodeId, Raft, Request};
+use crate::replicated::state::{Command, Outcome};
 
 /// Most commands packed into one entry.
 pub const MAX_BATCH: usize = 1024;
@@ -41,7 +41,7 @@ pub struct ProposerConfig {
 impl LeaderError {
     /// A failed `client_write`: "not the leader" means nothing was appended.
     pub(crate) fn from_raft(
-        e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>,
+        e: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::types::Node>>,
     ) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {

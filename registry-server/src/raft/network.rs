@@ -27,7 +27,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::raft::types::{Node, NodeId, TypeConfig};
 
 /// Content type of every internal request and response body.
 pub const BINCODE: &str = "application/x-bincode";

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::{LogId, SnapshotMeta};
 
-use crate::types::{Node, NodeId};
+use crate::raft::types::{Node, NodeId};
 
 /// The format version this server writes, and the newest it reads.
 pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;

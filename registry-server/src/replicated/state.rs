@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use locks::{Lease, LeaseId};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec};
+use crate::replicated::catalog::{
+    Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec,
+};
 
 /// Which lease a registration binds to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,7 +235,7 @@ mod tests {
     use api_spec::InstanceStatus;
 
     use super::*;
-    use crate::catalog::test_spec;
+    use crate::replicated::catalog::test_spec;
 
     fn key(s: &str, i: &str) -> InstanceKey {
         (s.to_owned(), i.to_owned())

@@ -8,7 +8,7 @@
 //! Durability: `append` writes all of a call's entries in one `WriteBatch` with
 //! `sync = true`, and only then reports `LogFlushed`. That is one WAL fsync per batch:
 //! openraft hands the log store one batch at a time, and the server's proposer
-//! (`crate::proposer`) packs every client write waiting at that moment into one entry, so
+//! (`crate::raft::proposer`) packs every client write waiting at that moment into one entry, so
 //! concurrent writes share one fsync (group commit) instead of paying one each.
 //! The vote is written with `sync = true` too; truncation, purging and the committed
 //! index are ordinary writes, made durable by the next synced write (the WAL is ordered).
@@ -26,8 +26,8 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::store::format;
-use crate::types::{NodeId, TypeConfig};
+use crate::raft::store::format;
+use crate::raft::types::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -269,7 +269,7 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::*;
-    use crate::store::state_machine::StateMachineStore;
+    use crate::raft::store::state_machine::StateMachineStore;
 
     /// Builds a fresh log store and state machine in a temporary directory for each case
     /// of openraft's conformance suite.
