@@ -1,6 +1,6 @@
 //! The HTTP surface: the public JSON API under `/v1`, probes, and the internal
 //! node-to-node routes under `/internal`. [`router`] builds it without a socket, so tests
-//! can drive it with `tower::ServiceExt::oneshot`.
+//! can drive it without a network.
 
 pub mod error;
 mod internal;
