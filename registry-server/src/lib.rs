@@ -7,6 +7,7 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod http;
+pub mod leader_time;
 pub mod lease_clock;
 pub mod network;
 pub mod proposer;
