@@ -1,8 +1,8 @@
 //! Group commit for client writes: many concurrent commands, one Raft entry.
 //!
 //! Handlers hand a [`Command`] to the [`Proposer`] and await its outcome. A driver task
-//! takes every command waiting at that moment (up to [`MAX_BATCH`]), stamps them with the
-//! leader's wall clock into one [`Request`], and calls `client_write` once. openraft 0.9
+//! takes every command waiting at that moment (up to [`MAX_BATCH`]), stamps them with
+//! leader time ([`LeaderClock`]) into one [`Request`], and calls `client_write` once. openraft 0.9
 //! appends (and fsyncs) one entry at a time, so this batching is what turns N concurrent
 //! writes into one log append, one fsync and one replication round instead of N.
 //! [`PIPELINE_DEPTH`] drivers run, so the next batch fills while one is being committed.
@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::leader_time::LeaderClock;
 use crate::state::{Command, Outcome};
 use crate::types::{LeaderError, NodeId, Raft, Request};
 
@@ -55,7 +56,7 @@ impl std::fmt::Debug for Proposer {
     }
 }
 
-/// Milliseconds since the Unix epoch on this node's wall clock (for display stamps only).
+/// Milliseconds since the Unix epoch on this node's wall clock (an input of leader time).
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -64,11 +65,11 @@ pub fn wall_clock_ms() -> u64 {
 
 impl Proposer {
     /// Starts the drivers; they end when every `Proposer` handle is dropped.
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, time: LeaderClock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..PIPELINE_DEPTH {
-            tokio::spawn(drive(raft.clone(), rx.clone()));
+            tokio::spawn(drive(raft.clone(), time.clone(), rx.clone()));
         }
         Self { tx }
     }
@@ -85,7 +86,7 @@ impl Proposer {
     }
 }
 
-async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+async fn drive(raft: Raft, time: LeaderClock, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     loop {
         let batch = {
             let mut rx = rx.lock().await;
@@ -102,7 +103,7 @@ async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let request = Request {
-            now_ms: wall_clock_ms(),
+            now_ms: time.now_ms(tokio::time::Instant::now(), wall_clock_ms()),
             commands,
         };
         match raft.client_write(request).await {

@@ -14,7 +14,6 @@ use locks::{Binding, Hold, Key, Kind, Lease, LockState, Ticket};
 use tokio::time::Instant;
 
 use super::{App, AppError, Block, Consistency};
-use crate::proposer::wall_clock_ms;
 use crate::state::{Command, Outcome};
 
 /// Most locks whose lock-delay one entry ends.
@@ -340,13 +339,14 @@ impl App {
     /// Leader task step: ends the lock-delays that passed (granting those locks to their
     /// first waiters) in one entry.
     pub(super) async fn end_lock_delays(&self) {
+        let now_ms = self.leader_time_ms();
         let due = self
             .inner
             .state
             .read()
             .app
             .coordinator
-            .delays_due(wall_clock_ms(), DELAY_BATCH);
+            .delays_due(now_ms, DELAY_BATCH);
         if due.is_empty() {
             return;
         }

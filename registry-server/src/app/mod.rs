@@ -22,6 +22,7 @@ mod coordination;
 pub use self::coordination::{AcquireSpec, Granted};
 
 use crate::catalog::{CatalogError, Filter, InstanceKey, InstanceRecord, InstanceSpec};
+use crate::leader_time::LeaderClock;
 use crate::lease_clock::{KeepaliveError, LeaseClock};
 use crate::network::{
     paths, KeepaliveAnswer, KeepaliveRequest, KeepaliveTarget, PeerClient, PeerError,
@@ -188,6 +189,8 @@ struct Inner {
     raft: Raft,
     state: SharedState,
     clock: LeaseClock,
+    /// The time this node stamps entries with and checks deadlines against as leader.
+    leader_time: LeaderClock,
     watches: Watches,
     proposer: Proposer,
     barrier: ReadBarrier,
@@ -221,7 +224,8 @@ impl App {
         peers: PeerClient,
         config: AppConfig,
     ) -> Self {
-        let proposer = Proposer::start(raft.clone());
+        let leader_time = LeaderClock::new(state.clone());
+        let proposer = Proposer::start(raft.clone(), leader_time.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
             inner: Arc::new(Inner {
@@ -229,6 +233,7 @@ impl App {
                 raft,
                 state,
                 clock,
+                leader_time,
                 watches,
                 proposer,
                 barrier,
@@ -676,8 +681,13 @@ impl App {
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
             self.inner.clock.lead(metrics.current_term);
+            let term = metrics.current_term;
+            self.inner
+                .leader_time
+                .lead(term, Instant::now(), wall_clock_ms());
         } else if self.inner.clock.leading_term().is_some() {
             self.inner.clock.step_down();
+            self.inner.leader_time.step_down();
             tracing::info!(
                 term = metrics.current_term,
                 "no longer leading: lease clock paused"
@@ -703,6 +713,13 @@ impl App {
             self.reap_critical_instances().await;
             self.end_lock_delays().await;
         }
+    }
+
+    /// Leader time now (see `crate::leader_time`).
+    fn leader_time_ms(&self) -> u64 {
+        self.inner
+            .leader_time
+            .now_ms(Instant::now(), wall_clock_ms())
     }
 
     fn storm(&self) -> std::sync::MutexGuard<'_, StormGuard> {
@@ -742,15 +759,16 @@ impl App {
     }
 
     /// Proposes the deregistration of critical instances whose `deregister_after` passed
-    /// on this leader's wall clock.
+    /// in leader time.
     async fn reap_critical_instances(&self) {
+        let now_ms = self.leader_time_ms();
         let due = self
             .inner
             .state
             .read()
             .app
             .catalog
-            .due_reaps(wall_clock_ms(), REAP_BATCH);
+            .due_reaps(now_ms, REAP_BATCH);
         if due.is_empty() {
             return;
         }
