@@ -45,6 +45,12 @@ pub type Ticket = Uuid;
 /// Most waiters one lock's queue holds; more are refused with [`Outcome::QueueFull`].
 pub const MAX_WAITERS: usize = 10_000;
 
+/// The longest lock-delay (ms): `api_spec::MAX_LOCK_DELAY`, which the server checks
+/// requests against (this crate does not depend on `api-spec`; a server test keeps the two
+/// equal). A longer one reaching the core (an entry written before a limit changed, a
+/// validation bug) is cut to this, so no lock can be kept from its waiters longer.
+pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+
 /// A granted lease, as every replica knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -552,7 +558,8 @@ impl Coordinator {
         let lock = self.locks.get_mut(key)?;
         let hold = lock.holder.take()?;
         if expired && hold.lock_delay_ms > 0 {
-            lock.delay_until_ms = Some(now_ms.saturating_add(hold.lock_delay_ms));
+            let delay = hold.lock_delay_ms.min(MAX_LOCK_DELAY_MS);
+            lock.delay_until_ms = Some(now_ms.saturating_add(delay));
         }
         self.unbind(&hold.lease, key);
         if hold.own_lease && !expired {

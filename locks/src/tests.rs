@@ -1020,6 +1020,17 @@ fn expiry_of_a_holders_lease_starts_lock_delay_without_granting() {
 }
 
 #[test]
+fn a_lock_delay_beyond_the_maximum_is_cut_to_it() {
+    let key = Key::lock("a");
+    let mut c = Coordinator::default();
+    grant(&mut c, 1, 1_000, 1);
+    apply(&mut c, acquire_delay(&key, 11, 1, false, u64::MAX), 2, 0);
+    apply(&mut c, expire(&[1]), 3, 10_000);
+    let lock = c.lock(&key).unwrap();
+    assert_eq!(lock.delay_until_ms, Some(10_000 + MAX_LOCK_DELAY_MS));
+}
+
+#[test]
 fn lock_delay_comes_from_the_expiring_holders_request() {
     let mut c = Coordinator::default();
     let key = Key::lock("a");

@@ -146,6 +146,8 @@ struct Node {
     dir: PathBuf,
     /// Every flag it is started with, reused verbatim by restarts.
     args: Vec<String>,
+    /// Environment variables added to its process on every start (e.g. [`faketime_env`]).
+    env: Vec<(String, String)>,
     /// The running process, if any. A mutex so `&self` methods (used from concurrent
     /// futures in tests) can reap it; never held across an `.await`.
     child: Mutex<Option<Child>>,
@@ -197,6 +199,19 @@ impl Node {
 /// `line` without its first word (the timestamp, in the server's log format).
 fn without_timestamp(line: &str) -> &str {
     line.split_once(' ').map_or(line, |(_, rest)| rest)
+}
+
+/// Per-node setup for [`Cluster::start_with`], beyond the flags every node gets.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSetup {
+    /// Flags added to node `id`'s own.
+    pub args: BTreeMap<u64, Vec<String>>,
+    /// Environment variables added to node `id`'s process on every start (restarts too).
+    pub env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Nodes started only once the others agree on a leader, so that one of the others
+    /// leads first (they must be a minority). At a fresh start every node stands for
+    /// election at once, whatever its timeout, and the last one up tends to win.
+    pub late: Vec<u64>,
 }
 
 /// A set of `registry-server` processes on loopback, each in its own data dir.
@@ -266,6 +281,21 @@ impl Cluster {
         extra_args: &[&str],
         node_args: &BTreeMap<u64, Vec<String>>,
     ) -> Result<Cluster> {
+        let setup = NodeSetup {
+            args: node_args.clone(),
+            ..NodeSetup::default()
+        };
+        Cluster::start_with(ports, extra_args, &setup).await
+    }
+
+    /// [`start_on`](Self::start_on) with more per-node setup: flags, environment (e.g. a
+    /// shifted wall clock, [`faketime_env`]) and nodes started only once the others
+    /// agree on a leader. One attempt, like `start_on`.
+    pub async fn start_with(
+        ports: &BTreeMap<u64, u16>,
+        extra_args: &[&str],
+        setup: &NodeSetup,
+    ) -> Result<Cluster> {
         let mut cluster = Cluster::empty(extra_args)?;
         let bootstrap = ports
             .iter()
@@ -275,15 +305,27 @@ impl Cluster {
         for (&id, &port) in ports {
             let id_flag = id.to_string();
             let mut own: Vec<&str> = vec!["--node-id", &id_flag, "--bootstrap", &bootstrap];
-            if let Some(more) = node_args.get(&id) {
+            if let Some(more) = setup.args.get(&id) {
                 own.extend(more.iter().map(String::as_str));
             }
             cluster.add_node(id, port, &own)?;
+            if let Some(env) = setup.env.get(&id) {
+                cluster.node_mut(id).env.clone_from(env);
+            }
         }
-        for &id in ports.keys() {
-            cluster.spawn(id)?;
+        let (late, first): (Vec<u64>, Vec<u64>) =
+            ports.keys().partition(|id| setup.late.contains(id));
+        let mut started = Ok(0);
+        for group in [first, late] {
+            if group.is_empty() || started.is_err() {
+                continue;
+            }
+            for id in group {
+                cluster.spawn(id)?;
+            }
+            started = cluster.wait_for_leader(None, STARTUP_TIMEOUT).await;
         }
-        match cluster.wait_for_leader(None, STARTUP_TIMEOUT).await {
+        match started {
             Ok(_) => Ok(cluster),
             Err(e) => Err(cluster.with_logs(e)),
         }
@@ -348,6 +390,7 @@ impl Cluster {
                 addr,
                 dir,
                 args,
+                env: Vec::new(),
                 child: Mutex::new(None),
             },
         );
@@ -357,6 +400,12 @@ impl Cluster {
     fn node(&self, id: u64) -> &Node {
         self.nodes
             .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
@@ -370,15 +419,17 @@ impl Cluster {
             .append(true)
             .open(node.log_path())
             .context("open log")?;
+        let env: String = node.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         writeln!(
             log,
-            "=== harness: starting node {id}: {}",
+            "=== harness: starting node {id}: {env}{}",
             node.args.join(" ")
         )?;
         let stderr = log.try_clone()?;
         let process = Command::new(&self.bin)
             .args(&node.args)
             .env("NO_COLOR", "1")
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))
@@ -689,6 +740,47 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Where Debian's `libfaketime` package puts the library (`$LIBFAKETIME` overrides it).
+fn libfaketime() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("LIBFAKETIME") {
+        return Ok(PathBuf::from(path));
+    }
+    let arch = std::env::consts::ARCH;
+    [
+        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
+        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|path| path.is_file())
+    .ok_or_else(|| {
+        anyhow!(
+            "libfaketime not found: install it with scripts/install-deps.sh (or set LIBFAKETIME)"
+        )
+    })
+}
+
+/// Environment that shifts a process's wall clock by `offset` (libfaketime's syntax,
+/// e.g. `"+1d"`, `"-1d"`, `"+90s"`) and leaves its monotonic clock alone, for
+/// [`Cluster::start_on_with_env`].
+///
+/// This is what `faketime -f OFFSET CMD` sets up, without the `faketime` wrapper itself:
+/// the wrapper forks and waits for its child, so a SIGKILL sent to it would leave the
+/// server running. Preloaded directly, the library is in the server's own process, which
+/// the harness signals as usual.
+pub fn faketime_env(offset: &str) -> Result<Vec<(String, String)>> {
+    Ok(vec![
+        (
+            "LD_PRELOAD".to_owned(),
+            libfaketime()?.display().to_string(),
+        ),
+        ("FAKETIME".to_owned(), offset.to_owned()),
+        // Only the wall clock moves: `Instant` (lease countdowns, leader time) stays true.
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ])
 }
 
 /// The status code of `GET http://{addr}{path}`, for probes that only care about it.

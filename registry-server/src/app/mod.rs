@@ -34,6 +34,7 @@ pub use self::error::AppError;
 pub use self::reads::{Block, Consistency};
 pub use self::routing::{Forward, ForwardAnswer, Forwarded, KeepaliveTarget};
 
+use crate::leader::leader_time::LeaderClock;
 use crate::leader::lease_clock::LeaseClock;
 use crate::leader::storm::{StormConfig, StormGuard};
 use crate::raft::network::PeerClient;
@@ -59,6 +60,8 @@ struct Inner {
     raft: Raft,
     state: SharedState,
     clock: LeaseClock,
+    /// The time this node stamps entries with and checks deadlines against as leader.
+    leader_time: LeaderClock,
     watches: Watches,
     proposer: Proposer,
     barrier: ReadBarrier,
@@ -92,7 +95,8 @@ impl App {
         peers: PeerClient,
         config: AppConfig,
     ) -> Self {
-        let proposer = Proposer::start(raft.clone(), config.proposer);
+        let leader_time = LeaderClock::new(state.clone());
+        let proposer = Proposer::start(raft.clone(), config.proposer, leader_time.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
             inner: Arc::new(Inner {
@@ -100,6 +104,7 @@ impl App {
                 raft,
                 state,
                 clock,
+                leader_time,
                 watches,
                 proposer,
                 barrier,

@@ -33,8 +33,12 @@ impl App {
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
             self.inner.clock.lead(metrics.current_term);
+            self.inner
+                .leader_time
+                .lead(metrics.current_term, Instant::now(), wall_clock_ms());
         } else if self.inner.clock.leading_term().is_some() {
             self.inner.clock.step_down();
+            self.inner.leader_time.step_down();
             tracing::info!(
                 term = metrics.current_term,
                 "no longer leading: lease clock paused"
@@ -60,6 +64,13 @@ impl App {
             self.reap_critical_instances().await;
             self.end_lock_delays().await;
         }
+    }
+
+    /// Leader time now (see `crate::leader::leader_time`).
+    fn leader_time_ms(&self) -> u64 {
+        self.inner
+            .leader_time
+            .now_ms(Instant::now(), wall_clock_ms())
     }
 
     pub(super) fn storm(&self) -> std::sync::MutexGuard<'_, StormGuard> {
@@ -98,15 +109,17 @@ impl App {
         }
     }
 
-    /// Proposes the deregistration of critical instances whose `deregister_after` passed.
+    /// Proposes the deregistration of critical instances whose `deregister_after` passed
+    /// in leader time.
     async fn reap_critical_instances(&self) {
+        let now_ms = self.leader_time_ms();
         let due = self
             .inner
             .state
             .read()
             .app
             .catalog
-            .due_reaps(wall_clock_ms(), REAP_BATCH);
+            .due_reaps(now_ms, REAP_BATCH);
         if due.is_empty() {
             return;
         }
@@ -134,13 +147,14 @@ impl App {
     /// Ends the lock-delays that passed (granting those locks to their first waiters) in
     /// one entry.
     async fn end_lock_delays(&self) {
+        let now_ms = self.leader_time_ms();
         let due = self
             .inner
             .state
             .read()
             .app
             .coordinator
-            .delays_due(wall_clock_ms(), DELAY_BATCH);
+            .delays_due(now_ms, DELAY_BATCH);
         if due.is_empty() {
             return;
         }

@@ -1,8 +1,8 @@
 //! Group commit for client writes: many concurrent commands, one Raft entry.
 //!
 //! Handlers hand a [`Command`] to the [`Proposer`] and await its outcome. A driver task
-//! takes every command waiting at that moment (up to [`MAX_BATCH`]), stamps them with the
-//! leader's wall clock into one [`Request`], and calls `client_write` once. openraft 0.9
+//! takes every command waiting at that moment (up to [`MAX_BATCH`]), stamps them with
+//! leader time ([`LeaderClock`]) into one [`Request`], and calls `client_write` once. openraft 0.9
 //! appends (and fsyncs) one entry at a time, so this batching is what turns N concurrent
 //! writes into one log append, one fsync and one replication round instead of N.
 //! [`PIPELINE_DEPTH`] drivers run, so the next batch fills while one is being committed.
@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::leader::leader_time::LeaderClock;
 use crate::raft::types::{LeaderError, NodeId, Raft, Request};
 use crate::replicated::state::{Command, Outcome};
 
@@ -73,7 +74,7 @@ impl std::fmt::Debug for Proposer {
     }
 }
 
-/// Milliseconds since the Unix epoch on this node's wall clock (for display stamps only).
+/// Milliseconds since the Unix epoch on this node's wall clock (an input of leader time).
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -82,11 +83,16 @@ pub fn wall_clock_ms() -> u64 {
 
 impl Proposer {
     /// Starts the drivers; they end when every `Proposer` handle is dropped.
-    pub fn start(raft: Raft, config: ProposerConfig) -> Self {
+    pub fn start(raft: Raft, config: ProposerConfig, time: LeaderClock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..PIPELINE_DEPTH {
-            tokio::spawn(drive(raft.clone(), rx.clone(), config.max_entry_bytes));
+            tokio::spawn(drive(
+                raft.clone(),
+                time.clone(),
+                rx.clone(),
+                config.max_entry_bytes,
+            ));
         }
         Self {
             tx,
@@ -121,7 +127,12 @@ fn encoded_size(command: &Command) -> u64 {
     bincode::serialized_size(command).unwrap_or(0)
 }
 
-async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>, max_bytes: u64) {
+async fn drive(
+    raft: Raft,
+    time: LeaderClock,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    max_bytes: u64,
+) {
     // A command that did not fit in the previous batch starts the next one.
     let mut carried: Option<Pending> = None;
     loop {
@@ -153,8 +164,19 @@ async fn drive(raft: Raft, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>, max
         };
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        // Anchor leader time as soon as this node leads a term (the app's tick may not have
+        // come yet); a node that does not lead gets "not the leader" from client_write.
+        let (now, wall) = (tokio::time::Instant::now(), wall_clock_ms());
+        let leading = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
+        };
+        if let Some(term) = leading {
+            time.lead(term, now, wall);
+        }
         let request = Request {
-            now_ms: wall_clock_ms(),
+            now_ms: time.now_ms(now, wall),
             commands,
         };
         match raft.client_write(request).await {

@@ -44,11 +44,17 @@ pub struct InstanceRecord {
     pub critical_since: Option<(u64, u64)>,
 }
 
+/// The longest `deregister_after` (ms), [`api_spec::MAX_DEREGISTER_AFTER`]. The HTTP
+/// layer refuses longer ones; one that reaches the catalog anyway counts as this.
+pub const MAX_DEREGISTER_AFTER_MS: u64 = api_spec::MAX_DEREGISTER_AFTER.as_millis() as u64;
+
 impl InstanceRecord {
-    /// When a critical instance is due to be deregistered (its key in the reap queue).
+    /// When a critical instance is due to be deregistered (its key in the reap queue):
+    /// `deregister_after` (at most [`MAX_DEREGISTER_AFTER_MS`]) after it turned critical.
     fn reap_at(&self) -> Option<u64> {
         let (since_ms, _) = self.critical_since?;
-        Some(since_ms.saturating_add(self.spec.deregister_after_ms))
+        let after = self.spec.deregister_after_ms.min(MAX_DEREGISTER_AFTER_MS);
+        Some(since_ms.saturating_add(after))
     }
 }
 
@@ -493,6 +499,25 @@ mod tests {
             c.service_index("a"),
             6,
             "a missing service reports the catalog index"
+        );
+    }
+
+    #[test]
+    fn a_deregister_after_beyond_the_maximum_is_cut_to_it() {
+        let mut c = Catalog::default();
+        let long = InstanceSpec {
+            deregister_after_ms: u64::MAX,
+            ..spec(80)
+        };
+        c.upsert(key("a", "1"), long, lease(1), true, 1, 0);
+        c.lease_ended(&lease(1), 2, 1_000);
+        let due = 1_000 + MAX_DEREGISTER_AFTER_MS;
+        assert!(c.due_reaps(due - 1, 10).is_empty());
+        assert_eq!(c.due_reaps(due, 10), vec![(key("a", "1"), 2)]);
+        assert!(c.reap(&key("a", "1"), 2, 3).is_some());
+        assert!(
+            c.reap_queue.is_empty(),
+            "removed under the same clamped key"
         );
     }
 

@@ -1,7 +1,9 @@
 //! The replicated application state: everything the Raft log builds, in memory.
 //!
 //! [`AppState::apply`] is deterministic and reads no clock; the leader's time arrives in
-//! the entry. Leases live in the `locks` crate's [`locks::Coordinator`], instances in the
+//! the entry, and replicated time never runs backwards: every command is applied at
+//! `max(entry time, last applied time)` ([`AppState::clock_ms`]), whatever the clock of
+//! the leader that stamped it. Leases live in the `locks` crate's [`locks::Coordinator`], instances in the
 //! [`Catalog`]; this module is where the two meet (an instance's own lease is granted and
 //! revoked with it, a lease's end turns its instances critical). What an apply did that
 //! the rest of the server must hear about (leases granted or ended, services changed) is
@@ -81,10 +83,16 @@ pub struct AppState {
     pub coordinator: locks::Coordinator,
     /// Registered service instances.
     pub catalog: Catalog,
+    /// Replicated time: the latest time any applied entry carried (ms since the Unix
+    /// epoch; 0 before the first). Commands apply at no earlier time, so a leader whose
+    /// clock is behind cannot move time back; a new leader's time starts from here
+    /// (`crate::leader_time`).
+    pub clock_ms: u64,
 }
 
 impl AppState {
-    /// Applies one command from the entry at `index`, stamped `now_ms` by the leader.
+    /// Applies one command from the entry at `index`, stamped `now_ms` by the leader; it
+    /// applies at `max(now_ms, clock_ms)`, which becomes the new `clock_ms`.
     pub fn apply(
         &mut self,
         command: Command,
@@ -92,6 +100,8 @@ impl AppState {
         now_ms: u64,
         fx: &mut Effects,
     ) -> Outcome {
+        let now_ms = now_ms.max(self.clock_ms);
+        self.clock_ms = now_ms;
         match command {
             Command::Coordinate(cmd) => Outcome::Coordinate(self.lease(cmd, index, now_ms, fx)),
             Command::Register { key, spec, binding } => {
@@ -273,6 +283,94 @@ mod tests {
             &mut fx,
         );
         (out, fx)
+    }
+
+    #[test]
+    fn replicated_time_never_runs_backwards() {
+        let mut s = AppState::default();
+        let mut fx = Effects::default();
+        let grant = |n: u128| {
+            Command::Coordinate(locks::Command::GrantLease {
+                id: LeaseId::from_u128(n),
+                ttl_ms: 1000,
+            })
+        };
+        let day = 86_400_000;
+        s.apply(grant(1), 1, day + 50_000, &mut fx);
+        assert_eq!(s.clock_ms, day + 50_000);
+        // A leader a day behind: the entry applies at the last applied time.
+        s.apply(grant(2), 2, 50_000, &mut fx);
+        assert_eq!(s.clock_ms, day + 50_000);
+        assert_eq!(
+            s.coordinator
+                .lease(&LeaseId::from_u128(2))
+                .map(|l| l.granted_at_ms),
+            Some(day + 50_000)
+        );
+        s.apply(grant(3), 3, day + 51_000, &mut fx);
+        assert_eq!(s.clock_ms, day + 51_000);
+    }
+
+    #[test]
+    fn a_lock_delay_cannot_be_ended_by_an_entry_stamped_in_the_past() {
+        let mut s = AppState::default();
+        let mut fx = Effects::default();
+        let holder = LeaseId::from_u128(1);
+        let db = locks::Key::lock("db");
+        s.apply(
+            Command::Coordinate(locks::Command::GrantLease {
+                id: holder,
+                ttl_ms: 1000,
+            }),
+            1,
+            10_000,
+            &mut fx,
+        );
+        s.apply(
+            Command::Coordinate(locks::Command::Acquire(locks::Acquire {
+                key: db.clone(),
+                ticket: locks::Ticket::from_u128(1),
+                binding: locks::Binding::Existing(holder),
+                holder: String::new(),
+                wait: false,
+                lock_delay_ms: 5_000,
+            })),
+            2,
+            10_000,
+            &mut fx,
+        );
+        s.apply(
+            Command::Coordinate(locks::Command::ExpireLeases { ids: vec![holder] }),
+            3,
+            20_000,
+            &mut fx,
+        );
+        assert_eq!(
+            s.coordinator.lock(&db).and_then(|l| l.delay_until_ms),
+            Some(25_000)
+        );
+        // An entry stamped far in the past still applies at 20 s: the delay stays.
+        let delayed = Command::Coordinate(locks::Command::GrantDelayed {
+            keys: vec![db.clone()],
+        });
+        let out = s.apply(delayed.clone(), 4, 0, &mut fx);
+        assert_eq!(
+            out,
+            Outcome::Coordinate(locks::Outcome::DelaysEnded(vec![]))
+        );
+        let out = s.apply(delayed, 5, 25_000, &mut fx);
+        assert_eq!(
+            out,
+            Outcome::Coordinate(locks::Outcome::DelaysEnded(vec![db]))
+        );
+    }
+
+    #[test]
+    fn the_core_bounds_agree_with_the_api() {
+        assert_eq!(
+            Some(locks::MAX_LOCK_DELAY_MS),
+            u64::try_from(api_spec::MAX_LOCK_DELAY.as_millis()).ok()
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct StateData {
     pub membership: StoredMembership<NodeId, Node>,
     /// The application state.
     pub app: AppState,
+    /// When (this node's monotonic clock) the entry that set `app.clock_ms` was applied
+    /// here: a new leader counts the time since then (`leader::leader_time`). Local, not
+    /// in snapshots; `None` until this process applied a stamped entry.
+    #[serde(skip)]
+    pub clock_applied_at: Option<tokio::time::Instant>,
 }
 
 /// A cheap handle to the in-memory state, shared by the state machine (writer) and the
@@ -224,6 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Normal(request) => {
                         let index = entry.log_id.index;
+                        state.clock_applied_at = Some(tokio::time::Instant::now());
                         let outcomes = request
                             .commands
                             .into_iter()
@@ -314,6 +320,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             app: data.app,
+            clock_applied_at: Some(tokio::time::Instant::now()),
         };
         self.watches
             .notify_all(meta.last_log_id.map_or(0, |l| l.index));
