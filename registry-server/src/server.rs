@@ -14,7 +14,7 @@ use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, Wiring};
 use crate::config::{Bootstrap, Config};
 use crate::leader::lease_clock::LeaseClock;
 use crate::raft::network::{Network, PeerClient};
@@ -63,18 +63,14 @@ pub async fn run(
         config.peer_via.clone().unwrap_or_default().0,
         usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
     );
+    let log = LogStore::new(db);
+    let stamps = log.stamps();
     let network = Network {
         client: peers.clone(),
     };
-    let raft = Raft::new(
-        config.node_id,
-        raft_config,
-        network,
-        LogStore::new(db),
-        state_machine,
-    )
-    .await
-    .context("cannot start Raft")?;
+    let raft = Raft::new(config.node_id, raft_config, network, log, state_machine)
+        .await
+        .context("cannot start Raft")?;
 
     let app_config = AppConfig {
         leader_wait: config.election_timeout * 3,
@@ -84,15 +80,15 @@ pub async fn run(
         },
         storm: config.storm(),
     };
-    let app = App::new(
-        config.node_id,
-        raft.clone(),
+    let wiring = Wiring {
+        raft: raft.clone(),
         state,
         clock,
         watches,
-        peers.clone(),
-        app_config,
-    );
+        peers: peers.clone(),
+        stamps,
+    };
+    let app = App::new(config.node_id, wiring, app_config);
 
     if !raft.is_initialized().await? {
         match (&config.join, &config.bootstrap) {

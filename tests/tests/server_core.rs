@@ -25,9 +25,7 @@ fn http() -> reqwest::Client {
 /// after `--propose-timeout` (5 s by default).
 #[tokio::test]
 async fn a_leader_without_quorum_answers_writes_with_503_instead_of_hanging() {
-    let cluster = Cluster::start(3, &[])
-        .await
-        .expect("start the cluster");
+    let cluster = Cluster::start(3, &[]).await.expect("start the cluster");
     must_pass(async {
         let leader = cluster.leader_id().await?;
         let followers: Vec<u64> = cluster

@@ -5,7 +5,8 @@ use locks::Lease;
 
 use super::{App, AppError, Block, Consistency};
 use crate::replicated::catalog::{Filter, InstanceKey, InstanceRecord, InstanceSpec};
-use crate::replicated::state::{Binding, Command, Outcome};
+use crate::replicated::ops::{Deregister, Register, RegisterRefused, SetStatus};
+use crate::replicated::state::Binding;
 
 /// One service's counts, for `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,24 +24,17 @@ impl App {
         spec: InstanceSpec,
         binding: Binding,
     ) -> Result<(u64, InstanceRecord, Lease), AppError> {
-        match self
-            .propose(Command::Register { key, spec, binding })
-            .await?
-        {
-            (index, Outcome::Registered { record, lease }) => Ok((index, record, lease)),
-            (_, Outcome::LeaseNotFound(id)) => Err(AppError::LeaseNotFound(id)),
-            (_, Outcome::Catalog(e)) => Err(e.into()),
-            (_, other) => Err(super::unexpected(other)),
+        match self.propose_op(Register { key, spec, binding }).await? {
+            (index, Ok((record, lease))) => Ok((index, record, lease)),
+            (_, Err(RegisterRefused::LeaseNotFound(id))) => Err(AppError::LeaseNotFound(id)),
+            (_, Err(RegisterRefused::Catalog(e))) => Err(e.into()),
         }
     }
 
     /// Deregisters an instance.
     pub async fn deregister(&self, key: InstanceKey) -> Result<u64, AppError> {
-        match self.propose(Command::Deregister { key }).await? {
-            (index, Outcome::Deregistered(_)) => Ok(index),
-            (_, Outcome::Catalog(e)) => Err(e.into()),
-            (_, other) => Err(super::unexpected(other)),
-        }
+        let (index, result) = self.propose_op(Deregister(key)).await?;
+        result.map(|_| index).map_err(AppError::from)
     }
 
     /// Sets an instance `draining` (out of healthy discovery) or back to `passing`.
@@ -49,21 +43,17 @@ impl App {
         key: InstanceKey,
         draining: bool,
     ) -> Result<(u64, InstanceRecord, Option<Lease>), AppError> {
-        match self.propose(Command::SetStatus { key, draining }).await? {
-            (index, Outcome::StatusSet(record)) => {
-                let lease = self
-                    .inner
-                    .state
-                    .read()
-                    .app
-                    .coordinator
-                    .lease(&record.lease)
-                    .cloned();
-                Ok((index, record, lease))
-            }
-            (_, Outcome::Catalog(e)) => Err(e.into()),
-            (_, other) => Err(super::unexpected(other)),
-        }
+        let (index, result) = self.propose_op(SetStatus { key, draining }).await?;
+        let record = result?;
+        let lease = self
+            .inner
+            .state
+            .read()
+            .app
+            .coordinator
+            .lease(&record.lease)
+            .cloned();
+        Ok((index, record, lease))
     }
 
     /// Every service with its instance and healthy counts.

@@ -18,7 +18,7 @@ use locks::{Binding, Hold, Key, Kind, Lease, LockState, Ticket};
 use tokio::time::Instant;
 
 use super::{App, AppError, Block, Consistency};
-use crate::replicated::state::{Command, Outcome};
+use crate::replicated::ops::{Acquire, Acquired, ByHolder, Withdraw, Withdrawal};
 
 /// First and longest pause between tries of an abandoned request's `Withdraw`.
 const WITHDRAW_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
@@ -87,7 +87,7 @@ impl App {
     /// Proposes the `Withdraw` of a request that went away until it commits, or until its
     /// lease has ended (then the lock and the queue place went with it).
     async fn withdraw_abandoned(&self, key: Key, ticket: Ticket, lease: locks::LeaseId) {
-        let withdraw = locks::Command::Withdraw {
+        let withdraw = Withdraw {
             key: key.clone(),
             ticket,
             release_if_granted: true,
@@ -96,7 +96,7 @@ impl App {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let Err(e) = self.propose(Command::Coordinate(withdraw.clone())).await else {
+            let Err(e) = self.propose_op(withdraw.clone()).await else {
                 if tries > 1 {
                     tracing::info!(name = %key.name, %ticket, tries, "abandoned request withdrawn");
                 }
@@ -132,7 +132,7 @@ impl App {
             Binding::Existing(id) => (id, None),
             Binding::Own { id, ttl_ms } => (id, Some(ttl_ms)),
         };
-        let command = locks::Command::Acquire(locks::Acquire {
+        let acquire = Acquire(locks::Acquire {
             key: spec.key.clone(),
             ticket,
             binding: spec.binding,
@@ -140,18 +140,25 @@ impl App {
             wait: !spec.wait.is_zero(),
             lock_delay_ms: spec.lock_delay_ms,
         });
-        let (index, outcome) = self.propose(Command::Coordinate(command)).await?;
-        match outcome {
-            Outcome::Coordinate(locks::Outcome::Queued { .. }) => {}
-            other => {
+        let (index, acquired) = self.propose_op(acquire).await?;
+        let answer = match acquired {
+            Acquired::Queued => None,
+            Acquired::Granted(hold) => {
                 // Still armed while catching up: a grant this request cannot answer with
                 // is released rather than left to a client that saw an error.
-                let answer = self.acquired(&spec.key, index, other, own_ttl_ms).await;
-                if !matches!(answer, Err(AppError::Unavailable(_))) {
-                    abandon.disarm();
-                }
-                return answer;
+                self.wait_applied(index).await?;
+                Some(Ok(self.granted(hold, own_ttl_ms)))
             }
+            Acquired::Busy(state) => Some(Err(AppError::LockHeld {
+                key: spec.key.clone(),
+                state: Box::new(state),
+            })),
+            Acquired::QueueFull => Some(Err(AppError::QueueFull(spec.key.clone()))),
+            Acquired::LeaseNotFound(id) => Some(Err(AppError::LeaseNotFound(id))),
+        };
+        if let Some(answer) = answer {
+            abandon.disarm();
+            return answer;
         }
         // Queued. The answer may have come from the leader before this node applied the
         // entry: catch up, so that "not in the queue" below means "dropped".
@@ -185,19 +192,18 @@ impl App {
             }
         }
         // The wait ran out: leave the queue, unless the grant raced in (then keep it).
-        let withdraw = locks::Command::Withdraw {
+        let withdraw = Withdraw {
             key: spec.key.clone(),
             ticket,
             release_if_granted: false,
         };
-        let (index, outcome) = self.propose(Command::Coordinate(withdraw)).await?;
-        match outcome {
-            Outcome::Coordinate(locks::Outcome::Granted(hold)) => {
+        match self.propose_op(withdraw).await? {
+            (index, Withdrawal::Kept(hold)) => {
                 self.wait_applied(index).await?;
                 abandon.disarm();
                 Ok(self.granted(hold, own_ttl_ms))
             }
-            _ => {
+            (_, Withdrawal::Withdrawn | Withdrawal::Released(_)) => {
                 abandon.disarm();
                 let state = self.local_lock(&spec.key);
                 Err(AppError::LockHeld {
@@ -205,31 +211,6 @@ impl App {
                     state: Box::new(state),
                 })
             }
-        }
-    }
-
-    /// Maps an acquire's immediate outcome to the answer.
-    async fn acquired(
-        &self,
-        key: &Key,
-        index: u64,
-        outcome: Outcome,
-        own_ttl_ms: Option<u64>,
-    ) -> Result<Granted, AppError> {
-        match outcome {
-            Outcome::Coordinate(locks::Outcome::Granted(hold)) => {
-                self.wait_applied(index).await?;
-                Ok(self.granted(hold, own_ttl_ms))
-            }
-            Outcome::Coordinate(locks::Outcome::Busy(state)) => Err(AppError::LockHeld {
-                key: key.clone(),
-                state: Box::new(state),
-            }),
-            Outcome::Coordinate(locks::Outcome::QueueFull) => Err(AppError::QueueFull(key.clone())),
-            Outcome::Coordinate(locks::Outcome::LeaseNotFound(id)) => {
-                Err(AppError::LeaseNotFound(id))
-            }
-            other => Err(super::unexpected(other)),
         }
     }
 
@@ -276,11 +257,11 @@ impl App {
     /// Releases a lock (or resigns an election) held with `token`; returns the index and
     /// the hold that ended (its `own_lease` says whether its lease was revoked with it).
     pub async fn release(&self, key: Key, token: u64) -> Result<(u64, Hold), AppError> {
-        let command = locks::Command::Release {
+        let op = ByHolder::Release {
             key: key.clone(),
             token,
         };
-        self.by_holder(key, command).await
+        self.by_holder(key, op).await
     }
 
     /// The election leader holding `token` announces a new value.
@@ -290,27 +271,23 @@ impl App {
         token: u64,
         value: String,
     ) -> Result<(u64, Hold), AppError> {
-        let command = locks::Command::Proclaim {
+        let op = ByHolder::Proclaim {
             key: key.clone(),
             token,
             holder: value,
         };
-        self.by_holder(key, command).await
+        self.by_holder(key, op).await
     }
 
     /// Proposes a command only the holder of its token may make (release, proclaim);
     /// a token that is not the current one is `TokenMismatch` with the lock as it is.
-    async fn by_holder(&self, key: Key, command: locks::Command) -> Result<(u64, Hold), AppError> {
-        match self.propose(Command::Coordinate(command)).await? {
-            (index, Outcome::Coordinate(locks::Outcome::Released(hold)))
-            | (index, Outcome::Coordinate(locks::Outcome::Proclaimed(hold))) => Ok((index, hold)),
-            (_, Outcome::Coordinate(locks::Outcome::TokenMismatch(state))) => {
-                Err(AppError::TokenMismatch {
-                    key,
-                    state: Box::new(state),
-                })
-            }
-            (_, other) => Err(super::unexpected(other)),
+    async fn by_holder(&self, key: Key, op: ByHolder) -> Result<(u64, Hold), AppError> {
+        match self.propose_op(op).await? {
+            (index, Ok(hold)) => Ok((index, hold)),
+            (_, Err(state)) => Err(AppError::TokenMismatch {
+                key,
+                state: Box::new(state),
+            }),
         }
     }
 

@@ -15,33 +15,21 @@ use super::routing::KeepaliveTarget;
 use super::{App, AppError, Consistency};
 use crate::leader::lease_clock::KeepaliveError;
 use crate::replicated::catalog::InstanceKey;
-use crate::replicated::state::{Command, Outcome};
+use crate::replicated::ops::{GrantLease, RevokeLease};
 
 impl App {
     /// Grants a new lease.
     pub async fn create_lease(&self, ttl: Duration) -> Result<(u64, Lease), AppError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let command = Command::Coordinate(locks::Command::GrantLease {
-            id: LeaseId::new_v4(),
-            ttl_ms,
-        });
-        match self.propose(command).await? {
-            (index, Outcome::Coordinate(locks::Outcome::LeaseGranted(lease))) => Ok((index, lease)),
-            (_, other) => Err(super::unexpected(other)),
-        }
+        let id = LeaseId::new_v4();
+        self.propose_op(GrantLease { id, ttl_ms }).await
     }
 
     /// Revokes a lease: its locks are released and its instances turn critical.
     pub async fn revoke_lease(&self, id: LeaseId) -> Result<(u64, Lease), AppError> {
-        match self
-            .propose(Command::Coordinate(locks::Command::RevokeLease { id }))
-            .await?
-        {
-            (index, Outcome::Coordinate(locks::Outcome::LeaseRevoked(lease))) => Ok((index, lease)),
-            (_, Outcome::Coordinate(locks::Outcome::LeaseNotFound(_))) => {
-                Err(AppError::LeaseNotFound(id))
-            }
-            (_, other) => Err(super::unexpected(other)),
+        match self.propose_op(RevokeLease(id)).await? {
+            (index, Some(lease)) => Ok((index, lease)),
+            (_, None) => Err(AppError::LeaseNotFound(id)),
         }
     }
 

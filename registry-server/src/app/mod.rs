@@ -40,9 +40,10 @@ use crate::leader::storm::{StormConfig, StormGuard};
 use crate::raft::network::PeerClient;
 use crate::raft::proposer::{Proposer, ProposerConfig};
 use crate::raft::read_barrier::ReadBarrier;
+use crate::raft::store::log::StampSeen;
 use crate::raft::store::state_machine::SharedState;
 use crate::raft::types::{NodeId, Raft};
-use crate::replicated::state::Outcome;
+use crate::replicated::ops::Mismatch;
 use crate::watch::Watches;
 
 /// Settings the application takes from the command line.
@@ -85,17 +86,33 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// What the application is wired to: the handles the server makes at start-up.
+#[allow(missing_debug_implementations)] // openraft's `Raft` has no `Debug`
+pub struct Wiring {
+    pub raft: Raft,
+    /// The state machine's in-memory state.
+    pub state: SharedState,
+    /// The leader's lease deadlines (the state machine tells it about leases).
+    pub clock: LeaseClock,
+    /// Where blocking queries and parked requests wait (the state machine wakes them).
+    pub watches: Watches,
+    /// The pooled client for calls to other servers.
+    pub peers: PeerClient,
+    /// The latest leader time the log store appended (leader time starts there).
+    pub stamps: StampSeen,
+}
+
 impl App {
-    pub fn new(
-        id: NodeId,
-        raft: Raft,
-        state: SharedState,
-        clock: LeaseClock,
-        watches: Watches,
-        peers: PeerClient,
-        config: AppConfig,
-    ) -> Self {
-        let leader_time = LeaderClock::new(state.clone());
+    pub fn new(id: NodeId, wiring: Wiring, config: AppConfig) -> Self {
+        let Wiring {
+            raft,
+            state,
+            clock,
+            watches,
+            peers,
+            stamps,
+        } = wiring;
+        let leader_time = LeaderClock::new(state.clone(), stamps);
         let proposer = Proposer::start(raft.clone(), config.proposer, leader_time.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
@@ -144,6 +161,6 @@ impl App {
 }
 
 /// The state machine answered a command with another command's outcome: a bug.
-fn unexpected(outcome: Outcome) -> AppError {
+fn unexpected(Mismatch(outcome): Mismatch) -> AppError {
     AppError::Internal(format!("unexpected outcome {outcome:?}"))
 }

@@ -22,6 +22,7 @@ use super::{App, AppError};
 use crate::raft::network::{paths, PeerError};
 use crate::raft::types::{LeaderError, NodeId};
 use crate::replicated::catalog::InstanceKey;
+use crate::replicated::ops::Op;
 use crate::replicated::state::{Command, Outcome};
 
 /// How long a forwarded call may take, unless the operation says otherwise.
@@ -216,11 +217,29 @@ impl App {
     }
 
     /// Proposes a command through the leader; returns the entry's index and the outcome.
-    pub(super) async fn propose(&self, command: Command) -> Result<(u64, Outcome), AppError> {
+    async fn propose(&self, command: Command) -> Result<(u64, Outcome), AppError> {
         match self.on_leader(Forward::Propose(command)).await? {
             Forwarded::Applied { index, outcome } => Ok((index, outcome)),
             other => Err(mismatch("propose", &other)),
         }
+    }
+
+    /// Proposes a typed operation through the leader; returns the entry's index and the
+    /// operation's own answer.
+    pub(super) async fn propose_op<O: Op>(&self, op: O) -> Result<(u64, O::Output), AppError> {
+        let (index, outcome) = self.propose(op.command()).await?;
+        O::output(outcome)
+            .map(|output| (index, output))
+            .map_err(super::unexpected)
+    }
+
+    /// Proposes a typed operation on this node, which must be the leader (the leader's
+    /// own tasks): not forwarded anywhere.
+    pub(super) async fn propose_here<O: Op>(&self, op: O) -> Result<(u64, O::Output), AppError> {
+        let (index, outcome) = self.inner.proposer.propose(op.command()).await?;
+        O::output(outcome)
+            .map(|output| (index, output))
+            .map_err(super::unexpected)
     }
 
     /// Renews a lease on the leader; returns it with the time it now has left.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::App;
 use crate::leader::storm::StormGuard;
 use crate::raft::proposer::wall_clock_ms;
-use crate::replicated::state::{Command, Outcome};
+use crate::replicated::ops::{ExpireLeases, GrantDelayed, Reap};
 
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
 const EXPIRY_BATCH: usize = 10_000;
@@ -94,14 +94,10 @@ impl App {
         if expire.is_empty() {
             return;
         }
-        let command = Command::Coordinate(locks::Command::ExpireLeases {
-            ids: expire.clone(),
-        });
-        match self.inner.proposer.propose(command).await {
-            Ok((index, Outcome::Coordinate(locks::Outcome::LeasesExpired(gone)))) => {
+        match self.propose_here(ExpireLeases(expire.clone())).await {
+            Ok((index, gone)) => {
                 tracing::info!(index, expired = gone.len(), "leases expired");
             }
-            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a lease expiry"),
             Err(e) => {
                 tracing::warn!(error = %e, leases = expire.len(), "lease expiry not committed; will retry");
                 self.inner.clock.unmark(&expire);
@@ -123,21 +119,15 @@ impl App {
         if due.is_empty() {
             return;
         }
-        match self
-            .inner
-            .proposer
-            .propose(Command::Reap { instances: due })
-            .await
-        {
-            Ok((index, Outcome::Reaped(gone))) if !gone.is_empty() => {
+        match self.propose_here(Reap(due)).await {
+            Ok((index, gone)) if !gone.is_empty() => {
                 tracing::info!(
                     index,
                     deregistered = gone.len(),
                     "critical instances deregistered"
                 );
             }
-            Ok((_, Outcome::Reaped(_))) => {}
-            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of a reap"),
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "deregistration of critical instances not committed; will retry")
             }
@@ -158,17 +148,10 @@ impl App {
         if due.is_empty() {
             return;
         }
-        let command = locks::Command::GrantDelayed { keys: due };
-        match self
-            .inner
-            .proposer
-            .propose(Command::Coordinate(command))
-            .await
-        {
-            Ok((index, Outcome::Coordinate(locks::Outcome::DelaysEnded(keys)))) => {
+        match self.propose_here(GrantDelayed(due)).await {
+            Ok((index, keys)) => {
                 tracing::debug!(index, locks = keys.len(), "lock-delays ended");
             }
-            Ok((_, other)) => tracing::error!(?other, "unexpected outcome of ending lock-delays"),
             Err(e) => tracing::warn!(error = %e, "ending lock-delays not committed; will retry"),
         }
     }

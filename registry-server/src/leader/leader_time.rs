@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::raft::store::log::StampSeen;
 use crate::raft::store::state_machine::SharedState;
 
 /// How far the wall clock may move leader time ahead of `S0 + elapsed`: enough for the
@@ -175,13 +176,18 @@ pub struct LeaderClock {
     time: Arc<Mutex<LeaderTime>>,
     /// Where the last applied replicated time (`AppState::clock_ms`) is read.
     state: SharedState,
+    /// The latest leader time this node appended to its log, and when: usually later
+    /// than the applied one (a follower applies an entry only once it learns it
+    /// committed), so a new leader anchored there lags its predecessor least.
+    stamps: StampSeen,
 }
 
 impl LeaderClock {
-    pub fn new(state: SharedState) -> Self {
+    pub fn new(state: SharedState, stamps: StampSeen) -> Self {
         Self {
             time: Arc::default(),
             state,
+            stamps,
         }
     }
 
@@ -201,6 +207,19 @@ impl LeaderClock {
                 .clock_applied_at
                 .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
             (state.app.clock_ms, since)
+        };
+        // Of the two readings (the last applied time, the last appended one), each plus
+        // the time since this node had it, the later: both are behind the leader that
+        // stamped them.
+        let (applied_ms, since_applied) = match self.stamps.latest() {
+            Some((seen_ms, at))
+                if applied_ms > 0
+                    && seen_ms.saturating_add(millis(now.saturating_duration_since(at)))
+                        > applied_ms.saturating_add(millis(since_applied)) =>
+            {
+                (seen_ms, now.saturating_duration_since(at))
+            }
+            _ => (applied_ms, since_applied),
         };
         if self
             .lock()

@@ -19,7 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, RaftLogId, StorageError, StorageIOError, Vote};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftLogId, StorageError, StorageIOError, Vote,
+};
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
@@ -50,6 +52,33 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// The latest leader time seen in an appended entry, for `leader::leader_time`.
+    stamps: StampSeen,
+}
+
+/// The latest leader time (`Request::now_ms`) this node has appended to its log, and when
+/// (its monotonic clock). A node that becomes leader continues replicated time from
+/// there: the entry was stamped before it arrived, so that time plus the time since is
+/// never ahead of the leader that stamped it. Cheap to clone; `std::sync::Mutex`, held
+/// for a copy only.
+#[derive(Debug, Clone, Default)]
+pub struct StampSeen {
+    latest: Arc<std::sync::Mutex<Option<(u64, tokio::time::Instant)>>>,
+}
+
+impl StampSeen {
+    /// Records a stamp just appended.
+    fn observe(&self, now_ms: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.is_none_or(|(ms, _)| now_ms >= ms) {
+            *latest = Some((now_ms, tokio::time::Instant::now()));
+        }
+    }
+
+    /// The latest stamp appended by this process, and when.
+    pub fn latest(&self) -> Option<(u64, tokio::time::Instant)> {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -82,7 +111,15 @@ fn db_err(e: rocksdb::Error) -> AnyError {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        Self {
+            db,
+            stamps: StampSeen::default(),
+        }
+    }
+
+    /// Where this store reports the latest leader time it appended.
+    pub fn stamps(&self) -> StampSeen {
+        self.stamps.clone()
     }
 
     fn logs(&self) -> &rocksdb::ColumnFamily {
@@ -220,9 +257,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = WriteBatch::default();
+        let mut stamp = None;
         for entry in entries {
+            if let EntryPayload::Normal(request) = &entry.payload {
+                stamp = stamp.max(Some(request.now_ms));
+            }
             let value = encode(&entry).map_err(StorageIOError::write_logs)?;
             batch.put_cf(self.logs(), index_key(entry.get_log_id().index), value);
+        }
+        if let Some(now_ms) = stamp {
+            self.stamps.observe(now_ms);
         }
         let db = self.db.clone();
         // The fsync runs off the async workers; openraft is told the entries are durable
