@@ -34,7 +34,7 @@
 //!   [`MAX_WALL_LEAD`]: the entry was stamped before this node applied it, so the time
 //!   since it was applied here is at most the time since it was stamped. Deadlines are
 //!   therefore never cut short by a failover or a skewed clock by more than
-//!   [`MAX_WALL_LEAD`] (25 ms), and are otherwise delayed by at most the replication
+//!   [`MAX_WALL_LEAD`] (100 ms), and are otherwise delayed by at most the replication
 //!   delay of the last entry.
 //! - Replicated time stands still only where no node measured it passing: a whole-cluster
 //!   outage (a restarted process has not applied anything yet, so it anchors at the last
@@ -53,11 +53,11 @@ use tokio::time::Instant;
 use crate::raft::store::log::StampSeen;
 use crate::raft::store::state_machine::SharedState;
 
-/// How far the wall clock may move leader time ahead of `S0 + elapsed`: enough for the
-/// few milliseconds a new leader's continuation lags (the last entry's replication
-/// delay), so a healthy cluster stamps its wall clock; little enough that a clock that
-/// jumped ends no deadline noticeably early.
-pub const MAX_WALL_LEAD: Duration = Duration::from_millis(25);
+/// How far the wall clock may move leader time ahead of `S0 + elapsed`: enough for what
+/// a new leader's continuation lags (the last entry's trip to this node, a few ms, more
+/// on a loaded machine), so a healthy cluster stamps its wall clock; little enough that a
+/// clock that jumped ends no deadline noticeably early (a lock-delay is seconds).
+pub const MAX_WALL_LEAD: Duration = Duration::from_millis(100);
 
 /// The skew between the wall clock and leader time above which [`LeaderTime::read`] asks
 /// for a warning.
@@ -274,7 +274,7 @@ mod tests {
     /// Some replicated time (ms since the epoch).
     const T0: u64 = 1_700_000_000_000;
     const DAY: u64 = 86_400 * S;
-    const LEAD: u64 = 25;
+    const LEAD: u64 = 100;
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
