@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::App;
 use crate::leader::storm::StormGuard;
 use crate::raft::proposer::wall_clock_ms;
-use crate::replicated::ops::{ExpireLeases, GrantDelayed, Reap};
+use crate::replicated::ops::{ExpireLeases, GrantDelayed, Op, Reap};
 
 /// Most leases expired by one Raft entry; more due leases wait for the next tick.
 const EXPIRY_BATCH: usize = 10_000;
@@ -119,18 +119,13 @@ impl App {
         if due.is_empty() {
             return;
         }
-        match self.propose_here(Reap(due)).await {
-            Ok((index, gone)) if !gone.is_empty() => {
-                tracing::info!(
-                    index,
-                    deregistered = gone.len(),
-                    "critical instances deregistered"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "deregistration of critical instances not committed; will retry")
-            }
+        let reaped = self.propose_due(Reap(due), "deregistering critical instances");
+        if let Some((index, gone)) = reaped.await.filter(|(_, gone)| !gone.is_empty()) {
+            tracing::info!(
+                index,
+                deregistered = gone.len(),
+                "critical instances deregistered"
+            );
         }
     }
 
@@ -148,11 +143,21 @@ impl App {
         if due.is_empty() {
             return;
         }
-        match self.propose_here(GrantDelayed(due)).await {
-            Ok((index, keys)) => {
-                tracing::debug!(index, locks = keys.len(), "lock-delays ended");
+        let ended = self.propose_due(GrantDelayed(due), "ending lock-delays");
+        if let Some((index, keys)) = ended.await {
+            tracing::debug!(index, locks = keys.len(), "lock-delays ended");
+        }
+    }
+
+    /// Proposes a step of the leader's loop; a failure is logged and the step is simply
+    /// tried again at the next tick (what was due is still due).
+    async fn propose_due<O: Op>(&self, op: O, what: &str) -> Option<(u64, O::Output)> {
+        match self.propose_here(op).await {
+            Ok(done) => Some(done),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} not committed; will retry");
+                None
             }
-            Err(e) => tracing::warn!(error = %e, "ending lock-delays not committed; will retry"),
         }
     }
 }
