@@ -638,6 +638,27 @@ impl Cluster {
         Ok(probe_client(&self.addr(id))?.cluster_status().await?.value)
     }
 
+    /// Waits up to `timeout` until node `follower` has applied at least as much as node
+    /// `leader` had when asked just before it.
+    pub async fn wait_caught_up(
+        &self,
+        follower: u64,
+        leader: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let what = format!("node {follower} to catch up with node {leader}");
+        wait_until(timeout, &what, || async {
+            let target = self.status(leader).await?.applied_index;
+            let applied = self.status(follower).await?.applied_index;
+            ensure!(
+                applied >= target,
+                "applied {applied}, leader applied {target}"
+            );
+            Ok(())
+        })
+        .await
+    }
+
     /// The leader every running node agrees on (waiting for one, see
     /// [`wait_for_leader`](Self::wait_for_leader)).
     pub async fn leader_id(&self) -> Result<u64> {

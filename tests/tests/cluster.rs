@@ -58,22 +58,6 @@ async fn ensure_all_present(client: &Client, ids: &[Uuid], consistency: Consiste
     Ok(())
 }
 
-/// Waits until node `follower` has applied at least as much as node `leader` had when
-/// asked just before it.
-async fn wait_caught_up(cluster: &Cluster, follower: u64, leader: u64) -> Result<()> {
-    let what = format!("node {follower} to catch up with node {leader}");
-    wait_until(CATCH_UP_TIMEOUT, &what, || async {
-        let target = cluster.status(leader).await?.applied_index;
-        let applied = cluster.status(follower).await?.applied_index;
-        ensure!(
-            applied >= target,
-            "applied {applied}, leader applied {target}"
-        );
-        Ok(())
-    })
-    .await
-}
-
 /// A node other than `leader`.
 fn a_follower(cluster: &Cluster, leader: u64) -> u64 {
     cluster
@@ -142,7 +126,9 @@ async fn restarted_follower_catches_up_on_writes_it_missed() {
             || ensure_all_present(&local, &ids, Consistency::Stale),
         )
         .await?;
-        wait_caught_up(&cluster, follower, leader).await?;
+        cluster
+            .wait_caught_up(follower, leader, CATCH_UP_TIMEOUT)
+            .await?;
         ensure!(
             cluster.leader_id().await? == leader,
             "leadership moved during the test"
@@ -161,7 +147,7 @@ async fn follower_behind_the_leaders_purged_log_is_sent_a_snapshot() {
         let leader = cluster.leader_id().await?;
         let follower = a_follower(&cluster, leader);
         let mut ids = create_leases(&cluster.client(), 5, LONG_TTL).await?;
-        wait_caught_up(&cluster, follower, leader).await?;
+        cluster.wait_caught_up(follower, leader, CATCH_UP_TIMEOUT).await?;
         let follower_last = cluster.status(follower).await?.last_log_index;
 
         cluster.kill(follower).await?;
@@ -191,7 +177,7 @@ async fn follower_behind_the_leaders_purged_log_is_sent_a_snapshot() {
             ensure_all_present(&local, &ids, Consistency::Stale)
         })
         .await?;
-        wait_caught_up(&cluster, follower, leader).await?;
+        cluster.wait_caught_up(follower, leader, CATCH_UP_TIMEOUT).await?;
         let status = cluster.status(follower).await?;
         ensure!(
             status.snapshot_index.is_some_and(|s| s > follower_last),

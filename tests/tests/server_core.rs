@@ -234,13 +234,7 @@ async fn a_follower_behind_more_than_one_message_of_entries_catches_up() {
         }
 
         cluster.restart(follower).await?;
-        wait_until(SETTLE, "the follower to catch up", || async {
-            let target = cluster.status(leader).await?.applied_index;
-            let applied = cluster.status(follower).await?.applied_index;
-            ensure!(applied >= target, "applied {applied} of {target}");
-            Ok(())
-        })
-        .await?;
+        cluster.wait_caught_up(follower, leader, SETTLE).await?;
         let answer: api_spec::ServiceInstances = http()
             .get(format!(
                 "http://{}/v1/services/big?stale",

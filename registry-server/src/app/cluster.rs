@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api_spec::Role;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use super::routing::Forward;
@@ -217,12 +217,9 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> App
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AppError::NotLeader {
             leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
         },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
-            ChangeMembershipError::LearnerNotFound(_) => {
-                AppError::MembershipConflict(format!("{e}"))
-            }
-            other => AppError::MembershipConflict(other.to_string()),
-        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            AppError::MembershipConflict(e.to_string())
+        }
         RaftError::Fatal(f) => AppError::Unavailable(f.to_string()),
     }
 }

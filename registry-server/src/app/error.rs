@@ -27,8 +27,6 @@ pub enum AppError {
     InstanceNotFound,
     #[error("the instance's lease has ended (it is critical); register it again")]
     InstanceCritical,
-    #[error("{0}")]
-    InvalidArgument(String),
     #[error("member {0} is not part of the cluster")]
     MemberNotFound(NodeId),
     #[error("{0}")]
