@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod acl;
 pub mod openapi;
 pub mod rules;
 
@@ -162,6 +163,19 @@ pub mod codes {
     /// 409: the token is not the current holder's (it was released, expired or handed
     /// on); nothing changed. The body shows the lock or election as it is.
     pub const TOKEN_MISMATCH: &str = "token_mismatch";
+    /// 401: the request carries no token, or one the cluster does not know (never made,
+    /// revoked or expired), where ACLs require one.
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// 403: the token may not do this; the message names the resource, name and access
+    /// it would need.
+    pub const PERMISSION_DENIED: &str = "permission_denied";
+    /// 409: the cluster's ACLs are bootstrapped already; `POST /v1/acl/bootstrap` works
+    /// once.
+    pub const ACL_BOOTSTRAPPED: &str = "acl_bootstrapped";
+    /// 400: ACLs are off on this server (start it with `--acl`).
+    pub const ACL_DISABLED: &str = "acl_disabled";
+    /// 404: no token has this accessor (never made, revoked or expired).
+    pub const TOKEN_NOT_FOUND: &str = "token_not_found";
     /// 429: the lock's wait queue is full; retry later.
     pub const QUEUE_FULL: &str = "queue_full";
     /// 500: a server-side failure; details are in the server's log, not the response.

@@ -412,6 +412,60 @@ pub fn member_addr(addr: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// An ACL rule's `prefix`: empty, or the start of a name ([`NAME_PATTERN`] but possibly
+/// empty); on resources without names only `""` means anything.
+pub fn acl_rule(rule: &crate::acl::Rule) -> Result<(), Invalid> {
+    if rule.prefix.is_empty() {
+        return Ok(());
+    }
+    if !rule.resource.has_names() {
+        return Err(arg(format!(
+            "rules: {} has no names, so its prefix must be \"\" (not {:?})",
+            rule.resource, rule.prefix
+        )));
+    }
+    name("rules: prefix", &rule.prefix, &NAME_EXTRA)
+}
+
+/// A token's description ([`TEXT_PATTERN`], at most [`crate::acl::MAX_DESCRIPTION_LEN`])
+/// and rules (at most [`crate::acl::MAX_RULES`], each [`acl_rule`]); answers its TTL.
+pub fn create_token(req: &crate::acl::CreateTokenRequest) -> Result<Option<Duration>, Invalid> {
+    use crate::acl::{MAX_DESCRIPTION_LEN, MAX_RULES, MAX_TOKEN_TTL, MIN_TOKEN_TTL};
+    text("description", &req.description, 0, MAX_DESCRIPTION_LEN)?;
+    if req.rules.len() > MAX_RULES {
+        return Err(arg(format!(
+            "rules: at most {MAX_RULES}, not {}",
+            req.rules.len()
+        )));
+    }
+    req.rules.iter().try_for_each(acl_rule)?;
+    let range = DurationRange {
+        min: MIN_TOKEN_TTL,
+        max: Some(MAX_TOKEN_TTL),
+    };
+    req.ttl
+        .as_deref()
+        .map(|ttl| duration("ttl", ttl, range))
+        .transpose()
+}
+
+/// A secret set from outside (`REGISTRY_ACL_BOOTSTRAP_TOKEN`): printable ASCII without
+/// spaces, [`crate::acl::MIN_SECRET_LEN`] to [`crate::acl::MAX_SECRET_LEN`] long.
+pub fn secret(value: &str) -> Result<(), Invalid> {
+    use crate::acl::{MAX_SECRET_LEN, MIN_SECRET_LEN};
+    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&value.len()) {
+        return Err(arg(format!(
+            "a token secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} characters long"
+        )));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(arg(
+            "a token secret may only hold printable ASCII characters, without spaces",
+        ));
+    }
+    Ok(())
+}
+
 /// `true` when `text` is written as [`DURATION_PATTERN`] says: `<digits><unit>` groups,
 /// optionally one space between groups.
 pub fn is_duration_syntax(text: &str) -> bool {
