@@ -144,6 +144,7 @@ pub struct Rule {
     pub resource: Resource,
     /// The start of the names the rule covers; `""` (the default) covers all. Letters,
     /// digits, `.`, `_`, `-`, starting with a letter or digit, at most 128 characters.
+    /// `lease`, `cluster` and `acl` have no names: there only `""` grants anything.
     #[serde(default)]
     pub prefix: String,
     pub access: Access,

@@ -551,8 +551,14 @@ pub struct ReleaseResponse {
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
     pub holder: String,
-    pub token: u64,
-    pub lease: Uuid,
+    /// The holder's fencing token. With ACLs on, shown only to callers with `write`
+    /// access to the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// The lease the lock is bound to. With ACLs on, shown only to callers with `write`
+    /// access to the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Uuid>,
     pub own_lease: bool,
     pub lock_delay_ms: u64,
     pub granted_index: u64,
@@ -563,7 +569,10 @@ pub struct LockHolder {
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockWaiter {
     pub holder: String,
-    pub lease: Uuid,
+    /// The lease the request is bound to. With ACLs on, shown on a lock only to callers
+    /// with `write` access to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Uuid>,
     /// Log index of the entry that queued it.
     pub queued_index: u64,
     /// Leader's wall clock when it was queued (ms since the Unix epoch).

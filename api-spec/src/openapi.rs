@@ -67,7 +67,13 @@ server holds the request until something changes past that index or `wait` runs 
 - Writes may be sent to any server; followers forward them to the leader.
 - Every lock grant and election win carries a fencing `token` that strictly increases \
 across all grants; a resource the holder acts on should reject any token lower than the \
-highest it has seen.";
+highest it has seen.
+- Access control (servers started with `--acl`): send a token's secret as \
+`Authorization: Bearer <secret>` or `X-Registry-Token`. Without one a request gets the \
+anonymous rules the servers were started with (none by default). `401 unauthenticated`: \
+no token where one is needed, or a token the cluster does not know; `403 \
+permission_denied`: the token's rules do not allow it (the message says what is needed). \
+`/healthz`, `/readyz` and this document are open to all.";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -99,6 +105,11 @@ highest it has seen.";
         routes::cluster_status,
         routes::add_member,
         routes::remove_member,
+        routes::acl_bootstrap,
+        routes::create_token,
+        routes::list_tokens,
+        routes::own_token,
+        routes::revoke_token,
         routes::healthz,
         routes::readyz,
         routes::openapi_document,
@@ -106,13 +117,14 @@ highest it has seen.";
     // Schemas reached from request and response bodies are collected on their own; the
     // enums used only by query parameters are not, so they are listed here.
     components(schemas(ReadConsistency, StatusFilter)),
-    modifiers(&CommonHeaders, &RequestRules),
+    modifiers(&Security, &CommonHeaders, &RequestRules),
     tags(
         (name = "services", description = "Register instances and discover them."),
         (name = "leases", description = "Time-limited liveness tokens that instances, locks and elections hang on."),
         (name = "locks", description = "Distributed locks: one holder at a time, bound to a lease, with a FIFO wait queue and fencing tokens."),
         (name = "elections", description = "Leader election: one leader at a time, bound to a lease, announcing a value that observers follow with blocking queries."),
         (name = "cluster", description = "Raft membership and status."),
+        (name = "acl", description = "Access control: tokens with rules, and the one-time bootstrap."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
         (name = "meta", description = "This document."),
     )
@@ -159,6 +171,87 @@ impl Modify for CommonHeaders {
                             .insert("Retry-After".to_owned(), retry_after.clone());
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The routes open to every caller whatever ACLs say: the probes and this document.
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
+
+/// Declares how a caller presents a token, and on every route but [`OPEN_PATHS`] the
+/// token (or none: the anonymous rules) and the `401`/`403` answers.
+#[derive(Debug)]
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token's secret: `Authorization: Bearer <secret>`."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "token_header",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                crate::acl::TOKEN_HEADER,
+                "A token's secret, for clients that cannot set `Authorization`.",
+            ))),
+        );
+        let requirements = vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("token_header", Vec::<String>::new()),
+            // No token: the anonymous rules.
+            SecurityRequirement::default(),
+        ];
+        let error = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorBody",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.security = Some(requirements.clone());
+                let responses = &mut operation.responses.responses;
+                responses.entry("401".to_owned()).or_insert_with(|| {
+                    RefOr::T(error(
+                        "`unauthenticated`: with ACLs on, no token was given and the anonymous \
+                         rules do not allow this, or the token is not known (never made, \
+                         revoked or expired).",
+                    ))
+                });
+                responses.entry("403".to_owned()).or_insert_with(|| {
+                    RefOr::T(error(
+                        "`permission_denied`: the token's rules do not allow this; the message \
+                         names the resource, name and access needed.",
+                    ))
+                });
             }
         }
     }
@@ -348,6 +441,23 @@ fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
         }),
         ("ProclaimRequest", "candidate", |d| {
             string_schema(rules::CANDIDATE, false, d).into()
+        }),
+        ("CreateTokenRequest", "description", |d| {
+            string_schema(rules::DESCRIPTION, false, d).into()
+        }),
+        ("CreateTokenRequest", "rules", |d| {
+            ArrayBuilder::new()
+                .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Rule")))
+                .max_items(Some(crate::acl::MAX_RULES))
+                .description(d)
+                .build()
+                .into()
+        }),
+        ("CreateTokenRequest", "ttl", |d| {
+            duration_schema(rules::TOKEN_TTL, true, d).into()
+        }),
+        ("Rule", "prefix", |d| {
+            string_schema(rules::ACL_PREFIX, false, d).into()
         }),
         ("AddMemberRequest", "id", |d| {
             integer_schema(rules::MIN_NODE_ID, u64::MAX, false, d).into()
@@ -579,6 +689,7 @@ mod routes {
     use super::{
         BlockingQuery, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery, ServicePath,
     };
+    use crate::acl::{CreateTokenRequest, RevokeTokenResponse, TokenCreated, TokenInfo, TokenList};
     use crate::{
         AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
         CreateLeaseRequest, DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList,
@@ -1036,6 +1147,88 @@ mod routes {
     )]
     fn remove_member() {}
 
+    /// Bootstrap ACLs: make the first management token. Works once per cluster.
+    ///
+    /// The answer is the only time the secret is shown. Servers started with
+    /// `REGISTRY_ACL_BOOTSTRAP_TOKEN` bootstrap themselves, and this answers 409.
+    #[utoipa::path(
+        post,
+        path = "/v1/acl/bootstrap",
+        tag = "acl",
+        responses(
+            (status = 200, description = "The management token, with its secret.", body = TokenCreated),
+            (status = 400, description = "`acl_disabled`: the server runs without `--acl`.", body = ErrorBody),
+            (status = 409, description = "`acl_bootstrapped`: the cluster was bootstrapped already.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn acl_bootstrap() {}
+
+    /// Make a token (needs `acl:write`).
+    ///
+    /// Rules grant `read` or `write` (which includes read) on the names of a resource that
+    /// start with `prefix`. A token owns the leases it makes: only it, or a token with
+    /// `lease:write`, may keep them alive, revoke them, or bind instances and locks to them.
+    #[utoipa::path(
+        post,
+        path = "/v1/acl/tokens",
+        tag = "acl",
+        request_body = CreateTokenRequest,
+        responses(
+            (status = 200, description = "The token, with its secret (shown only now).", body = TokenCreated),
+            (status = 400, description = "`invalid_json`: the body is not a `CreateTokenRequest`; `invalid_argument`: a rule or the description is out of range; `invalid_duration`: `ttl` cannot be read or is out of range; `acl_disabled`: the server runs without `--acl`.", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`: the body is too large.", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`: the body is not declared as `application/json`.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn create_token() {}
+
+    /// List tokens (needs `acl:read`): accessors, descriptions and rules, never secrets.
+    #[utoipa::path(
+        get,
+        path = "/v1/acl/tokens",
+        tag = "acl",
+        params(ReadQuery),
+        responses(
+            (status = 200, description = "Every token.", body = TokenList),
+            (status = 400, description = "`acl_disabled`: the server runs without `--acl`; `invalid_argument`: a query parameter is not valid.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn list_tokens() {}
+
+    /// The token the request presents.
+    #[utoipa::path(
+        get,
+        path = "/v1/acl/tokens/self",
+        tag = "acl",
+        responses(
+            (status = 200, description = "The caller's token (without its secret).", body = TokenInfo),
+            (status = 400, description = "`acl_disabled`: the server runs without `--acl`.", body = ErrorBody),
+        )
+    )]
+    fn own_token() {}
+
+    /// Revoke a token (needs `acl:write`).
+    ///
+    /// The answer comes once every member has applied the revoke (members that did not
+    /// confirm within 5s are listed in `unconfirmed_members`): from then on no member
+    /// accepts the token.
+    #[utoipa::path(
+        delete,
+        path = "/v1/acl/tokens/{accessor}",
+        tag = "acl",
+        params(("accessor" = uuid::Uuid, Path, description = "The token's accessor.")),
+        responses(
+            (status = 200, description = "The token is revoked.", body = RevokeTokenResponse),
+            (status = 400, description = "`invalid_argument`: the accessor is not a UUID; `acl_disabled`: the server runs without `--acl`.", body = ErrorBody),
+            (status = 404, description = "`token_not_found`: no token has this accessor.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn revoke_token() {}
+
     /// Liveness: the process is up and serving HTTP.
     #[utoipa::path(
         get,
@@ -1155,6 +1348,11 @@ mod tests {
             ("GET", "/v1/cluster"),
             ("POST", "/v1/cluster/members"),
             ("DELETE", "/v1/cluster/members/{id}"),
+            ("POST", "/v1/acl/bootstrap"),
+            ("POST", "/v1/acl/tokens"),
+            ("GET", "/v1/acl/tokens"),
+            ("GET", "/v1/acl/tokens/self"),
+            ("DELETE", "/v1/acl/tokens/{accessor}"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
             ("GET", "/v1/openapi.json"),

@@ -155,6 +155,21 @@ pub const MEMBER_ADDR: StringRule = StringRule {
     max_length: None,
 };
 
+/// An ACL rule's `prefix`: the start of a name ([`NAME_PATTERN`]), or empty for all.
+pub const ACL_PREFIX_PATTERN: &str = "^(?:[A-Za-z0-9][A-Za-z0-9._-]*)?$";
+/// An ACL rule's `prefix` ([`ACL_PREFIX_PATTERN`]).
+pub const ACL_PREFIX: StringRule = StringRule {
+    pattern: Some(ACL_PREFIX_PATTERN),
+    min_length: 0,
+    max_length: Some(MAX_NAME_LEN),
+};
+/// A token's `description`.
+pub const DESCRIPTION: StringRule = StringRule {
+    pattern: Some(TEXT_PATTERN),
+    min_length: 0,
+    max_length: Some(crate::acl::MAX_DESCRIPTION_LEN),
+};
+
 /// The range a duration field accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationRange {
@@ -177,6 +192,11 @@ pub const DEREGISTER_AFTER: DurationRange = DurationRange {
 pub const LOCK_WAIT: DurationRange = DurationRange {
     min: Duration::ZERO,
     max: Some(MAX_LOCK_WAIT),
+};
+/// A token's `ttl`.
+pub const TOKEN_TTL: DurationRange = DurationRange {
+    min: crate::acl::MIN_TOKEN_TTL,
+    max: Some(crate::acl::MAX_TOKEN_TTL),
 };
 /// An acquire's `lock_delay`.
 pub const LOCK_DELAY: DurationRange = DurationRange {
@@ -412,17 +432,12 @@ pub fn member_addr(addr: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// An ACL rule's `prefix`: empty, or the start of a name ([`NAME_PATTERN`] but possibly
-/// empty); on resources without names only `""` means anything.
+/// An ACL rule's `prefix` ([`ACL_PREFIX_PATTERN`]). (On resources without names, such
+/// as `cluster`, only `""` grants anything; another prefix is accepted and matches
+/// nothing.)
 pub fn acl_rule(rule: &crate::acl::Rule) -> Result<(), Invalid> {
     if rule.prefix.is_empty() {
         return Ok(());
-    }
-    if !rule.resource.has_names() {
-        return Err(arg(format!(
-            "rules: {} has no names, so its prefix must be \"\" (not {:?})",
-            rule.resource, rule.prefix
-        )));
     }
     name("rules: prefix", &rule.prefix, &NAME_EXTRA)
 }
@@ -430,7 +445,7 @@ pub fn acl_rule(rule: &crate::acl::Rule) -> Result<(), Invalid> {
 /// A token's description ([`TEXT_PATTERN`], at most [`crate::acl::MAX_DESCRIPTION_LEN`])
 /// and rules (at most [`crate::acl::MAX_RULES`], each [`acl_rule`]); answers its TTL.
 pub fn create_token(req: &crate::acl::CreateTokenRequest) -> Result<Option<Duration>, Invalid> {
-    use crate::acl::{MAX_DESCRIPTION_LEN, MAX_RULES, MAX_TOKEN_TTL, MIN_TOKEN_TTL};
+    use crate::acl::{MAX_DESCRIPTION_LEN, MAX_RULES};
     text("description", &req.description, 0, MAX_DESCRIPTION_LEN)?;
     if req.rules.len() > MAX_RULES {
         return Err(arg(format!(
@@ -439,13 +454,9 @@ pub fn create_token(req: &crate::acl::CreateTokenRequest) -> Result<Option<Durat
         )));
     }
     req.rules.iter().try_for_each(acl_rule)?;
-    let range = DurationRange {
-        min: MIN_TOKEN_TTL,
-        max: Some(MAX_TOKEN_TTL),
-    };
     req.ttl
         .as_deref()
-        .map(|ttl| duration("ttl", ttl, range))
+        .map(|ttl| duration("ttl", ttl, TOKEN_TTL))
         .transpose()
 }
 

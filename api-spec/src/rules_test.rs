@@ -110,6 +110,75 @@ fn names_follow_their_pattern() {
 }
 
 #[test]
+fn acl_prefixes_and_descriptions_follow_their_patterns() {
+    let rule = |prefix: &str| crate::acl::Rule {
+        resource: crate::acl::Resource::Service,
+        prefix: prefix.to_owned(),
+        access: crate::acl::Access::Read,
+    };
+    agree(
+        ACL_PREFIX,
+        |s| acl_rule(&rule(s)).is_ok(),
+        &[
+            "",
+            "web",
+            "web-",
+            "a.b_c",
+            "-x",
+            "a b",
+            "é",
+            &"p".repeat(128),
+            &"p".repeat(129),
+        ],
+    );
+    let token = |description: &str| crate::acl::CreateTokenRequest {
+        description: description.to_owned(),
+        ..Default::default()
+    };
+    agree(
+        DESCRIPTION,
+        |s| create_token(&token(s)).is_ok(),
+        &[
+            "",
+            "ci deploys",
+            "a\u{7}b",
+            "tab\there",
+            &"d".repeat(256),
+            &"d".repeat(257),
+        ],
+    );
+}
+
+#[test]
+fn a_rule_reads_as_it_is_written() {
+    use crate::acl::{Access, Resource, Rule};
+    let rule: Rule = "service:write:web".parse().unwrap();
+    assert_eq!(
+        rule,
+        Rule {
+            resource: Resource::Service,
+            prefix: "web".into(),
+            access: Access::Write
+        }
+    );
+    assert_eq!(rule.to_string(), "service:write:web");
+    let all: Rule = "cluster:read".parse().unwrap();
+    assert_eq!(
+        (all.prefix.as_str(), all.to_string()),
+        ("", "cluster:read".to_owned())
+    );
+    for bad in [
+        "service",
+        "services:read",
+        "service:admin",
+        "service:read:-x",
+        "",
+    ] {
+        assert!(bad.parse::<Rule>().is_err(), "{bad:?} was read");
+    }
+}
+
+#[test]
 fn addresses_follow_their_pattern() {
     let samples = [
         "10.0.0.1",

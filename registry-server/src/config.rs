@@ -112,6 +112,37 @@ pub struct Config {
     /// of it. Give every server of a cluster the same value.
     #[arg(long, value_name = "BYTES", default_value_t = crate::raft::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub raft_max_message_bytes: u64,
+
+    /// Turn access control on: every request needs a token whose rules allow it
+    /// (default deny), except what --acl-anonymous opens. Make the first token with
+    /// `POST /v1/acl/bootstrap`. Give every server of a cluster the same ACL flags.
+    #[arg(long, env = "REGISTRY_ACL")]
+    pub acl: bool,
+
+    /// With --acl: what requests without a token may do, as rules
+    /// resource:access[:prefix] separated by commas, e.g. `service:read` (discovery
+    /// open to all) or `service:read:web,lock:read`. Default: nothing.
+    #[arg(
+        long,
+        value_name = "RULES",
+        env = "REGISTRY_ACL_ANONYMOUS",
+        value_delimiter = ',',
+        requires = "acl"
+    )]
+    pub acl_anonymous: Vec<api_spec::acl::Rule>,
+
+    /// With --acl: the secret of the bootstrap management token, for automation. The
+    /// leader bootstraps the cluster's ACLs with it as soon as it leads, and
+    /// `POST /v1/acl/bootstrap` then answers 409. 16 to 256 printable characters. Prefer
+    /// the environment variable.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "REGISTRY_ACL_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        requires = "acl"
+    )]
+    pub acl_bootstrap_token: Option<String>,
 }
 
 const EXAMPLES: &str = "\
@@ -121,6 +152,16 @@ Examples:
   registry-server --node-id 4 --listen 127.0.0.1:7404 --data-dir n4 --join 127.0.0.1:7401
 
 Logging is controlled by RUST_LOG (default: info).";
+
+/// Whether `addr` (`host:port`) names this machine's loopback interface.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 /// The `--bootstrap` member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +281,11 @@ impl Config {
         if let Some(advertise) = &self.advertise {
             check_addr(advertise).map_err(|e| format!("--advertise: {e}"))?;
         }
+        if let Some(secret) = &self.acl_bootstrap_token {
+            api_spec::rules::secret(secret).map_err(|e| {
+                format!("--acl-bootstrap-token (REGISTRY_ACL_BOOTSTRAP_TOKEN): {e}")
+            })?;
+        }
         if self.propose_timeout < Duration::from_millis(100)
             || self.propose_timeout >= Duration::from_secs(10)
         {
@@ -278,6 +324,44 @@ impl Config {
             ));
         }
         Ok(bound.to_string())
+    }
+
+    /// Refuses to run a cluster whose node-to-node traffic anyone on a network could
+    /// send: without a cluster secret, every member address (this server's, the
+    /// `--bootstrap` and `--join` ones, and the `stored` membership) must be loopback.
+    pub fn require_peer_auth<'a>(
+        &'a self,
+        advertise: &'a str,
+        stored: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        if self.cluster_secret.is_some() {
+            return Ok(());
+        }
+        let initial = self
+            .bootstrap
+            .iter()
+            .flat_map(|Bootstrap(members)| members.values().map(String::as_str));
+        let open = std::iter::once(advertise)
+            .chain(initial)
+            .chain(self.join.as_deref())
+            .chain(stored)
+            .find(|addr| !is_loopback(addr));
+        match open {
+            None => Ok(()),
+            Some(addr) => Err(format!(
+                "refusing to start without a cluster secret: member address {addr} is not loopback, \
+                 so anyone who can reach it could send Raft and forwarding calls; set \
+                 --cluster-secret (or REGISTRY_CLUSTER_SECRET) to the same secret on every server"
+            )),
+        }
+    }
+
+    /// The ACL settings these flags describe.
+    pub fn authority(&self) -> crate::replicated::acl::Authority {
+        crate::replicated::acl::Authority {
+            enabled: self.acl,
+            anonymous: self.acl_anonymous.clone(),
+        }
     }
 
     /// The storm protection settings these flags describe.

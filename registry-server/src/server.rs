@@ -8,19 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use api_spec::AddMemberRequest;
 use axum::serve::ListenerExt;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{App, AppConfig, Wiring};
+use crate::app::{App, AppConfig, AppError, Forward, ForwardAnswer, Wiring};
 use crate::config::{Bootstrap, Config};
 use crate::leader::lease_clock::LeaseClock;
-use crate::raft::network::{Network, PeerClient};
+use crate::raft::network::{paths, Network, PeerClient, PeerError};
 use crate::raft::store::log::{open_db, LogStore};
 use crate::raft::store::state_machine::StateMachineStore;
-use crate::raft::types::{Node, Raft};
+use crate::raft::types::{Node, NodeId, Raft};
 use crate::watch::Watches;
 
 /// How long in-flight requests may run after a shutdown signal before being cut off.
@@ -71,6 +70,19 @@ pub async fn run(
     let raft = Raft::new(config.node_id, raft_config, network, log, state_machine)
         .await
         .context("cannot start Raft")?;
+    let stored: Vec<String> = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .nodes()
+            .map(|(_, node)| node.addr.clone())
+            .collect()
+    };
+    if let Err(e) = config.require_peer_auth(&advertise, stored.iter().map(String::as_str)) {
+        let _ = raft.shutdown().await;
+        return Err(anyhow!(e));
+    }
 
     let app_config = AppConfig {
         leader_wait: config.election_timeout * 3,
@@ -79,6 +91,9 @@ pub async fn run(
             max_entry_bytes: config.raft_max_message_bytes / 4,
         },
         storm: config.storm(),
+        authority: config.authority(),
+        bootstrap_secret: config.acl_bootstrap_token.clone(),
+        peers_authenticated: config.cluster_secret.is_some(),
     };
     let wiring = Wiring {
         raft: raft.clone(),
@@ -93,12 +108,8 @@ pub async fn run(
     if !raft.is_initialized().await? {
         match (&config.join, &config.bootstrap) {
             (Some(join), _) => {
-                let request = AddMemberRequest {
-                    id: config.node_id,
-                    addr: advertise.clone(),
-                    learner: false,
-                };
-                tokio::spawn(join_cluster(peers, join.clone(), request));
+                let join = join_cluster(peers, join.clone(), config.node_id, advertise.clone());
+                tokio::spawn(join);
             }
             (None, bootstrap) => {
                 let members = match bootstrap {
@@ -131,7 +142,8 @@ pub async fn run(
             app.clone(),
             config.cluster_secret.clone(),
             usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
-        ),
+        )
+        .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
@@ -203,31 +215,48 @@ async fn initialize(raft: &Raft, members: BTreeMap<u64, String>) -> anyhow::Resu
 }
 
 /// Asks the cluster at `via` to add this server, retrying until it answers yes or no.
-async fn join_cluster(peers: PeerClient, via: String, request: AddMemberRequest) {
-    let url = format!("http://{via}/v1/cluster/members");
+/// The request goes over the internal route (with the cluster secret), as any other
+/// node-to-node call: a joining server is a peer, not an API client, and needs no token.
+async fn join_cluster(peers: PeerClient, via: String, id: NodeId, addr: String) {
+    let mut target = via.clone();
     let mut delay = Duration::from_millis(200);
+    let op = Forward::AddMember {
+        id,
+        addr,
+        learner: false,
+    };
     loop {
-        tracing::info!(%via, "asking the cluster to add this server");
-        match peers
-            .http()
-            .post(&url)
-            .json(&request)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {
-                tracing::info!(%via, "joined the cluster");
+        tracing::info!(via = %target, "asking the cluster to add this server");
+        let answer = peers
+            .call::<Forward, ForwardAnswer>(&target, paths::FORWARD, &op, Duration::from_secs(60))
+            .await;
+        match answer {
+            Ok(Ok(_)) => {
+                tracing::info!(via = %target, "joined the cluster");
                 return;
             }
-            Ok(r) if r.status().is_client_error() => {
-                let body = r.text().await.unwrap_or_default();
-                tracing::error!(%via, %body, "the cluster refused to add this server");
+            Ok(Err(AppError::NotLeader {
+                leader: Some((_, leader)),
+            })) => {
+                target = leader;
+            }
+            Ok(Err(e @ (AppError::MembershipConflict(_) | AppError::Denied(_)))) => {
+                tracing::error!(via = %target, error = %e, "the cluster refused to add this server");
                 return;
             }
-            Ok(r) => tracing::warn!(%via, status = %r.status(), "join not accepted yet; retrying"),
+            Ok(Err(e)) => {
+                tracing::warn!(via = %target, error = %e, "join not accepted yet; retrying");
+                target = via.clone();
+            }
+            Err(e @ PeerError::Rejected { .. }) => {
+                tracing::error!(
+                    via = %target, error = %e,
+                    "the cluster refused this server's call (is --cluster-secret the same on every server?); retrying"
+                );
+            }
             Err(e) => {
-                tracing::warn!(%via, error = %e, "cannot reach the cluster to join; retrying")
+                tracing::warn!(via = %target, error = %e, "cannot reach the cluster to join; retrying");
+                target = via.clone();
             }
         }
         tokio::time::sleep(delay).await;

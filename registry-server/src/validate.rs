@@ -13,8 +13,9 @@ use api_spec::{
 use locks::LeaseId;
 
 use crate::app::AcquireSpec;
+use crate::replicated::acl::AclCommand;
 use crate::replicated::catalog::InstanceSpec;
-use crate::replicated::state::Binding;
+use crate::replicated::state::{Binding, Command};
 
 pub use api_spec::rules::{
     address, candidate, instance_id, lock_name, service_name, Invalid, MAX_META,
@@ -147,6 +148,90 @@ pub fn campaign(
         wait: lock_wait(req.wait.as_deref())?,
         lock_delay_ms: 0,
     })
+}
+
+/// Checks a command again as the rules above would have made it: what the leader does
+/// with a command another node sends, before proposing it. (Which commands a request may
+/// send at all, and whether its caller may, is `replicated::acl`'s decision.)
+pub fn command(command: &Command) -> Result<(), Invalid> {
+    let ttl = |ms: u64| in_range("ttl", ms, rules::LEASE_TTL);
+    let lock_name = |key: &locks::Key| rules::lock_name(&key.name);
+    match command {
+        Command::Coordinate(cmd) => match cmd {
+            locks::Command::GrantLease { ttl_ms, .. } => ttl(*ttl_ms),
+            locks::Command::Acquire(acquire) => {
+                lock_name(&acquire.key)?;
+                match acquire.key.kind {
+                    locks::Kind::Lock => rules::holder(&acquire.holder)?,
+                    locks::Kind::Election => rules::candidate(&acquire.holder)?,
+                }
+                in_range("lock_delay", acquire.lock_delay_ms, rules::LOCK_DELAY)?;
+                match acquire.binding {
+                    locks::Binding::Own { ttl_ms, .. } => ttl(ttl_ms),
+                    locks::Binding::Existing(_) => Ok(()),
+                }
+            }
+            locks::Command::Release { key, .. } | locks::Command::Withdraw { key, .. } => {
+                lock_name(key)
+            }
+            locks::Command::Proclaim { key, holder, .. } => {
+                lock_name(key)?;
+                rules::candidate(holder)
+            }
+            locks::Command::RevokeLease { .. }
+            | locks::Command::ExpireLeases { .. }
+            | locks::Command::GrantDelayed { .. } => Ok(()),
+        },
+        Command::Register { key, spec, binding } => {
+            rules::service_name(&key.0)?;
+            rules::instance_id(&key.1)?;
+            rules::address(&spec.address)?;
+            rules::port(spec.port)?;
+            rules::tags(&spec.tags)?;
+            rules::meta(&spec.meta)?;
+            spec.zone.as_deref().map_or(Ok(()), rules::zone)?;
+            spec.region.as_deref().map_or(Ok(()), rules::region)?;
+            rules::weight(spec.weight)?;
+            in_range(
+                "deregister_after",
+                spec.deregister_after_ms,
+                rules::DEREGISTER_AFTER,
+            )?;
+            match binding {
+                Binding::Own { ttl_ms, .. } => ttl(*ttl_ms),
+                Binding::Existing(_) => Ok(()),
+            }
+        }
+        Command::Deregister { key } | Command::SetStatus { key, .. } => {
+            rules::service_name(&key.0)?;
+            rules::instance_id(&key.1)
+        }
+        Command::Acl(AclCommand::CreateToken(new) | AclCommand::Bootstrap(new)) => {
+            let request = api_spec::acl::CreateTokenRequest {
+                description: new.description.clone(),
+                rules: new.rules.clone(),
+                management: new.management,
+                ttl: None,
+            };
+            rules::create_token(&request)?;
+            new.ttl_ms
+                .map_or(Ok(()), |ms| in_range("ttl", ms, rules::TOKEN_TTL))
+        }
+        Command::Acl(AclCommand::RevokeToken(_) | AclCommand::Purge(_))
+        | Command::Reap { .. }
+        | Command::Owned { .. } => Ok(()),
+    }
+}
+
+/// A duration in milliseconds within `range`.
+fn in_range(what: &str, ms: u64, range: DurationRange) -> Result<(), Invalid> {
+    let value = Duration::from_millis(ms);
+    if value < range.min || range.max.is_some_and(|max| value > max) {
+        return Err(Invalid::Duration(format!(
+            "{what} of {ms}ms is out of range"
+        )));
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {

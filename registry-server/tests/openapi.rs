@@ -40,7 +40,7 @@ fn documented_routes_are_exactly_the_served_routes() {
     // axum 0.8 writes path parameters as `{id}`, like OpenAPI, so paths compare as they are.
     let served: BTreeSet<(String, String)> = registry_server::http::public_routes()
         .into_iter()
-        .map(|(method, path)| (method.as_str().to_owned(), path.to_owned()))
+        .map(|(method, path, _)| (method.as_str().to_owned(), path.to_owned()))
         .collect();
     let documented: BTreeSet<(String, String)> = documented(&document())
         .into_iter()
@@ -69,7 +69,8 @@ fn concrete(path: &str) -> String {
     let concrete = path
         .replace("{service}", "svc")
         .replace("{name}", "l1")
-        .replace("{id}", &id);
+        .replace("{id}", &id)
+        .replace("{accessor}", &uuid::Uuid::new_v4().to_string());
     assert!(
         !concrete.contains('{'),
         "{path}: a path parameter this test does not know how to fill"

@@ -1,5 +1,6 @@
 //! The service catalog: registering, deregistering, draining, and discovery reads.
 
+use api_spec::acl::{Access, Resource};
 use api_spec::InstanceStatus;
 use locks::Lease;
 
@@ -56,12 +57,14 @@ impl App {
         Ok((index, record, lease))
     }
 
-    /// Every service with its instance and healthy counts.
+    /// Every service the caller may read, with its instance and healthy counts.
     pub async fn services(
         &self,
         consistency: Consistency,
         block: Option<Block>,
     ) -> Result<(u64, Vec<ServiceCounts>), AppError> {
+        self.caller()
+            .require_some(Resource::Service, Access::Read)?;
         let watch = self.inner.watches.catalog();
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.catalog.catalog_index())
@@ -71,6 +74,7 @@ impl App {
             .app
             .catalog
             .services()
+            .filter(|(name, _)| self.permits(Resource::Service, name, Access::Read))
             .map(|(name, service)| ServiceCounts {
                 name: name.clone(),
                 instances: service.instances.len() as u64,
@@ -95,6 +99,7 @@ impl App {
         block: Option<Block>,
         view: impl Fn(&str, &InstanceRecord, Option<&Lease>) -> T,
     ) -> Result<(u64, Vec<T>), AppError> {
+        self.require(Resource::Service, name, Access::Read)?;
         let watch = self.inner.watches.service(name);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.catalog.service_index(name))

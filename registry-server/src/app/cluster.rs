@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use api_spec::acl::{Access, Resource};
 use api_spec::Role;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -116,14 +117,24 @@ impl App {
         }
     }
 
+    /// `GET /v1/cluster`: the cluster's status, for a caller with `cluster:read`.
+    pub fn cluster(&self) -> Result<ClusterInfo, AppError> {
+        self.require(Resource::Cluster, "", Access::Read)?;
+        Ok(self.cluster_status())
+    }
+
     /// Adds a server: as a learner that catches up, then (unless `learner`) a voter.
-    /// Runs on the leader; returns the index the last change committed at.
+    /// Runs on the leader; returns the index the last change committed at. Needs
+    /// `cluster:write`; without a cluster secret only a loopback address may join (the
+    /// leader would send it everything, unauthenticated).
     pub async fn add_member(
         &self,
         id: NodeId,
         addr: String,
         learner: bool,
     ) -> Result<u64, AppError> {
+        self.require(Resource::Cluster, "", Access::Write)?;
+        self.require_authenticated_peer(&addr)?;
         let index = self
             .change_membership(Forward::AddMember { id, addr, learner })
             .await?;
@@ -131,8 +142,9 @@ impl App {
         Ok(index)
     }
 
-    /// Removes a server (voter or learner). Runs on the leader.
+    /// Removes a server (voter or learner). Runs on the leader. Needs `cluster:write`.
     pub async fn remove_member(&self, id: NodeId) -> Result<u64, AppError> {
+        self.require(Resource::Cluster, "", Access::Write)?;
         let index = self.change_membership(Forward::RemoveMember(id)).await?;
         self.settle(index).await;
         Ok(index)
@@ -147,12 +159,25 @@ impl App {
         }
     }
 
+    /// Without a cluster secret, refuses a member the leader would reach over a network
+    /// (it would send Raft traffic to it, and accept the same from anyone).
+    fn require_authenticated_peer(&self, addr: &str) -> Result<(), AppError> {
+        if self.inner.peers_authenticated || crate::config::is_loopback(addr) {
+            return Ok(());
+        }
+        Err(AppError::MembershipConflict(format!(
+            "this cluster has no cluster secret, so only loopback members may be added, not \
+             {addr}: restart every server with --cluster-secret (or REGISTRY_CLUSTER_SECRET) first"
+        )))
+    }
+
     pub(super) async fn add_member_here(
         &self,
         id: NodeId,
         addr: String,
         learner: bool,
     ) -> Result<u64, AppError> {
+        self.require_authenticated_peer(&addr)?;
         let raft = &self.inner.raft;
         let catch_up = raft.add_learner(id, Node { addr: addr.clone() }, true);
         let response = tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up)

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use api_spec::acl::{Access, Resource};
 use locks::{Binding, Hold, Key, Kind, Lease, LockState, Ticket};
 use tokio::time::Instant;
 
@@ -299,6 +300,7 @@ impl App {
         consistency: Consistency,
         block: Option<Block>,
     ) -> Result<(u64, LockState), AppError> {
+        self.require(resource(key.kind), &key.name, Access::Read)?;
         let watch = self.inner.watches.lock(key);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.coordinator.lock_index(key))
@@ -315,6 +317,7 @@ impl App {
         consistency: Consistency,
         block: Option<Block>,
     ) -> Result<(u64, Vec<(String, LockState)>), AppError> {
+        self.caller().require_some(resource(kind), Access::Read)?;
         let watch = self.inner.watches.kind(kind);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.coordinator.kind_index(kind))
@@ -324,8 +327,17 @@ impl App {
             .app
             .coordinator
             .locks(kind)
+            .filter(|(key, _)| self.permits(resource(kind), &key.name, Access::Read))
             .map(|(key, lock)| (key.name.clone(), lock.clone()))
             .collect();
         Ok((state.last_applied.map_or(0, |l| l.index), locks))
+    }
+}
+
+/// The ACL resource of a lock or an election.
+pub fn resource(kind: Kind) -> Resource {
+    match kind {
+        Kind::Lock => Resource::Lock,
+        Kind::Election => Resource::Election,
     }
 }

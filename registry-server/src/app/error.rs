@@ -43,6 +43,21 @@ pub enum AppError {
     },
     #[error("{} has {} waiters already; retry later", key_subject(.0), locks::MAX_WAITERS)]
     QueueFull(locks::Key),
+    /// A forwarded command the leader's own check of the input rules refuses (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// No token, or one the cluster does not know, where one is needed (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (401 without a token, 403 with one).
+    #[error("{0}")]
+    Denied(crate::replicated::acl::Denied),
+    #[error("ACLs are off on this server; start every server with --acl to use tokens")]
+    AclDisabled,
+    #[error("the cluster's ACLs are bootstrapped already; bootstrap works once")]
+    AclBootstrapped,
+    #[error("no token has accessor {0}")]
+    TokenNotFound(uuid::Uuid),
     /// The write was handed to Raft but not committed in time: its outcome is unknown.
     #[error("{0}")]
     Timeout(String),

@@ -14,8 +14,10 @@ use locks::{Lease, LeaseId};
 use super::routing::KeepaliveTarget;
 use super::{App, AppError, Consistency};
 use crate::leader::lease_clock::KeepaliveError;
+use crate::replicated::acl::Principal;
 use crate::replicated::catalog::InstanceKey;
 use crate::replicated::ops::{GrantLease, RevokeLease};
+use api_spec::acl::Access;
 
 impl App {
     /// Grants a new lease.
@@ -50,16 +52,21 @@ impl App {
         consistency: Consistency,
     ) -> Result<(u64, Lease, Option<Duration>), AppError> {
         let index = self.read_index(consistency).await?;
+        self.require_lease(&id, Access::Read)?;
         let lease = self.inner.state.read().app.coordinator.lease(&id).cloned();
         let lease = lease.ok_or(AppError::LeaseNotFound(id))?;
         Ok((index, lease, self.inner.clock.remaining(&id)))
     }
 
-    /// Renews a lease (or an instance's lease) on this node, which must be the leader.
+    /// Renews a lease (or an instance's lease) on this node, which must be the leader,
+    /// for `caller`: a lease's keepalive needs its owner or `lease:write`, a heartbeat
+    /// `service:write` on the service.
     pub(super) async fn renew_here(
         &self,
         target: KeepaliveTarget,
+        caller: Principal,
     ) -> Result<(Lease, Duration), AppError> {
+        self.authorize_keepalive(&target, caller)?;
         self.inner.barrier.confirm().await?;
         self.observe_leadership();
         let id = match &target {

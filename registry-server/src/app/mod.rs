@@ -8,16 +8,19 @@
 //! - `reads` — consistency and blocking queries;
 //! - `leases`, `catalog`, `coordination` (locks and elections), `cluster` (status and
 //!   membership) — the operations;
+//! - `acl` — who a request comes from and what it may do, and the token operations;
 //! - `tasks` — the leader's background work (lease expiry, reaping, lock-delay ends);
 //! - `error` — [`AppError`].
 //!
-//! Modules depend on `routing`, `reads` and `error`, never on each other, and those three
-//! depend on no sibling but `error`. App methods return domain values (`locks` and
+//! Modules depend on `routing`, `reads`, `acl` and `error`, never on each other; those
+//! depend on no sibling but each other and `error`. An [`App`] handle acts for one
+//! caller ([`App::acting_for`]): the HTTP layer makes one per request. App methods return domain values (`locks` and
 //! `catalog` types); the HTTP layer turns them into wire views.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+mod acl;
 mod catalog;
 mod cluster;
 mod coordination;
@@ -27,6 +30,7 @@ mod reads;
 mod routing;
 mod tasks;
 
+pub use self::acl::{hash_secret, TokenSpec};
 pub use self::catalog::ServiceCounts;
 pub use self::cluster::{ClusterInfo, MemberInfo};
 pub use self::coordination::{AcquireSpec, Granted};
@@ -43,17 +47,25 @@ use crate::raft::read_barrier::ReadBarrier;
 use crate::raft::store::log::StampSeen;
 use crate::raft::store::state_machine::SharedState;
 use crate::raft::types::{NodeId, Raft};
+use crate::replicated::acl::{Authority, Caller};
 use crate::replicated::ops::Mismatch;
 use crate::watch::Watches;
 
 /// Settings the application takes from the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AppConfig {
     /// How long a request waits for a leader to be known before answering 503.
     pub leader_wait: Duration,
     /// Proposal timeout and entry size.
     pub proposer: ProposerConfig,
     pub storm: StormConfig,
+    /// Whether ACLs are on, and the anonymous rules.
+    pub authority: Authority,
+    /// `REGISTRY_ACL_BOOTSTRAP_TOKEN`: the secret the leader bootstraps ACLs with.
+    pub bootstrap_secret: Option<String>,
+    /// Whether node-to-node traffic is authenticated (a cluster secret is set); without
+    /// it, only loopback members may be added.
+    pub peers_authenticated: bool,
 }
 
 struct Inner {
@@ -70,12 +82,19 @@ struct Inner {
     /// Leader-side expiry storm protection. `std::sync::Mutex`: held only to decide.
     storm: std::sync::Mutex<StormGuard>,
     leader_wait: Duration,
+    authority: Authority,
+    bootstrap_secret: Option<String>,
+    peers_authenticated: bool,
 }
 
-/// The application handle.
+/// The application handle, acting for one caller.
 #[derive(Clone)]
 pub struct App {
     inner: Arc<Inner>,
+    /// Who this handle acts for: the request's caller for a handle made by
+    /// [`App::acting_for`]; the anonymous caller for the server's own handle, so a read
+    /// that forgot to act for its caller gets the least, not the most.
+    caller: Arc<Caller>,
 }
 
 impl std::fmt::Debug for App {
@@ -113,6 +132,7 @@ impl App {
             stamps,
         } = wiring;
         let leader_time = LeaderClock::new(state.clone(), stamps);
+        let caller = Arc::new(config.authority.anonymous());
         let proposer = Proposer::start(raft.clone(), config.proposer, leader_time.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
@@ -128,7 +148,11 @@ impl App {
                 peers,
                 storm: std::sync::Mutex::new(StormGuard::new(config.storm)),
                 leader_wait: config.leader_wait,
+                authority: config.authority,
+                bootstrap_secret: config.bootstrap_secret,
+                peers_authenticated: config.peers_authenticated,
             }),
+            caller,
         }
     }
 

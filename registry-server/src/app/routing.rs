@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::{App, AppError};
 use crate::raft::network::{paths, PeerError};
 use crate::raft::types::{LeaderError, NodeId};
+use crate::replicated::acl::Principal;
 use crate::replicated::catalog::InstanceKey;
 use crate::replicated::ops::Op;
 use crate::replicated::state::{Command, Outcome};
@@ -39,13 +40,19 @@ pub enum KeepaliveTarget {
     Instance(InstanceKey),
 }
 
-/// An operation that runs on the leader.
+/// An operation that runs on the leader (all but [`Forward::AwaitApplied`]).
+///
+/// Writes and keepalives carry the [`Principal`] of the request they come from: the
+/// leader checks them against its own state ([`App::authorize`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forward {
     /// Propose a replicated command and wait until it is applied.
-    Propose(Command),
+    Propose { command: Command, caller: Principal },
     /// Renew a lease on the leader's lease clock.
-    Keepalive(KeepaliveTarget),
+    Keepalive {
+        target: KeepaliveTarget,
+        caller: Principal,
+    },
     /// Confirm leadership with a quorum; answers the index a linearizable read must see.
     ReadIndex,
     /// Add a server as a learner that catches up, then (unless `learner`) as a voter.
@@ -56,6 +63,9 @@ pub enum Forward {
     },
     /// Remove a server (voter or learner).
     RemoveMember(NodeId),
+    /// On any member: answer once this node has applied the index (a token revoke waits
+    /// for every member this way).
+    AwaitApplied(u64),
 }
 
 impl Forward {
@@ -68,11 +78,12 @@ impl Forward {
 
     fn name(&self) -> &'static str {
         match self {
-            Forward::Propose(_) => "propose",
-            Forward::Keepalive(_) => "keepalive",
+            Forward::Propose { .. } => "propose",
+            Forward::Keepalive { .. } => "keepalive",
             Forward::ReadIndex => "read index",
             Forward::AddMember { .. } => "add member",
             Forward::RemoveMember(_) => "remove member",
+            Forward::AwaitApplied(_) => "await applied",
         }
     }
 }
@@ -88,6 +99,8 @@ pub enum Forwarded {
     ReadIndex(u64),
     /// The membership change committed at `index`.
     Membership { index: u64 },
+    /// This node has applied at least this index.
+    AppliedHere(u64),
 }
 
 /// The internal call's answer.
@@ -166,7 +179,7 @@ impl App {
     }
 
     /// Sends `op` to the node at `addr` over the internal forwarding route.
-    async fn forward_to(&self, addr: &str, op: &Forward) -> ForwardAnswer {
+    pub(super) async fn forward_to(&self, addr: &str, op: &Forward) -> ForwardAnswer {
         match self
             .inner
             .peers
@@ -182,15 +195,17 @@ impl App {
     }
 
     /// Runs `op` on this node, which must be the leader (else it answers
-    /// [`AppError::NotLeader`] and does nothing). Serves `/internal/forward`.
+    /// [`AppError::NotLeader`] and does nothing; [`Forward::AwaitApplied`] runs anywhere).
+    /// Serves `/internal/forward`.
     pub async fn serve_forwarded(&self, op: Forward) -> ForwardAnswer {
         match op {
-            Forward::Propose(command) => {
+            Forward::Propose { command, caller } => {
+                let command = self.authorize(caller, command)?;
                 let (index, outcome) = self.inner.proposer.propose(command).await?;
                 Ok(Forwarded::Applied { index, outcome })
             }
-            Forward::Keepalive(target) => {
-                let (lease, remaining) = self.renew_here(target).await?;
+            Forward::Keepalive { target, caller } => {
+                let (lease, remaining) = self.renew_here(target, caller).await?;
                 Ok(Forwarded::Renewed {
                     lease,
                     remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
@@ -205,6 +220,10 @@ impl App {
                 let index = self.remove_member_here(id).await?;
                 Ok(Forwarded::Membership { index })
             }
+            Forward::AwaitApplied(index) => {
+                self.wait_applied(index).await?;
+                Ok(Forwarded::AppliedHere(index))
+            }
         }
     }
 
@@ -218,7 +237,8 @@ impl App {
 
     /// Proposes a command through the leader; returns the entry's index and the outcome.
     async fn propose(&self, command: Command) -> Result<(u64, Outcome), AppError> {
-        match self.on_leader(Forward::Propose(command)).await? {
+        let caller = self.caller.principal;
+        match self.on_leader(Forward::Propose { command, caller }).await? {
             Forwarded::Applied { index, outcome } => Ok((index, outcome)),
             other => Err(mismatch("propose", &other)),
         }
@@ -247,7 +267,11 @@ impl App {
         &self,
         target: KeepaliveTarget,
     ) -> Result<(Lease, Duration), AppError> {
-        match self.on_leader(Forward::Keepalive(target)).await? {
+        let caller = self.caller.principal;
+        match self
+            .on_leader(Forward::Keepalive { target, caller })
+            .await?
+        {
             Forwarded::Renewed {
                 lease,
                 remaining_ms,

@@ -1,6 +1,7 @@
 //! The leader's background work: following role changes, expiring leases whose deadline
 //! passed (minus what expiry storm protection holds back), deregistering critical
-//! instances whose `deregister_after` passed, and ending lock-delays.
+//! instances whose `deregister_after` passed, ending lock-delays, bootstrapping ACLs with
+//! a configured secret, and purging expired tokens.
 //!
 //! **Invariant:** only a leader proposes from here, and every step is retried at the next
 //! tick when its proposal did not commit: nothing here is lost by a failed round.
@@ -63,6 +64,8 @@ impl App {
             self.expire_due_leases().await;
             self.reap_critical_instances().await;
             self.end_lock_delays().await;
+            self.bootstrap_from_config().await;
+            self.purge_expired_tokens(self.leader_time_ms()).await;
         }
     }
 

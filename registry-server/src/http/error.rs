@@ -39,7 +39,8 @@ impl ApiError {
     /// Adds the lock's or election's current state to the answer.
     fn with_state_of(self, key: &locks::Key, state: &locks::LockState) -> Self {
         match key.kind {
-            locks::Kind::Lock => self.with_lock(views::lock_info(&key.name, state)),
+            // Only an acquire or release gets here, and those need write access.
+            locks::Kind::Lock => self.with_lock(views::lock_info(&key.name, state, true)),
             locks::Kind::Election => self.with_election(views::election_info(&key.name, state)),
         }
     }
@@ -96,6 +97,19 @@ impl From<AppError> for ApiError {
             AppError::Unavailable(_) | AppError::Timeout(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
             }
+            AppError::Invalid(_) => (StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT),
+            AppError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED),
+            // A caller without a token is told to bring one; an internal command is
+            // refused to everyone alike.
+            AppError::Denied(ref denied)
+                if denied.anonymous && denied.need != crate::replicated::acl::Need::Internal =>
+            {
+                (StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED)
+            }
+            AppError::Denied(_) => (StatusCode::FORBIDDEN, codes::PERMISSION_DENIED),
+            AppError::AclDisabled => (StatusCode::BAD_REQUEST, codes::ACL_DISABLED),
+            AppError::AclBootstrapped => (StatusCode::CONFLICT, codes::ACL_BOOTSTRAPPED),
+            AppError::TokenNotFound(_) => (StatusCode::NOT_FOUND, codes::TOKEN_NOT_FOUND),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         };
         ApiError::new(status, code, message)
@@ -121,6 +135,11 @@ impl IntoResponse for ApiError {
             election: self.election.map(|e| *e),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -6,50 +6,68 @@ use axum::body::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use crate::app::{App, Forward};
 use crate::raft::network::{BINCODE, SECRET_HEADER};
 use crate::raft::types::{NodeId, TypeConfig};
 
-/// Refuses internal requests that do not carry the configured cluster secret.
+/// Refuses internal requests that do not carry the configured cluster secret; without
+/// one, refuses every internal request that does not come from this machine (the server
+/// refuses to start with non-loopback members and no secret, so a peer on another
+/// machine is never legitimate then).
 pub async fn check_secret(
     State(secret): State<Arc<Option<String>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(secret) = secret.as_deref() {
+    let Some(secret) = secret.as_deref() else {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();
+        if peer.is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback()) {
+            return next.run(request).await;
+        }
+        warn_rarely(&request, "refusing internal requests from a non-loopback address: this cluster has no cluster secret");
+        return (
+            StatusCode::FORBIDDEN,
+            "internal routes without a cluster secret serve loopback peers only",
+        )
+            .into_response();
+    };
+    {
         let given = request
             .headers()
             .get(SECRET_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if !constant_time_eq(given, secret.as_bytes()) {
-            // A misconfigured peer retries quickly: warn once per interval, not per request.
-            static LAST_WARNING: Mutex<Option<Instant>> = Mutex::new(None);
-            let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                *last = Some(Instant::now());
-                tracing::warn!(
-                    path = %request.uri().path(),
-                    "refusing internal requests without the right cluster secret (is a peer misconfigured?)"
-                );
-            }
+        let same: bool = given.ct_eq(secret.as_bytes()).into();
+        if !same {
+            warn_rarely(
+                &request,
+                "refusing internal requests without the right cluster secret (is a peer misconfigured?)",
+            );
             return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
         }
     }
     next.run(request).await
 }
 
-/// Compares without returning early, so response time does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A misconfigured peer retries quickly: warn once per interval, not per request.
+fn warn_rarely(request: &Request, message: &str) {
+    static LAST_WARNING: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        tracing::warn!(path = %request.uri().path(), "{message}");
+    }
 }
 
 /// Decodes a bincode request, runs `f`, encodes its answer.
@@ -62,12 +80,16 @@ where
 {
     match bincode::deserialize::<Req>(&body) {
         Ok(request) => encode(&f(request).await),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            format!("undecodable internal request: {e}"),
-        )
-            .into_response(),
+        Err(e) => undecodable(e),
     }
+}
+
+fn undecodable(e: bincode::Error) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!("undecodable internal request: {e}"),
+    )
+        .into_response()
 }
 
 fn encode<T: Serialize>(value: &T) -> Response {
@@ -94,11 +116,29 @@ pub async fn vote(State(app): State<App>, body: Bytes) -> Response {
     .await
 }
 
+/// Largest snapshot a node accepts, in bytes. A chunk is written at its offset into a
+/// buffer in memory, so an offset past this is refused rather than allocated. A snapshot
+/// of a million instances is a few hundred MiB.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
+
 pub async fn snapshot(State(app): State<App>, body: Bytes) -> Response {
-    handle(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
-        app.raft().install_snapshot(rpc).await
-    })
-    .await
+    let rpc = match bincode::deserialize::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(rpc) => rpc,
+        Err(e) => return undecodable(e),
+    };
+    let end = rpc.offset.checked_add(rpc.data.len() as u64);
+    if end.is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "snapshot chunk at offset {} ({} bytes) ends past the largest snapshot accepted ({MAX_SNAPSHOT_BYTES} bytes)",
+                rpc.offset,
+                rpc.data.len()
+            ),
+        )
+            .into_response();
+    }
+    encode(&app.raft().install_snapshot(rpc).await)
 }
 
 pub async fn forward(State(app): State<App>, body: Bytes) -> Response {

@@ -1,17 +1,19 @@
 //! Lock and election handlers: check input, call one `App` method, map the result.
 
+use api_spec::acl::{Access, Resource};
 use api_spec::{
     AcquireRequest, CampaignRequest, CampaignResponse, ElectionList, LockGrant, LockList,
     ProclaimRequest, ReleaseRequest, ReleaseResponse,
 };
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::response::Response;
 use locks::{Hold, Key, Kind, LeaseId};
 
+use super::auth::Acting;
 use super::error::{ApiError, Json};
 use super::query::{self, Blocking, ReadQuery};
 use super::views::{election_info, indexed, leader, lock_info};
-use crate::app::{App, Granted};
+use crate::app::Granted;
 use crate::validate;
 
 /// The query of a lock or election read: consistency and blocking parameters only.
@@ -32,7 +34,7 @@ fn released(name: String, hold: &Hold, index: u64) -> Response {
 }
 
 pub async fn acquire(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     Json(req): Json<AcquireRequest>,
 ) -> Result<Response, ApiError> {
@@ -53,7 +55,7 @@ pub async fn acquire(
 }
 
 pub async fn release(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     Json(req): Json<ReleaseRequest>,
 ) -> Result<Response, ApiError> {
@@ -63,7 +65,7 @@ pub async fn release(
 }
 
 pub async fn get_lock(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -72,11 +74,12 @@ pub async fn get_lock(
     let (index, state) = app
         .lock(&Key::lock(&name), query.consistency(), query.block())
         .await?;
-    Ok(indexed(index, lock_info(&name, &state)))
+    let reveal = app.permits(Resource::Lock, &name, Access::Write);
+    Ok(indexed(index, lock_info(&name, &state, reveal)))
 }
 
 pub async fn list_locks(
-    State(app): State<App>,
+    Acting(app): Acting,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = read_query(raw)?;
@@ -85,13 +88,16 @@ pub async fn list_locks(
         .await?;
     let locks = locks
         .iter()
-        .map(|(name, state)| lock_info(name, state))
+        .map(|(name, state)| {
+            let reveal = app.permits(Resource::Lock, name, Access::Write);
+            lock_info(name, state, reveal)
+        })
         .collect();
     Ok(indexed(index, LockList { locks }))
 }
 
 pub async fn campaign(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     Json(req): Json<CampaignRequest>,
 ) -> Result<Response, ApiError> {
@@ -105,7 +111,7 @@ pub async fn campaign(
 }
 
 pub async fn proclaim(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     Json(req): Json<ProclaimRequest>,
 ) -> Result<Response, ApiError> {
@@ -118,7 +124,7 @@ pub async fn proclaim(
 }
 
 pub async fn resign(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     Json(req): Json<ReleaseRequest>,
 ) -> Result<Response, ApiError> {
@@ -128,7 +134,7 @@ pub async fn resign(
 }
 
 pub async fn get_election(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -141,7 +147,7 @@ pub async fn get_election(
 }
 
 pub async fn list_elections(
-    State(app): State<App>,
+    Acting(app): Acting,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = read_query(raw)?;

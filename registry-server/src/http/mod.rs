@@ -2,6 +2,8 @@
 //! node-to-node routes under `/internal`. [`router`] builds it without a socket, so tests
 //! can drive it without a network.
 
+mod acl;
+mod auth;
 pub mod error;
 mod internal;
 mod locks;
@@ -26,96 +28,170 @@ use crate::raft::network::paths;
 /// big is a mistake or an attack.
 pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
 
-/// Every public route: method, path (axum syntax), handler. The router is built from
-/// this table, and [`public_routes`] lists it, so the OpenAPI document can be checked
-/// against exactly what is served.
-fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>)> {
+/// Whether a route acts for a caller (its token is resolved before the handler runs, see
+/// [`auth`]) or is open to everyone whatever they present (probes, the API document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    Caller,
+    Open,
+}
+
+/// Every public route: method, path (axum syntax), handler, and whether it acts for a
+/// caller. The router is built from this table, and [`public_routes`] lists it, so the
+/// OpenAPI document can be checked against exactly what is served.
+fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
+    use Auth::{Caller, Open};
     vec![
-        (Method::POST, "/v1/leases", post(public::create_lease)),
-        (Method::GET, "/v1/leases/{id}", get(public::get_lease)),
+        (
+            Method::POST,
+            "/v1/leases",
+            post(public::create_lease),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/leases/{id}",
+            get(public::get_lease),
+            Caller,
+        ),
         (
             Method::DELETE,
             "/v1/leases/{id}",
             delete(public::revoke_lease),
+            Caller,
         ),
         (
             Method::PUT,
             "/v1/leases/{id}/keepalive",
             put(public::keepalive),
+            Caller,
         ),
-        (Method::GET, "/v1/cluster", get(public::cluster)),
+        (Method::GET, "/v1/cluster", get(public::cluster), Caller),
         (
             Method::POST,
             "/v1/cluster/members",
             post(public::add_member),
+            Caller,
         ),
         (
             Method::DELETE,
             "/v1/cluster/members/{id}",
             delete(public::remove_member),
+            Caller,
         ),
-        (Method::GET, "/v1/services", get(services::list_services)),
+        (
+            Method::GET,
+            "/v1/services",
+            get(services::list_services),
+            Caller,
+        ),
         (
             Method::GET,
             "/v1/services/{service}",
             get(services::get_service),
+            Caller,
         ),
         (
             Method::PUT,
             "/v1/services/{service}/instances/{id}",
             put(services::register),
+            Caller,
         ),
         (
             Method::DELETE,
             "/v1/services/{service}/instances/{id}",
             delete(services::deregister),
+            Caller,
         ),
         (
             Method::PUT,
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(services::heartbeat),
+            Caller,
         ),
         (
             Method::PUT,
             "/v1/services/{service}/instances/{id}/status",
             put(services::set_status),
+            Caller,
         ),
-        (Method::GET, "/v1/locks", get(locks::list_locks)),
-        (Method::GET, "/v1/locks/{name}", get(locks::get_lock)),
+        (Method::GET, "/v1/locks", get(locks::list_locks), Caller),
+        (
+            Method::GET,
+            "/v1/locks/{name}",
+            get(locks::get_lock),
+            Caller,
+        ),
         (
             Method::POST,
             "/v1/locks/{name}/acquire",
             post(locks::acquire),
+            Caller,
         ),
         (
             Method::POST,
             "/v1/locks/{name}/release",
             post(locks::release),
+            Caller,
         ),
-        (Method::GET, "/v1/elections", get(locks::list_elections)),
+        (
+            Method::GET,
+            "/v1/elections",
+            get(locks::list_elections),
+            Caller,
+        ),
         (
             Method::GET,
             "/v1/elections/{name}",
             get(locks::get_election),
+            Caller,
         ),
         (
             Method::POST,
             "/v1/elections/{name}/campaign",
             post(locks::campaign),
+            Caller,
         ),
         (
             Method::POST,
             "/v1/elections/{name}/proclaim",
             post(locks::proclaim),
+            Caller,
         ),
         (
             Method::POST,
             "/v1/elections/{name}/resign",
             post(locks::resign),
+            Caller,
         ),
-        (Method::GET, "/healthz", get(public::healthz)),
-        (Method::GET, "/readyz", get(public::readyz)),
-        (Method::GET, "/v1/openapi.json", get(openapi_document)),
+        (
+            Method::POST,
+            "/v1/acl/bootstrap",
+            post(acl::bootstrap),
+            Caller,
+        ),
+        (
+            Method::POST,
+            "/v1/acl/tokens",
+            post(acl::create_token),
+            Caller,
+        ),
+        (Method::GET, "/v1/acl/tokens", get(acl::list_tokens), Caller),
+        (
+            Method::GET,
+            "/v1/acl/tokens/self",
+            get(acl::own_token),
+            Caller,
+        ),
+        (
+            Method::DELETE,
+            "/v1/acl/tokens/{accessor}",
+            delete(acl::revoke_token),
+            Caller,
+        ),
+        (Method::GET, "/healthz", get(public::healthz), Open),
+        (Method::GET, "/readyz", get(public::readyz), Open),
+        (Method::GET, "/v1/openapi.json", get(openapi_document), Open),
     ]
 }
 
@@ -127,11 +203,11 @@ async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json.as_str()).into_response()
 }
 
-/// The public routes this server serves, as (method, path) pairs.
-pub fn public_routes() -> Vec<(Method, &'static str)> {
+/// The public routes this server serves, as (method, path, auth).
+pub fn public_routes() -> Vec<(Method, &'static str, Auth)> {
     public_table()
         .into_iter()
-        .map(|(method, path, _)| (method, path))
+        .map(|(method, path, _, auth)| (method, path, auth))
         .collect()
 }
 
@@ -142,7 +218,14 @@ pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> R
     // `route` merges the method routers of a path given more than once.
     let public = public_table()
         .into_iter()
-        .fold(Router::new(), |router, (_, path, handler)| {
+        .fold(Router::new(), |router, (_, path, handler, auth)| {
+            let handler = match auth {
+                Auth::Open => handler,
+                Auth::Caller => handler.route_layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    auth::authenticate,
+                )),
+            };
             router.route(path, handler)
         })
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT));

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use super::auth::Acting;
 use super::error::{ApiError, Json};
 use super::query::{self, Blocking};
 use super::views::{self, indexed};
@@ -31,7 +32,7 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
 }
 
 pub async fn create_lease(
-    State(app): State<App>,
+    Acting(app): Acting,
     Json(req): Json<CreateLeaseRequest>,
 ) -> Result<Response, ApiError> {
     let ttl = parse_ttl(&req.ttl)?;
@@ -40,7 +41,7 @@ pub async fn create_lease(
 }
 
 pub async fn get_lease(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -50,10 +51,7 @@ pub async fn get_lease(
     Ok(indexed(index, views::lease_info(&lease, remaining)))
 }
 
-pub async fn keepalive(
-    State(app): State<App>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn keepalive(Acting(app): Acting, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_lease_id(&id)?;
     let (lease, remaining) = app.keepalive(id).await?;
     Ok(indexed(
@@ -63,7 +61,7 @@ pub async fn keepalive(
 }
 
 pub async fn revoke_lease(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_lease_id(&id)?;
@@ -77,13 +75,13 @@ pub async fn revoke_lease(
     ))
 }
 
-pub async fn cluster(State(app): State<App>) -> Response {
-    let status = views::cluster_status(app.cluster_status());
-    indexed(status.applied_index, status)
+pub async fn cluster(Acting(app): Acting) -> Result<Response, ApiError> {
+    let status = views::cluster_status(app.cluster()?);
+    Ok(indexed(status.applied_index, status))
 }
 
 pub async fn add_member(
-    State(app): State<App>,
+    Acting(app): Acting,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Response, ApiError> {
     api_spec::rules::member_addr(&req.addr)?;
@@ -93,7 +91,7 @@ pub async fn add_member(
 }
 
 pub async fn remove_member(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id: u64 = id

@@ -5,15 +5,16 @@ use api_spec::{
     codes, DeregisterResponse, HeartbeatResponse, InstanceStatus, RegisterRequest,
     ServiceInstances, ServiceList, SetStatusRequest,
 };
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::response::Response;
 use locks::LeaseId;
 
+use super::auth::Acting;
 use super::error::{ApiError, Json};
 use super::query::{self, Blocking};
 use super::views::{self, indexed};
-use crate::app::{App, AppError};
+use crate::app::AppError;
 use crate::replicated::catalog::{Filter, InstanceKey};
 use crate::validate;
 
@@ -24,7 +25,7 @@ fn instance_key(service: String, id: String) -> Result<InstanceKey, ApiError> {
 }
 
 pub async fn register(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path((service, id)): Path<(String, String)>,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
@@ -38,7 +39,7 @@ pub async fn register(
 }
 
 pub async fn deregister(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = instance_key(service, id)?;
@@ -54,7 +55,7 @@ pub async fn deregister(
 }
 
 pub async fn heartbeat(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = instance_key(service, id)?;
@@ -70,7 +71,7 @@ pub async fn heartbeat(
 }
 
 pub async fn set_status(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path((service, id)): Path<(String, String)>,
     Json(req): Json<SetStatusRequest>,
 ) -> Result<Response, ApiError> {
@@ -94,7 +95,7 @@ pub async fn set_status(
 }
 
 pub async fn list_services(
-    State(app): State<App>,
+    Acting(app): Acting,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = query::parse(raw, Blocking::Yes, &[], query::none)?;
@@ -104,7 +105,7 @@ pub async fn list_services(
 }
 
 pub async fn get_service(
-    State(app): State<App>,
+    Acting(app): Acting,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {

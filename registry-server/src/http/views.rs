@@ -81,15 +81,20 @@ pub(super) fn service_summary(counts: ServiceCounts) -> ServiceSummary {
     }
 }
 
-/// A lock.
-pub(super) fn lock_info(name: &str, state: &LockState) -> LockInfo {
+/// A lock; its holder's token and the leases appear only where `reveal` (to a caller
+/// with write access to the lock).
+pub(super) fn lock_info(name: &str, state: &LockState, reveal: bool) -> LockInfo {
+    let waiter = |w: &Waiter| LockWaiter {
+        lease: reveal.then_some(w.lease),
+        ..waiter(w)
+    };
     LockInfo {
         name: name.to_owned(),
         held: state.holder.is_some(),
         holder: state.holder.as_ref().map(|h| LockHolder {
             holder: h.holder.clone(),
-            token: h.token,
-            lease: h.lease,
+            token: reveal.then_some(h.token),
+            lease: reveal.then_some(h.lease),
             own_lease: h.own_lease,
             lock_delay_ms: h.lock_delay_ms,
             granted_index: h.granted_index,
@@ -114,7 +119,7 @@ pub(super) fn election_info(name: &str, state: &LockState) -> ElectionInfo {
 fn waiter(w: &Waiter) -> LockWaiter {
     LockWaiter {
         holder: w.holder.clone(),
-        lease: w.lease,
+        lease: Some(w.lease),
         queued_index: w.queued_index,
         queued_at_ms: w.queued_at_ms,
     }

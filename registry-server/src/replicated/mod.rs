@@ -1,12 +1,14 @@
 //! The pure replicated core: the state every replica builds from the same log.
 //! [`state::AppState`] joins the service [`catalog`] and the `locks` coordination core
 //! (leases, locks, elections) and applies each command of a log entry; [`ops`] pairs
-//! each command with the typed answer its proposer gets.
+//! each command with the typed answer its proposer gets; [`acl`] holds the tokens and
+//! lease owners and decides what a caller may do.
 //!
 //! **Invariant:** no IO, no clock, no async, no randomness. Time and the log index are
 //! inputs (the leader stamps each entry), so the same log gives the same state on every
 //! replica. A test below checks the sources for what would break that.
 
+pub mod acl;
 pub mod catalog;
 pub mod ops;
 pub mod state;
@@ -14,8 +16,9 @@ pub mod state;
 #[cfg(test)]
 mod purity {
     /// The source of every module of this folder.
-    const SOURCES: [(&str, &str); 4] = [
+    const SOURCES: [(&str, &str); 5] = [
         ("mod.rs", include_str!("mod.rs")),
+        ("acl.rs", include_str!("acl.rs")),
         ("catalog.rs", include_str!("catalog.rs")),
         ("ops.rs", include_str!("ops.rs")),
         ("state.rs", include_str!("state.rs")),

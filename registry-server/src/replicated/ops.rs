@@ -8,6 +8,7 @@
 
 use locks::{Hold, Key, Lease, LeaseId, LockState};
 
+use crate::replicated::acl::{AclCommand, AclOutcome};
 use crate::replicated::catalog::{CatalogError, InstanceKey, InstanceRecord, InstanceSpec};
 use crate::replicated::state::{Binding, Command, Outcome};
 
@@ -308,6 +309,23 @@ impl Op for GrantDelayed {
         match coordinate(outcome)? {
             locks::Outcome::DelaysEnded(keys) => Ok(keys),
             other => Err(mismatch(Outcome::Coordinate(other))),
+        }
+    }
+}
+
+/// A token or bootstrap command; the output is what it did.
+#[derive(Debug, Clone)]
+pub struct Acl(pub AclCommand);
+
+impl Op for Acl {
+    type Output = AclOutcome;
+    fn command(self) -> Command {
+        Command::Acl(self.0)
+    }
+    fn output(outcome: Outcome) -> Result<AclOutcome, Mismatch> {
+        match outcome {
+            Outcome::Acl(done) => Ok(done),
+            other => Err(mismatch(other)),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use locks::{Lease, LeaseId};
 use serde::{Deserialize, Serialize};
 
+use crate::replicated::acl::{Accessor, Acl, AclCommand, AclOutcome};
 use crate::replicated::catalog::{
     Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec,
 };
@@ -47,6 +48,14 @@ pub enum Command {
     /// Deregister critical instances whose `deregister_after` passed, each unless it was
     /// registered again since it turned critical at the given index.
     Reap { instances: Vec<(InstanceKey, u64)> },
+    /// Tokens and bootstrap.
+    Acl(AclCommand),
+    /// A command made by a token: the leases it grants belong to that token. The leader
+    /// wraps commands in this; its outcome is the inner command's.
+    Owned {
+        owner: Accessor,
+        command: Box<Command>,
+    },
 }
 
 /// What one [`Command`] did.
@@ -61,6 +70,7 @@ pub enum Outcome {
     Deregistered(InstanceRecord),
     StatusSet(InstanceRecord),
     Reaped(Vec<InstanceKey>),
+    Acl(AclOutcome),
     /// The command named a lease that does not exist.
     LeaseNotFound(LeaseId),
     Catalog(CatalogError),
@@ -88,6 +98,8 @@ pub struct AppState {
     /// clock is behind cannot move time back; a new leader's time starts from here
     /// (`crate::leader_time`).
     pub clock_ms: u64,
+    /// Tokens and lease owners.
+    pub acl: Acl,
 }
 
 impl AppState {
@@ -151,6 +163,15 @@ impl AppState {
                 }
                 Outcome::Reaped(reaped)
             }
+            Command::Acl(cmd) => Outcome::Acl(self.acl.apply(cmd, index, now_ms)),
+            Command::Owned { owner, command } => {
+                let before = fx.coordination.granted.len();
+                let outcome = self.apply(*command, index, now_ms, fx);
+                for lease in &fx.coordination.granted[before..] {
+                    self.acl.own_lease(lease.id, owner);
+                }
+                outcome
+            }
         }
     }
 
@@ -170,6 +191,7 @@ impl AppState {
             .coordinator
             .apply(cmd, index, now_ms, &mut coordination);
         for id in &coordination.ended {
+            self.acl.lease_ended(id);
             fx.services
                 .extend(self.catalog.lease_ended(id, index, now_ms));
         }

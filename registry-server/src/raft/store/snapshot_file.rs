@@ -29,7 +29,7 @@ use openraft::{LogId, SnapshotMeta};
 use crate::raft::types::{Node, NodeId};
 
 /// The format version this server writes, and the newest it reads.
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 6] = b"RGSNAP";
 const HEADER_LEN: usize = 20;

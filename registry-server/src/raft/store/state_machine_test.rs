@@ -8,6 +8,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, LogId, RaftSnapshotBuilder};
 
 use super::StateMachineStore;
+use crate::raft::store::snapshot_file::SNAPSHOT_FORMAT_VERSION;
 use crate::raft::types::TypeConfig;
 
 fn open(dir: &Path) -> StateMachineStore {
@@ -149,14 +150,15 @@ async fn a_snapshot_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = with_snapshot(dir.path(), 5).await;
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[6..8].copy_from_slice(&2u16.to_le_bytes());
+    let newer = SNAPSHOT_FORMAT_VERSION + 1;
+    bytes[6..8].copy_from_slice(&newer.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
 
     let err = try_open(dir.path()).unwrap_err();
     assert_eq!(
         err,
         format!(
-            "snapshot file {} has format version 2; this server reads up to 1 — upgrade the server",
+            "snapshot file {} has format version {newer}; this server reads up to {SNAPSHOT_FORMAT_VERSION} — upgrade the server",
             path.display()
         )
     );
@@ -175,11 +177,10 @@ async fn a_snapshot_of_a_newer_format_is_refused() {
         .install_snapshot(&meta, received)
         .await
         .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("received snapshot 1-5-1 has format version 2; this server reads up to 1"),
-        "{err}"
+    let expected = format!(
+        "received snapshot 1-5-1 has format version {newer}; this server reads up to {SNAPSHOT_FORMAT_VERSION}"
     );
+    assert!(err.to_string().contains(&expected), "{err}");
     assert_eq!(applied_index(&mut follower).await, Some(3));
 }
 

@@ -1,0 +1,131 @@
+//! Who a request comes from: the token it presents (`Authorization: Bearer <secret>` or
+//! `X-Registry-Token`), resolved by [`authenticate`] before the handler runs, and handed
+//! to the handler as an [`Acting`] app handle. Also the audit log: each write made with a
+//! token is one `registry::audit` line once it is answered.
+
+use std::sync::Arc;
+
+use api_spec::acl::{MAX_SECRET_LEN, TOKEN_HEADER};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::RequestPartsExt;
+
+use super::error::ApiError;
+use crate::app::{App, AppError};
+use crate::replicated::acl::Caller;
+
+/// The secret a request presents, if any. `Authorization: Bearer` wins over the header.
+fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| {
+                    let (scheme, rest) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                })
+                .ok_or_else(|| {
+                    AppError::Unauthenticated(
+                        "the Authorization header must be `Bearer <secret>`".into(),
+                    )
+                })
+        })
+        .transpose()?;
+    let header = headers
+        .get(TOKEN_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| AppError::Unauthenticated(format!("{TOKEN_HEADER} is not a token")))
+        })
+        .transpose()?;
+    match bearer.or(header) {
+        Some(secret) if secret.is_empty() || secret.len() > MAX_SECRET_LEN => Err(
+            AppError::Unauthenticated("the presented token is not a token secret".into()),
+        ),
+        other => Ok(other),
+    }
+}
+
+/// Resolves the request's caller and keeps it for [`Acting`]; answers 401 at once for a
+/// secret the cluster does not know. Runs on every route that acts for a caller.
+pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    let caller = match presented_secret(request.headers()) {
+        Ok(secret) => app.authenticate(secret).await,
+        Err(e) => Err(e),
+    };
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let audit = match caller.accessor() {
+        Some(accessor) if request.method() != Method::GET => {
+            let (subject, back) = audit_subject(request).await;
+            request = back;
+            Some((accessor, subject))
+        }
+        _ => None,
+    };
+    request.extensions_mut().insert(Arc::new(caller));
+    let response = next.run(request).await;
+    if let Some((accessor, (method, route, name))) = audit {
+        let status = response.status();
+        tracing::info!(
+            target: "registry::audit",
+            %accessor,
+            %method,
+            route,
+            name,
+            status = status.as_u16(),
+            outcome = if status.is_success() { "ok" } else { "refused" },
+            "write"
+        );
+    }
+    response
+}
+
+/// The method, the route template and the names in the path (joined by `/`); hands the
+/// request back.
+async fn audit_subject(request: Request) -> ((Method, String, String), Request) {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let (mut parts, body) = request.into_parts();
+    let name = parts
+        .extract::<RawPathParams>()
+        .await
+        .map(|params| {
+            params
+                .iter()
+                .map(|(_, value)| value.to_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default();
+    ((method, route, name), Request::from_parts(parts, body))
+}
+
+/// The app handle acting for the request's caller (see [`authenticate`]).
+#[derive(Debug, Clone)]
+pub struct Acting(pub App);
+
+impl FromRequestParts<App> for Acting {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Arc<Caller>>() {
+            Some(caller) => Ok(Acting(app.acting_for(caller.clone()))),
+            // The route was built without `authenticate`: a bug in the router.
+            None => {
+                tracing::error!(path = %parts.uri.path(), "route has no caller: is `authenticate` layered on it?");
+                Err(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            }
+        }
+    }
+}
