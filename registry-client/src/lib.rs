@@ -18,7 +18,8 @@
 //! - **The raw API**, one method per route: catalog ([`Client::register`],
 //!   [`Client::service`], ...), locks ([`Client::acquire`], [`Client::release`], ...),
 //!   elections, leases ([`Client::create_lease`], [`Client::keepalive`], ...), cluster
-//!   administration ([`Client::cluster_status`], [`Client::add_member`], ...).
+//!   administration ([`Client::cluster_status`], [`Client::add_member`], ...), ACL tokens
+//!   ([`Client::acl_bootstrap`], [`Client::acl_create_token`], ...).
 //!
 //! `regctl`, the command-line tool, is this crate's binary, behind the default `cli`
 //! feature (it alone needs `clap` and `nix`): a program that only uses the library can
@@ -59,6 +60,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{ReadOptions, ServiceQuery};
+pub use api_spec::acl::{
+    Access, CreateTokenRequest, Resource, RevokeTokenResponse, Rule, TokenCreated, TokenInfo,
+    TokenList,
+};
 pub use api_spec::{
     AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
     DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList, HeartbeatResponse, Instance,
