@@ -591,4 +591,6 @@ impl Failure {
 }
 
 #[cfg(test)]
+mod auth_test;
+#[cfg(test)]
 mod failover_test;
