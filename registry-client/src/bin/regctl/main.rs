@@ -1,6 +1,9 @@
 //! `regctl`: the registry's command-line tool. Services (register, resolve, watch),
-//! fenced locks and elections that run a command while held, leases, and cluster
+//! fenced locks and elections that run a command while held, leases, cluster
 //! membership, all over the client's raw API.
+//!
+//! On a registry with ACLs on, every request carries the token given with `--token` or
+//! in `REGISTRY_TOKEN` (as `Authorization: Bearer`).
 //!
 //! Output is short text by default and the API's JSON with `--json`. Errors are one line
 //! on stderr, `regctl: <message>`; the exit codes are listed in [`EXIT_CODES`].
@@ -13,6 +16,7 @@ mod supervise;
 
 use std::time::Duration;
 
+use api_spec::acl::TOKEN_ENV;
 use clap::{Parser, Subcommand};
 use registry_client::Client;
 
@@ -64,6 +68,17 @@ struct Cli {
     #[arg(long, global = true, value_parser = duration, default_value = "10s")]
     timeout: Duration,
 
+    /// ACL token secret to send with every request. Prefer the environment variable: a
+    /// flag's value shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = TOKEN_ENV,
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    token: Option<Secret>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +114,22 @@ enum Command {
     Lease(admin::LeaseCommand),
 }
 
+/// A token's secret, as `--token` or `REGISTRY_TOKEN` gave it; `Debug` leaves it out.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Secret(secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Reads a duration such as `15s`, `500ms`, `1m30s` (a unit is required).
 pub fn duration(text: &str) -> Result<Duration, String> {
     api_spec::parse_duration(text).map_err(|e| e.to_string())
@@ -131,9 +162,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
-    let client = Client::builder(cli.endpoints)
-        .timeout(cli.timeout)
-        .build()?;
+    let mut client = Client::builder(cli.endpoints).timeout(cli.timeout);
+    if let Some(Secret(secret)) = cli.token {
+        client = client.token(secret);
+    }
+    let client = client.build()?;
     let context = Context {
         client,
         json: cli.json,
@@ -186,6 +219,45 @@ mod tests {
         assert_eq!(args.ttl, Duration::from_secs(2));
         assert_eq!(args.command, ["sh", "-c", "x"]);
         assert!(Cli::try_parse_from(["regctl", "lock", "job"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("regctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_or_registry_token_and_help_hides_it() {
+        // The env attribute is the api-spec constant, not a copy of it.
+        let command = Cli::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .expect("a --token argument");
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("REGISTRY_TOKEN")));
+        assert_eq!(TOKEN_ENV, "REGISTRY_TOKEN");
+        assert!(arg.is_global_set());
+
+        // Everything that reads the variable is in this one test, so no other test
+        // sees it set.
+        std::env::set_var(TOKEN_ENV, "from-the-env-0123456789");
+        let from_env = parse(&["services"]);
+        let from_flag = parse(&["services", "--token", "from-the-flag"]);
+        let help = Cli::command().render_long_help().to_string();
+        std::env::remove_var(TOKEN_ENV);
+
+        let from_env = from_env.expect("valid command line");
+        assert_eq!(
+            from_env.token.map(|Secret(s)| s).as_deref(),
+            Some("from-the-env-0123456789")
+        );
+        let from_flag = from_flag.expect("valid command line");
+        assert!(!format!("{from_flag:?}").contains("from-the-flag"));
+        assert_eq!(
+            from_flag.token.map(|Secret(s)| s).as_deref(),
+            Some("from-the-flag")
+        );
+        assert!(help.contains("REGISTRY_TOKEN"), "{help}");
+        assert!(!help.contains("from-the-env"), "{help}");
     }
 
     #[test]

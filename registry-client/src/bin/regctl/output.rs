@@ -76,6 +76,10 @@ pub fn describe(error: &registry_client::Error) -> String {
             message,
             ..
         } if !code.is_empty() => format!("{message} ({status} {code} from {endpoint})"),
+        // regctl's only header is the token's.
+        registry_client::Error::InvalidHeader { reason, .. } => {
+            format!("cannot send the token (--token or REGISTRY_TOKEN): {reason}")
+        }
         registry_client::Error::Transport { endpoint, source } if source.is_timeout() => {
             format!("request to {endpoint} timed out")
         }
@@ -165,12 +169,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// This machine's wall clock, in ms since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How long ago a leader's wall-clock stamp (ms since the epoch) was, e.g. `3s ago`.
 pub fn ago(stamp_ms: u64) -> String {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    match now_ms.checked_sub(stamp_ms) {
+    match now_ms().checked_sub(stamp_ms) {
         Some(ms) => format!("{} ago", seconds(Duration::from_millis(ms))),
         None => "just now".to_owned(),
     }
@@ -178,10 +186,7 @@ pub fn ago(stamp_ms: u64) -> String {
 
 /// How far in the future a wall-clock stamp is, e.g. `in 2s`.
 pub fn from_now(stamp_ms: u64) -> String {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    match stamp_ms.checked_sub(now_ms) {
+    match stamp_ms.checked_sub(now_ms()) {
         Some(ms) => format!("in {}", millis(ms)),
         None => "now".to_owned(),
     }
@@ -218,6 +223,18 @@ mod tests {
         assert_eq!(
             describe(&error),
             "no lease x (404 lease_not_found from h:1)"
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_sent_is_named_by_its_flag() {
+        let error = registry_client::Error::InvalidHeader {
+            name: "authorization".into(),
+            reason: "bad",
+        };
+        assert_eq!(
+            describe(&error),
+            "cannot send the token (--token or REGISTRY_TOKEN): bad"
         );
     }
 
