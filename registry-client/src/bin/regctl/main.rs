@@ -1,6 +1,6 @@
 //! `regctl`: the registry's command-line tool. Services (register, resolve, watch),
 //! fenced locks and elections that run a command while held, leases, cluster
-//! membership, all over the client's raw API.
+//! membership, and ACL tokens, all over the client's raw API.
 //!
 //! On a registry with ACLs on, every request carries the token given with `--token` or
 //! in `REGISTRY_TOKEN` (as `Authorization: Bearer`).
@@ -8,6 +8,7 @@
 //! Output is short text by default and the API's JSON with `--json`. Errors are one line
 //! on stderr, `regctl: <message>`; the exit codes are listed in [`EXIT_CODES`].
 
+mod acl;
 mod admin;
 mod catalog;
 mod coordination;
@@ -44,7 +45,7 @@ pub const EXIT_LOST: u8 = 75;
 #[command(
     name = "regctl",
     version,
-    about = "Command-line tool for the registry: services, locks, elections, leases, cluster",
+    about = "Command-line tool for the registry: services, locks, elections, leases, cluster, ACLs",
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -112,6 +113,9 @@ enum Command {
     /// Create, renew, revoke and read leases.
     #[command(subcommand)]
     Lease(admin::LeaseCommand),
+    /// Bootstrap ACLs; create, list, show and revoke tokens.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
 }
 
 /// A token's secret, as `--token` or `REGISTRY_TOKEN` gave it; `Debug` leaves it out.
@@ -193,6 +197,7 @@ async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
         Command::Elect(args) => coordination::elect(&cx, args).await,
         Command::Cluster(command) => admin::cluster(&cx, command).await,
         Command::Lease(command) => admin::lease(&cx, command).await,
+        Command::Acl(command) => acl::acl(&cx, command).await,
     }
 }
 
@@ -241,7 +246,7 @@ mod tests {
         // sees it set.
         std::env::set_var(TOKEN_ENV, "from-the-env-0123456789");
         let from_env = parse(&["services"]);
-        let from_flag = parse(&["services", "--token", "from-the-flag"]);
+        let from_flag = parse(&["acl", "token", "self", "--token", "from-the-flag"]);
         let help = Cli::command().render_long_help().to_string();
         std::env::remove_var(TOKEN_ENV);
 
@@ -258,6 +263,88 @@ mod tests {
         );
         assert!(help.contains("REGISTRY_TOKEN"), "{help}");
         assert!(!help.contains("from-the-env"), "{help}");
+    }
+
+    #[test]
+    fn acl_commands_parse() {
+        let cli = parse(&["acl", "bootstrap", "--json"]).expect("valid command line");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Acl(acl::AclCommand::Bootstrap)
+        ));
+
+        let cli = parse(&[
+            "acl",
+            "token",
+            "create",
+            "--description",
+            "ci deploys",
+            "--rule",
+            "service:write:web",
+            "--rule",
+            "lock:read",
+            "--ttl",
+            "24h",
+        ])
+        .expect("valid command line");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Create(args))) = cli.command
+        else {
+            panic!("not acl token create: {:?}", cli.command)
+        };
+        assert_eq!(args.description, "ci deploys");
+        let rules: Vec<String> = args.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(rules, ["service:write:web", "lock:read"]);
+        assert!(!args.management);
+        assert_eq!(args.ttl, Some(Duration::from_secs(24 * 60 * 60)));
+
+        let cli = parse(&["acl", "token", "create", "--management"]).expect("valid");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Create(args))) = cli.command
+        else {
+            panic!("not acl token create")
+        };
+        assert!(args.management && args.rules.is_empty() && args.ttl.is_none());
+        assert_eq!(args.description, "");
+
+        assert!(matches!(
+            parse(&["acl", "token", "list"]).expect("valid").command,
+            Command::Acl(acl::AclCommand::Token(acl::TokenCommand::List))
+        ));
+        assert!(matches!(
+            parse(&["acl", "token", "self"]).expect("valid").command,
+            Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Current))
+        ));
+        let cli = parse(&[
+            "acl",
+            "token",
+            "revoke",
+            "6f1e1c1e-0000-4000-8000-000000000001",
+        ])
+        .expect("valid command line");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Revoke { accessor })) =
+            cli.command
+        else {
+            panic!("not acl token revoke")
+        };
+        assert_eq!(accessor.to_string(), "6f1e1c1e-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn bad_acl_arguments_are_usage_errors() {
+        for bad in [
+            &["acl", "token", "create", "--rule", "service"][..],
+            &["acl", "token", "create", "--rule", "services:read"],
+            &["acl", "token", "create", "--rule", "service:admin"],
+            // Leases have no names, so no prefix.
+            &["acl", "token", "create", "--rule", "lease:read:x"],
+            &["acl", "token", "create", "--ttl", "24"],
+            &["acl", "token", "revoke", "not-an-accessor"],
+            &["acl", "token", "revoke"],
+            &["acl"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -192,6 +192,14 @@ pub fn from_now(stamp_ms: u64) -> String {
     }
 }
 
+/// [`from_now`] to the second, for stamps hours or days away (`in 23h 59m 59s`).
+pub fn from_now_seconds(stamp_ms: u64) -> String {
+    match stamp_ms.checked_sub(now_ms()) {
+        Some(ms) => format!("in {}", seconds(Duration::from_millis(ms))),
+        None => "now".to_owned(),
+    }
+}
+
 /// A duration rounded to whole seconds (`0s` under one), as `1m 5s`.
 pub fn seconds(duration: Duration) -> String {
     api_spec::format_duration(Duration::from_secs(duration.as_secs()))
@@ -227,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn acl_refusals_read_as_one_line_with_their_code() {
+        let error = registry_client::Error::Api {
+            endpoint: "h:1".into(),
+            status: 403,
+            code: "permission_denied".into(),
+            message: "needs lock:write on job".into(),
+            conflict: None,
+        };
+        assert_eq!(
+            describe(&error),
+            "needs lock:write on job (403 permission_denied from h:1)"
+        );
+    }
+
+    #[test]
     fn a_token_that_cannot_be_sent_is_named_by_its_flag() {
         let error = registry_client::Error::InvalidHeader {
             name: "authorization".into(),
@@ -243,5 +266,8 @@ mod tests {
         assert_eq!(seconds(Duration::from_millis(65_900)), "1m 5s");
         assert_eq!(millis(1500), "1s 500ms");
         assert_eq!(or_dash(None::<u64>), "-");
+        let in_a_day = now_ms() + 86_400_000 + 900;
+        assert_eq!(from_now_seconds(in_a_day), "in 1day");
+        assert_eq!(from_now_seconds(1), "now");
     }
 }
