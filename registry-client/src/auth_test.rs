@@ -195,6 +195,97 @@ async fn the_discovery_watch_sends_the_token() {
 }
 
 #[tokio::test]
+async fn a_refused_first_discovery_fetch_fails_at_once_with_the_refusal() {
+    const DENIED: &str =
+        r#"{"error":{"code":"permission_denied","message":"needs service:read on web"}}"#;
+    let server = Canned::start(403, DENIED).await;
+    let client = client_with(&[&server.addr], SECRET);
+    let started = std::time::Instant::now();
+    let err = client
+        .endpoints("web", &ServiceQuery::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_permission_denied(), "{err:?}");
+    // Well before the client's 5 s timeout, which a refusal would only wait out.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = client.resolve("web").await.unwrap_err();
+    match err {
+        Error::Api {
+            status, message, ..
+        } => {
+            assert_eq!(
+                (status, message.as_str()),
+                (403, "needs service:read on web")
+            );
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_first_discovery_fetch_still_waits_for_the_timeout() {
+    let server = Canned::start(503, NO_LEADER).await;
+    let client = Client::builder([server.addr.as_str()])
+        .timeout(Duration::from_millis(300))
+        .token(SECRET)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .endpoints("web", &ServiceQuery::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn a_refusal_after_a_good_list_keeps_serving_the_list() {
+    // The first fetch is answered, the blocking queries after it refused.
+    let server = Canned::scripted(|line| {
+        if line.contains("index=") {
+            (401, UNAUTHENTICATED)
+        } else {
+            (200, INSTANCES)
+        }
+    })
+    .await;
+    let client = client_with(&[&server.addr], SECRET);
+    let first = client
+        .endpoints("web", &ServiceQuery::default())
+        .await
+        .unwrap();
+    assert_eq!((first.instances.len(), first.error), (1, None));
+    let refused = async {
+        loop {
+            let now = client
+                .endpoints("web", &ServiceQuery::default())
+                .await
+                .unwrap();
+            if now.error.is_some() {
+                return now;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let now = tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("the refusal shows in the cache");
+    assert_eq!(now.instances.len(), 1);
+    assert!(
+        now.error
+            .as_deref()
+            .is_some_and(|e| e.contains("401 unauthenticated")),
+        "{:?}",
+        now.error
+    );
+}
+
+#[tokio::test]
 async fn registration_heartbeats_and_deregistration_send_the_token() {
     let server = Canned::scripted(|line| {
         if line.ends_with("/heartbeat") {

@@ -135,6 +135,27 @@ impl Error {
         self.code() == Some(api_spec::codes::PERMISSION_DENIED)
     }
 
+    /// A copy of an [`Error::Api`], for handing one answer to several callers; `None`
+    /// for the other kinds (a transport error's source cannot be copied).
+    pub(crate) fn copy_api(&self) -> Option<Error> {
+        match self {
+            Error::Api {
+                endpoint,
+                status,
+                code,
+                message,
+                conflict,
+            } => Some(Error::Api {
+                endpoint: endpoint.clone(),
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+                conflict: conflict.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// `true` for errors that say nothing about the request itself and may well pass
     /// on another try: transport failures and 503 (no leader, shutting down).
     pub fn is_retryable(&self) -> bool {
