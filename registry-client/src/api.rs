@@ -1,8 +1,9 @@
-//! The registry's catalog, lock and election routes, one method each: the raw API the
-//! discovery cache, the handles and `regctl` are built on.
+//! The registry's catalog, lock, election and ACL token routes, one method each: the raw
+//! API the discovery cache, the handles and `regctl` are built on.
 
 use std::time::Duration;
 
+use api_spec::acl::{CreateTokenRequest, RevokeTokenResponse, TokenCreated, TokenInfo, TokenList};
 use api_spec::{
     AcquireRequest, CampaignRequest, CampaignResponse, DeregisterResponse, ElectionInfo,
     ElectionLeader, ElectionList, HeartbeatResponse, Instance, InstanceStatus, LockGrant, LockInfo,
@@ -12,7 +13,7 @@ use api_spec::{
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
-use crate::{Client, Consistency, Response, Result, Retry};
+use crate::{Client, Consistency, Response, Result, Retry, Uuid};
 
 /// Extra time a held request gets on top of what the server may hold it for.
 const HOLD_MARGIN: Duration = Duration::from_secs(5);
@@ -320,6 +321,74 @@ impl Client {
     /// Every election with a leader or candidates (`GET /v1/elections`).
     pub async fn elections(&self, read: ReadOptions) -> Result<Response<ElectionList>> {
         self.read("/v1/elections".to_owned(), Vec::new(), read)
+            .await
+    }
+
+    /// Turns a new cluster's ACLs on and makes its first management token
+    /// (`POST /v1/acl/bootstrap`); needs no token. Works once: afterwards the answer is
+    /// `409 acl_bootstrapped`, and `400 acl_disabled` on a server started without ACLs.
+    ///
+    /// The answer holds the token's secret, and nothing else ever will: keep it. Not
+    /// retried once sent, since a second try would be refused; if the answer is lost the
+    /// cluster is bootstrapped all the same.
+    pub async fn acl_bootstrap(&self) -> Result<Response<TokenCreated>> {
+        self.call(
+            Method::POST,
+            "/v1/acl/bootstrap",
+            None::<&()>,
+            Retry::OnlyIfNotSent,
+        )
+        .await
+    }
+
+    /// Makes a token (`POST /v1/acl/tokens`); needs `acl:write`. The answer holds the
+    /// new token's secret, which no later answer shows. Not retried once sent: a retry
+    /// could make a second token.
+    pub async fn acl_create_token(
+        &self,
+        request: &CreateTokenRequest,
+    ) -> Result<Response<TokenCreated>> {
+        self.call(
+            Method::POST,
+            "/v1/acl/tokens",
+            Some(request),
+            Retry::OnlyIfNotSent,
+        )
+        .await
+    }
+
+    /// Every token, without secrets (`GET /v1/acl/tokens`); needs `acl:read`.
+    pub async fn acl_list_tokens(&self) -> Result<Response<TokenList>> {
+        self.call(
+            Method::GET,
+            "/v1/acl/tokens",
+            None::<&()>,
+            Retry::Idempotent,
+        )
+        .await
+    }
+
+    /// The token this client sends, without its secret (`GET /v1/acl/tokens/self`); any
+    /// token may read itself. Without a token the answer is `401 unauthenticated`.
+    pub async fn acl_token_self(&self) -> Result<Response<TokenInfo>> {
+        self.call(
+            Method::GET,
+            "/v1/acl/tokens/self",
+            None::<&()>,
+            Retry::Idempotent,
+        )
+        .await
+    }
+
+    /// Revokes the token with this accessor (`DELETE /v1/acl/tokens/{accessor}`); needs
+    /// `acl:write`. `unconfirmed_members` in the answer lists the servers that had not
+    /// confirmed the revoke yet and may accept the token a little longer.
+    ///
+    /// Retried on another endpoint after a transport error or 503, so if the first try
+    /// did take effect the answer can be `404 token_not_found` although the revoke worked.
+    pub async fn acl_revoke_token(&self, accessor: Uuid) -> Result<Response<RevokeTokenResponse>> {
+        let path = format!("/v1/acl/tokens/{accessor}");
+        self.call(Method::DELETE, &path, None::<&()>, Retry::Idempotent)
             .await
     }
 }

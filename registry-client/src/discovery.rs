@@ -7,7 +7,9 @@
 //! the cache without touching the network. When the registry cannot be reached the last
 //! good list keeps being served (stale-if-error) and [`Endpoints::age`] grows; the watch
 //! reconnects with backoff and jitter. An error never empties a service's list: only an
-//! answer from the registry can.
+//! answer from the registry can. A service the registry's ACLs refuse to show (401
+//! `unauthenticated`, 403 `permission_denied`) before it was ever fetched fails at once
+//! with that refusal, not after the timeout with [`Error::Unavailable`].
 //!
 //! [`Client::resolve`] picks one endpoint per call: locality (prefer the caller's zone,
 //! then region, with a panic threshold; [`crate::locality`]) over the instances that are
@@ -73,6 +75,9 @@ pub(crate) struct ServiceCache {
     /// The balancer and filter in force; replaced by [`Client::configure`].
     policy: RwLock<(Arc<Balancer>, Arc<ServiceQuery>)>,
     outliers: OutlierDetector,
+    /// The watch's last failure if it was an ACL refusal (401 or 403); cleared by an
+    /// answer. Without a snapshot, it is what callers get instead of waiting.
+    refused: RwLock<Option<Error>>,
     /// Ticks on every refresh (and on failures), for `changed()` and first-load waits.
     ticks: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -94,9 +99,21 @@ impl ServiceCache {
             .clone()
     }
 
-    fn store(&self, update: impl FnOnce(&mut Option<Snapshot>)) {
+    /// Applies `update` and records `refused` (see [`ServiceCache::refused`]), then
+    /// ticks.
+    fn store(&self, refused: Option<Error>, update: impl FnOnce(&mut Option<Snapshot>)) {
         update(&mut self.snapshot.write().unwrap_or_else(|e| e.into_inner()));
+        *self.refused.write().unwrap_or_else(|e| e.into_inner()) = refused;
         self.ticks.send_modify(|t| *t += 1);
+    }
+
+    /// A copy of the recorded refusal, if any.
+    fn refusal(&self) -> Option<Error> {
+        self.refused
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Error::copy_api)
     }
 }
 
@@ -141,6 +158,7 @@ impl Client {
                         snapshot: RwLock::new(None),
                         policy: RwLock::new((balancer, Arc::new(ServiceQuery::default()))),
                         outliers: OutlierDetector::new(config.outliers),
+                        refused: RwLock::new(None),
                         ticks: watch::channel(0).0,
                         task: Mutex::new(None),
                     });
@@ -158,13 +176,18 @@ impl Client {
         };
         if cache.snapshot().is_none() {
             // First use: wait for the first answer (or the watch's first failures, up to
-            // the client's timeout).
+            // the client's timeout; a refusal ends the wait, since waiting will not help).
             let mut ticks = cache.ticks.subscribe();
             let deadline = tokio::time::Instant::now() + self.inner.timeout;
-            while cache.snapshot().is_none() {
+            while cache.snapshot().is_none() && cache.refusal().is_none() {
                 match tokio::time::timeout_at(deadline, ticks.changed()).await {
                     Ok(Ok(())) => {}
                     _ => break,
+                }
+            }
+            if cache.snapshot().is_none() {
+                if let Some(refusal) = cache.refusal() {
+                    return Err(refusal);
                 }
             }
         }
@@ -174,8 +197,11 @@ impl Client {
     /// The healthy (passing) instances of `service` that match `filter`, from the cache.
     /// The first call for a service fetches it; later calls do not touch the network.
     ///
-    /// Fails only when the service was never fetched successfully; once it was, the last
-    /// good list is served whatever happens to the registry (see [`Endpoints::age`]).
+    /// Fails only when the service was never fetched successfully: at once with the
+    /// registry's answer if its ACLs refused (401 `unauthenticated`, 403
+    /// `permission_denied`), else with [`Error::Unavailable`] after the client's timeout.
+    /// Once it was fetched, the last good list is served whatever happens to the registry
+    /// (see [`Endpoints::age`] and [`Endpoints::error`]).
     pub async fn endpoints(&self, service: &str, filter: &ServiceQuery) -> Result<Endpoints> {
         let cache = self.cache(service).await?;
         let snapshot = cache.snapshot().ok_or_else(|| Error::Unavailable {
@@ -374,7 +400,7 @@ async fn watch_service(client: Weak<Inner>, cache: Weak<ServiceCache>, service: 
                 // could take forever on a reset registry. Start over from it (as
                 // Consul's watches do).
                 let answer_index = response.index.unwrap_or(0);
-                cache.store(|snapshot| {
+                cache.store(None, |snapshot| {
                     let instances: Vec<Arc<Instance>> =
                         response.value.instances.into_iter().map(Arc::new).collect();
                     cache
@@ -392,7 +418,8 @@ async fn watch_service(client: Weak<Inner>, cache: Weak<ServiceCache>, service: 
             Err(e) => {
                 failures += 1;
                 let message = e.to_string();
-                cache.store(|snapshot| {
+                let refused = (e.is_unauthenticated() || e.is_permission_denied()).then_some(e);
+                cache.store(refused, |snapshot| {
                     if let Some(s) = snapshot {
                         s.error = Some(message);
                     }

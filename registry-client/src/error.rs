@@ -24,7 +24,9 @@ pub enum Error {
     /// is empty and `message` holds the start of the body, so nothing is silently lost.
     /// `conflict` is the lock or election the body described (with a `409`
     /// `lock_held`, `election_held` or `token_mismatch`); read it with [`Error::lock`]
-    /// and [`Error::election`].
+    /// and [`Error::election`]. A request the registry's ACLs refuse is one too: `401`
+    /// `unauthenticated` or `403` `permission_denied` ([`Error::is_unauthenticated`],
+    /// [`Error::is_permission_denied`]), the message saying what was missing.
     #[error("{endpoint} answered {status} {code}: {message}")]
     Api {
         endpoint: String,
@@ -35,6 +37,13 @@ pub enum Error {
         /// `Error`'s size.
         conflict: Option<Box<Conflict>>,
     },
+
+    /// The authentication header (from [`crate::ClientBuilder::token`] or
+    /// [`crate::ClientBuilder::auth_header`]) cannot be sent: its name is not a header
+    /// name, or its value holds a character headers cannot carry (a newline, say).
+    /// Nothing was sent. The value is left out: it is a secret.
+    #[error("cannot send the {name} header: {reason}")]
+    InvalidHeader { name: String, reason: &'static str },
 
     /// The request could not be sent, or the answer could not be read (connection
     /// refused or reset, timeout). Carries the endpoint it happened on.
@@ -111,6 +120,40 @@ impl Error {
     /// `true` when the lease does not exist (never did, was revoked, or expired).
     pub fn is_lease_not_found(&self) -> bool {
         self.code() == Some(api_spec::codes::LEASE_NOT_FOUND)
+    }
+
+    /// `true` when the registry wants a token it did not get: the request carried none,
+    /// or one the cluster does not know (never made, revoked or expired). `401
+    /// unauthenticated`.
+    pub fn is_unauthenticated(&self) -> bool {
+        self.code() == Some(api_spec::codes::UNAUTHENTICATED)
+    }
+
+    /// `true` when the request's token (or, without one, the anonymous rules) does not
+    /// allow it; the message names the access it would need. `403 permission_denied`.
+    pub fn is_permission_denied(&self) -> bool {
+        self.code() == Some(api_spec::codes::PERMISSION_DENIED)
+    }
+
+    /// A copy of an [`Error::Api`], for handing one answer to several callers; `None`
+    /// for the other kinds (a transport error's source cannot be copied).
+    pub(crate) fn copy_api(&self) -> Option<Error> {
+        match self {
+            Error::Api {
+                endpoint,
+                status,
+                code,
+                message,
+                conflict,
+            } => Some(Error::Api {
+                endpoint: endpoint.clone(),
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+                conflict: conflict.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// `true` for errors that say nothing about the request itself and may well pass
@@ -292,6 +335,35 @@ mod tests {
         let strings = 3 * std::mem::size_of::<String>();
         let size = std::mem::size_of::<Error>();
         assert!(size <= strings + 24, "Error is {size} bytes");
+    }
+
+    #[test]
+    fn acl_refusals_keep_their_code_and_message_and_are_final() {
+        let body =
+            br#"{"error":{"code":"unauthenticated","message":"this request needs a token"}}"#;
+        let err = api_error("127.0.0.1:1", 401, body);
+        assert!(err.is_unauthenticated() && !err.is_permission_denied());
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "127.0.0.1:1 answered 401 unauthenticated: this request needs a token"
+        );
+
+        let body =
+            br#"{"error":{"code":"permission_denied","message":"needs service:write on web"}}"#;
+        let err = api_error("127.0.0.1:1", 403, body);
+        assert!(err.is_permission_denied() && !err.is_unauthenticated());
+        assert!(!err.is_retryable());
+        assert_eq!(err.status(), Some(403));
+        match &err {
+            Error::Api { message, .. } => assert_eq!(message, "needs service:write on web"),
+            other => panic!("expected Api, got {other:?}"),
+        }
+
+        // A proxy's 401 page is no registry refusal: the code tells them apart.
+        let foreign = api_error("127.0.0.1:1", 401, b"<html>401</html>");
+        assert!(!foreign.is_unauthenticated());
+        assert_eq!(foreign.status(), Some(401));
     }
 
     #[test]

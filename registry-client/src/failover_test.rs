@@ -1,8 +1,8 @@
 //! Tests of which failures make a call move on to the next endpoint, against tiny
-//! canned-answer HTTP servers on loopback.
+//! canned-answer HTTP servers on loopback (which [`crate::auth_test`] uses too).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,26 +10,61 @@ use tokio::net::TcpListener;
 
 use super::*;
 
-/// A server that answers every request with the same status and body and counts requests.
-struct Canned {
-    addr: String,
+/// One request a [`Canned`] server received.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    /// `METHOD /path?query`.
+    pub(crate) line: String,
+    /// Header names lowercased, values as sent, in order.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
+}
+
+impl Seen {
+    /// The value of header `name` (lowercase), if the request had it.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A server that answers every request with the same status and body (or as a script
+/// says), and records the requests.
+pub(crate) struct Canned {
+    pub(crate) addr: String,
     hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Canned {
-    async fn start(status: u16, body: &'static str) -> Canned {
+    pub(crate) async fn start(status: u16, body: &'static str) -> Canned {
+        Canned::scripted(move |_| (status, body)).await
+    }
+
+    /// A server that answers each request as `answer(request line)` says.
+    pub(crate) async fn scripted(
+        answer: impl Fn(&str) -> (u16, &'static str) + Send + Sync + 'static,
+    ) -> Canned {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(answer);
+        let (counter, record) = (hits.clone(), seen.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let counter = counter.clone();
+                let (counter, record, answer) = (counter.clone(), record.clone(), answer.clone());
                 tokio::spawn(async move {
-                    read_request(&mut socket).await;
+                    let Some(request) = read_request(&mut socket).await else {
+                        return;
+                    };
+                    let (status, body) = answer(&request.line);
+                    record.lock().unwrap().push(request);
                     counter.fetch_add(1, Ordering::SeqCst);
                     let answer = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
@@ -42,39 +77,57 @@ impl Canned {
                 });
             }
         });
-        Canned { addr, hits }
+        Canned { addr, hits, seen }
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The requests received so far, in order.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
-/// Reads the request head and as many body bytes as `content-length` says.
-async fn read_request(socket: &mut tokio::net::TcpStream) {
+/// Reads the request head and as many body bytes as `content-length` says; `None` if
+/// the connection closed first.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Seen> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        let n = socket.read(&mut chunk).await.unwrap();
+        let n = socket.read(&mut chunk).await.ok()?;
         if n == 0 {
-            return;
+            return None;
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let line = lines.next().unwrap_or_default();
+            let line = line.trim_end_matches(" HTTP/1.1").to_owned();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.parse().unwrap())
                 .unwrap_or(0);
             while buf.len() < end + 4 + length {
-                let n = socket.read(&mut chunk).await.unwrap();
+                let n = socket.read(&mut chunk).await.ok()?;
                 if n == 0 {
-                    return;
+                    return None;
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return;
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+            return Some(Seen {
+                line,
+                headers,
+                body,
+            });
         }
     }
 }

@@ -18,7 +18,8 @@
 //! - **The raw API**, one method per route: catalog ([`Client::register`],
 //!   [`Client::service`], ...), locks ([`Client::acquire`], [`Client::release`], ...),
 //!   elections, leases ([`Client::create_lease`], [`Client::keepalive`], ...), cluster
-//!   administration ([`Client::cluster_status`], [`Client::add_member`], ...).
+//!   administration ([`Client::cluster_status`], [`Client::add_member`], ...), ACL tokens
+//!   ([`Client::acl_bootstrap`], [`Client::acl_create_token`], ...).
 //!
 //! `regctl`, the command-line tool, is this crate's binary, behind the default `cli`
 //! feature (it alone needs `clap` and `nix`): a program that only uses the library can
@@ -27,9 +28,18 @@
 //!
 //! Transport: plain HTTP (no TLS) to `host:port` endpoints, one pooled connection set
 //! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]; requests the server
-//! holds, such as blocking queries and waiting acquires, get their wait on top), an
-//! optional header hook for authentication ([`ClientBuilder::auth_header`]). A bare
+//! holds, such as blocking queries and waiting acquires, get their wait on top). A bare
 //! lease from [`Client::create_lease`] is not kept alive by itself; the guards keep theirs.
+//!
+//! Authentication: on a registry with ACLs on, give the client a token's secret with
+//! [`ClientBuilder::token`]; every request then carries `Authorization: Bearer <secret>`,
+//! the background ones (discovery watches, heartbeats, lock and leadership renewals)
+//! included. Without a token the server applies its anonymous rules (by default none). A
+//! refused request is an [`Error::Api`] like any other, with code `unauthenticated` (401:
+//! no token, or one the cluster does not know) or `permission_denied` (403); see
+//! [`Error::is_unauthenticated`] and [`Error::is_permission_denied`]. For another scheme
+//! (say an authenticating proxy in front of the servers), [`ClientBuilder::auth_header`]
+//! adds a header of the caller's choosing instead.
 //!
 //! Failover: any server can take any request (followers forward writes to the leader),
 //! so a call tries the endpoints in turn, starting with the one that last answered, and
@@ -50,6 +60,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{ReadOptions, ServiceQuery};
+pub use api_spec::acl::{
+    Access, CreateTokenRequest, Resource, RevokeTokenResponse, Rule, TokenCreated, TokenInfo,
+    TokenList,
+};
 pub use api_spec::{
     AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
     DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList, HeartbeatResponse, Instance,
@@ -62,6 +76,7 @@ pub use handles::{
     CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
 };
 pub use registration::{Registration, RegistrationState};
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -125,7 +140,8 @@ enum Retry {
 ///   cannot have reached a server. After a timeout or a 503 the caller decides, since the
 ///   first attempt may have taken effect.
 ///
-/// Any other error answer (400, 404, 409, ...) is final: another server would say the same.
+/// Any other error answer (400, 401, 403, 404, 409, ...) is final: another server would say
+/// the same.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -138,7 +154,7 @@ struct Inner {
     /// Index into `endpoints` of the last one that answered; calls start there so a dead
     /// server costs one failed connect, not one per call.
     preferred: AtomicUsize,
-    /// Adds a header (e.g. `Authorization`) to every request.
+    /// Adds a header (`Authorization: Bearer` for a token) to every request.
     auth: Option<AuthHook>,
     /// The per-request timeout (also how long a first discovery fetch may take).
     timeout: Duration,
@@ -148,7 +164,8 @@ struct Inner {
     discovery: discovery::DiscoveryConfig,
 }
 
-/// Called for every request; the header it returns (if any) is added to it.
+/// Called once per call (attempts on other endpoints reuse its answer); the header it
+/// returns (if any) is added to the request. See [`ClientBuilder::auth_header`].
 pub type AuthHook = Arc<dyn Fn() -> Option<(String, String)> + Send + Sync>;
 
 impl std::fmt::Debug for Inner {
@@ -186,9 +203,32 @@ impl ClientBuilder {
         self
     }
 
-    /// A hook called for every request whose `(name, value)` header is added to it, for
-    /// servers behind an authenticating proxy (the registry itself has no client auth
-    /// yet). Called per request, so it can hand out a refreshed token.
+    /// Sends the registry token `secret` as `Authorization: Bearer <secret>` with every
+    /// request, including those of the client's background tasks (discovery watches,
+    /// registration heartbeats, lock and leadership renewals).
+    ///
+    /// Surrounding whitespace (a newline read from a file) is dropped, and an empty
+    /// secret sends no token: the server's anonymous rules apply. A secret that cannot be
+    /// sent in a header (a control character inside) fails each call with
+    /// [`Error::InvalidHeader`], before anything is sent. This is the
+    /// [`auth_header`](Self::auth_header) hook with a fixed header, so whichever of the
+    /// two is set last is the one used.
+    pub fn token(self, secret: impl Into<String>) -> Self {
+        let secret = secret.into();
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return ClientBuilder { auth: None, ..self };
+        }
+        let value = format!("Bearer {secret}");
+        self.auth_header(move || Some((AUTHORIZATION.as_str().to_owned(), value.clone())))
+    }
+
+    /// A hook whose `(name, value)` header is added to every request, for a scheme other
+    /// than a registry token (say an authenticating proxy in front of the servers; for a
+    /// token use [`token`](Self::token), which replaces this hook and is replaced by it).
+    /// Called once per call (the attempts on other endpoints of one call reuse its
+    /// answer), so it can hand out a refreshed credential. The value is marked sensitive
+    /// and never appears in errors.
     pub fn auth_header(
         mut self,
         hook: impl Fn() -> Option<(String, String)> + Send + Sync + 'static,
@@ -404,6 +444,7 @@ impl Client {
         retry: Retry,
         timeout: Option<Duration>,
     ) -> Result<Response<T>> {
+        let auth = self.auth()?;
         let endpoints = &self.inner.endpoints;
         let start = self.inner.preferred.load(Ordering::Relaxed) % endpoints.len();
         let mut last_error = Error::NoEndpoints;
@@ -415,7 +456,14 @@ impl Client {
                 tokio::time::sleep(retry_backoff(offset)).await;
             }
             match self
-                .attempt(&endpoints[which], method.clone(), path, body, timeout)
+                .attempt(
+                    &endpoints[which],
+                    method.clone(),
+                    path,
+                    body,
+                    timeout,
+                    auth.as_ref(),
+                )
                 .await
             {
                 Ok(response) => {
@@ -437,7 +485,31 @@ impl Client {
         Err(last_error)
     }
 
-    /// One request to one endpoint.
+    /// The authentication header of one call, from the hook [`ClientBuilder::token`] or
+    /// [`ClientBuilder::auth_header`] set: checked here, because one that cannot be sent
+    /// would fail the same way on every endpoint.
+    fn auth(&self) -> Result<Option<(HeaderName, HeaderValue)>> {
+        let Some((name, value)) = self.inner.auth.as_ref().and_then(|hook| hook()) else {
+            return Ok(None);
+        };
+        let Ok(header) = HeaderName::try_from(name.as_str()) else {
+            return Err(Error::InvalidHeader {
+                name,
+                reason: "not a valid header name",
+            });
+        };
+        let Ok(mut value) = HeaderValue::try_from(value) else {
+            return Err(Error::InvalidHeader {
+                name: header.as_str().to_owned(),
+                reason: "the value holds characters a header cannot carry, such as a newline",
+            });
+        };
+        // Kept out of debug output (reqwest's and hyper's), like a password.
+        value.set_sensitive(true);
+        Ok(Some((header, value)))
+    }
+
+    /// One request to one endpoint, with `auth` (see [`Client::auth`]) if any.
     async fn attempt<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         endpoint: &str,
@@ -445,16 +517,15 @@ impl Client {
         path: &str,
         body: Option<&B>,
         timeout: Option<Duration>,
+        auth: Option<&(HeaderName, HeaderValue)>,
     ) -> Result<Response<T>, Failure> {
         let url = format!("http://{endpoint}{path}");
         let mut request = self.inner.http.request(method, url);
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
-        if let Some(auth) = &self.inner.auth {
-            if let Some((name, value)) = auth() {
-                request = request.header(name, value);
-            }
+        if let Some((name, value)) = auth {
+            request = request.header(name.clone(), value.clone());
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -519,5 +590,7 @@ impl Failure {
     }
 }
 
+#[cfg(test)]
+mod auth_test;
 #[cfg(test)]
 mod failover_test;

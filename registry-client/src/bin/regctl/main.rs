@@ -1,10 +1,14 @@
 //! `regctl`: the registry's command-line tool. Services (register, resolve, watch),
-//! fenced locks and elections that run a command while held, leases, and cluster
-//! membership, all over the client's raw API.
+//! fenced locks and elections that run a command while held, leases, cluster
+//! membership, and ACL tokens, all over the client's raw API.
+//!
+//! On a registry with ACLs on, every request carries the token given with `--token` or
+//! in `REGISTRY_TOKEN` (as `Authorization: Bearer`).
 //!
 //! Output is short text by default and the API's JSON with `--json`. Errors are one line
 //! on stderr, `regctl: <message>`; the exit codes are listed in [`EXIT_CODES`].
 
+mod acl;
 mod admin;
 mod catalog;
 mod coordination;
@@ -13,6 +17,7 @@ mod supervise;
 
 use std::time::Duration;
 
+use api_spec::acl::TOKEN_ENV;
 use clap::{Parser, Subcommand};
 use registry_client::Client;
 
@@ -40,7 +45,7 @@ pub const EXIT_LOST: u8 = 75;
 #[command(
     name = "regctl",
     version,
-    about = "Command-line tool for the registry: services, locks, elections, leases, cluster",
+    about = "Command-line tool for the registry: services, locks, elections, leases, cluster, ACLs",
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -63,6 +68,17 @@ struct Cli {
     /// acquires and blocking queries, get their wait on top).
     #[arg(long, global = true, value_parser = duration, default_value = "10s")]
     timeout: Duration,
+
+    /// ACL token secret to send with every request. Prefer the environment variable: a
+    /// flag's value shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = TOKEN_ENV,
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    token: Option<Secret>,
 
     #[command(subcommand)]
     command: Command,
@@ -97,6 +113,25 @@ enum Command {
     /// Create, renew, revoke and read leases.
     #[command(subcommand)]
     Lease(admin::LeaseCommand),
+    /// Bootstrap ACLs; create, list, show and revoke tokens.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
+}
+
+/// A token's secret, as `--token` or `REGISTRY_TOKEN` gave it; `Debug` leaves it out.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Secret(secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Reads a duration such as `15s`, `500ms`, `1m30s` (a unit is required).
@@ -131,9 +166,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
-    let client = Client::builder(cli.endpoints)
-        .timeout(cli.timeout)
-        .build()?;
+    let mut client = Client::builder(cli.endpoints).timeout(cli.timeout);
+    if let Some(Secret(secret)) = cli.token {
+        client = client.token(secret);
+    }
+    let client = client.build()?;
     let context = Context {
         client,
         json: cli.json,
@@ -160,6 +197,7 @@ async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
         Command::Elect(args) => coordination::elect(&cx, args).await,
         Command::Cluster(command) => admin::cluster(&cx, command).await,
         Command::Lease(command) => admin::lease(&cx, command).await,
+        Command::Acl(command) => acl::acl(&cx, command).await,
     }
 }
 
@@ -186,6 +224,127 @@ mod tests {
         assert_eq!(args.ttl, Duration::from_secs(2));
         assert_eq!(args.command, ["sh", "-c", "x"]);
         assert!(Cli::try_parse_from(["regctl", "lock", "job"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("regctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_or_registry_token_and_help_hides_it() {
+        // The env attribute is the api-spec constant, not a copy of it.
+        let command = Cli::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .expect("a --token argument");
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("REGISTRY_TOKEN")));
+        assert_eq!(TOKEN_ENV, "REGISTRY_TOKEN");
+        assert!(arg.is_global_set());
+
+        // Everything that reads the variable is in this one test, so no other test
+        // sees it set.
+        std::env::set_var(TOKEN_ENV, "from-the-env-0123456789");
+        let from_env = parse(&["services"]);
+        let from_flag = parse(&["acl", "token", "self", "--token", "from-the-flag"]);
+        let help = Cli::command().render_long_help().to_string();
+        std::env::remove_var(TOKEN_ENV);
+
+        let from_env = from_env.expect("valid command line");
+        assert_eq!(
+            from_env.token.map(|Secret(s)| s).as_deref(),
+            Some("from-the-env-0123456789")
+        );
+        let from_flag = from_flag.expect("valid command line");
+        assert!(!format!("{from_flag:?}").contains("from-the-flag"));
+        assert_eq!(
+            from_flag.token.map(|Secret(s)| s).as_deref(),
+            Some("from-the-flag")
+        );
+        assert!(help.contains("REGISTRY_TOKEN"), "{help}");
+        assert!(!help.contains("from-the-env"), "{help}");
+    }
+
+    #[test]
+    fn acl_commands_parse() {
+        let cli = parse(&["acl", "bootstrap", "--json"]).expect("valid command line");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Acl(acl::AclCommand::Bootstrap)
+        ));
+
+        let cli = parse(&[
+            "acl",
+            "token",
+            "create",
+            "--description",
+            "ci deploys",
+            "--rule",
+            "service:write:web",
+            "--rule",
+            "lock:read",
+            "--ttl",
+            "24h",
+        ])
+        .expect("valid command line");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Create(args))) = cli.command
+        else {
+            panic!("not acl token create: {:?}", cli.command)
+        };
+        assert_eq!(args.description, "ci deploys");
+        let rules: Vec<String> = args.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(rules, ["service:write:web", "lock:read"]);
+        assert!(!args.management);
+        assert_eq!(args.ttl, Some(Duration::from_secs(24 * 60 * 60)));
+
+        let cli = parse(&["acl", "token", "create", "--management"]).expect("valid");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Create(args))) = cli.command
+        else {
+            panic!("not acl token create")
+        };
+        assert!(args.management && args.rules.is_empty() && args.ttl.is_none());
+        assert_eq!(args.description, "");
+
+        assert!(matches!(
+            parse(&["acl", "token", "list"]).expect("valid").command,
+            Command::Acl(acl::AclCommand::Token(acl::TokenCommand::List))
+        ));
+        assert!(matches!(
+            parse(&["acl", "token", "self"]).expect("valid").command,
+            Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Current))
+        ));
+        let cli = parse(&[
+            "acl",
+            "token",
+            "revoke",
+            "6f1e1c1e-0000-4000-8000-000000000001",
+        ])
+        .expect("valid command line");
+        let Command::Acl(acl::AclCommand::Token(acl::TokenCommand::Revoke { accessor })) =
+            cli.command
+        else {
+            panic!("not acl token revoke")
+        };
+        assert_eq!(accessor.to_string(), "6f1e1c1e-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn bad_acl_arguments_are_usage_errors() {
+        for bad in [
+            &["acl", "token", "create", "--rule", "service"][..],
+            &["acl", "token", "create", "--rule", "services:read"],
+            &["acl", "token", "create", "--rule", "service:admin"],
+            // Leases have no names, so no prefix.
+            &["acl", "token", "create", "--rule", "lease:read:x"],
+            &["acl", "token", "create", "--ttl", "24"],
+            &["acl", "token", "revoke", "not-an-accessor"],
+            &["acl", "token", "revoke"],
+            &["acl"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]

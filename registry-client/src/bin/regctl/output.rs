@@ -76,6 +76,10 @@ pub fn describe(error: &registry_client::Error) -> String {
             message,
             ..
         } if !code.is_empty() => format!("{message} ({status} {code} from {endpoint})"),
+        // regctl's only header is the token's.
+        registry_client::Error::InvalidHeader { reason, .. } => {
+            format!("cannot send the token (--token or REGISTRY_TOKEN): {reason}")
+        }
         registry_client::Error::Transport { endpoint, source } if source.is_timeout() => {
             format!("request to {endpoint} timed out")
         }
@@ -165,12 +169,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// This machine's wall clock, in ms since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How long ago a leader's wall-clock stamp (ms since the epoch) was, e.g. `3s ago`.
 pub fn ago(stamp_ms: u64) -> String {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    match now_ms.checked_sub(stamp_ms) {
+    match now_ms().checked_sub(stamp_ms) {
         Some(ms) => format!("{} ago", seconds(Duration::from_millis(ms))),
         None => "just now".to_owned(),
     }
@@ -178,11 +186,16 @@ pub fn ago(stamp_ms: u64) -> String {
 
 /// How far in the future a wall-clock stamp is, e.g. `in 2s`.
 pub fn from_now(stamp_ms: u64) -> String {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    match stamp_ms.checked_sub(now_ms) {
+    match stamp_ms.checked_sub(now_ms()) {
         Some(ms) => format!("in {}", millis(ms)),
+        None => "now".to_owned(),
+    }
+}
+
+/// [`from_now`] to the second, for stamps hours or days away (`in 23h 59m 59s`).
+pub fn from_now_seconds(stamp_ms: u64) -> String {
+    match stamp_ms.checked_sub(now_ms()) {
+        Some(ms) => format!("in {}", seconds(Duration::from_millis(ms))),
         None => "now".to_owned(),
     }
 }
@@ -222,9 +235,39 @@ mod tests {
     }
 
     #[test]
+    fn acl_refusals_read_as_one_line_with_their_code() {
+        let error = registry_client::Error::Api {
+            endpoint: "h:1".into(),
+            status: 403,
+            code: "permission_denied".into(),
+            message: "needs lock:write on job".into(),
+            conflict: None,
+        };
+        assert_eq!(
+            describe(&error),
+            "needs lock:write on job (403 permission_denied from h:1)"
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_sent_is_named_by_its_flag() {
+        let error = registry_client::Error::InvalidHeader {
+            name: "authorization".into(),
+            reason: "bad",
+        };
+        assert_eq!(
+            describe(&error),
+            "cannot send the token (--token or REGISTRY_TOKEN): bad"
+        );
+    }
+
+    #[test]
     fn durations_are_short() {
         assert_eq!(seconds(Duration::from_millis(65_900)), "1m 5s");
         assert_eq!(millis(1500), "1s 500ms");
         assert_eq!(or_dash(None::<u64>), "-");
+        let in_a_day = now_ms() + 86_400_000 + 900;
+        assert_eq!(from_now_seconds(in_a_day), "in 1day");
+        assert_eq!(from_now_seconds(1), "now");
     }
 }
