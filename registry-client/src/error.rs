@@ -285,7 +285,7 @@ mod tests {
             (lock.name.as_str(), holder.holder.as_str()),
             ("job", "host-a/17")
         );
-        assert_eq!(holder.token, 42);
+        assert_eq!(holder.token, Some(42));
         assert_eq!(lock.waiters.len(), 1);
         assert_eq!(lock.waiters[0].holder, "host-b/18");
         assert!(err.election().is_none());

@@ -314,7 +314,7 @@ async fn leader_kill_is_invisible_to_a_registration_and_a_lock_guard() {
         ensure!(
             info.holder
                 .as_ref()
-                .is_some_and(|h| h.token == guard.token() && h.lease == guard.lease()),
+                .is_some_and(|h| h.token == Some(guard.token()) && h.lease == Some(guard.lease())),
             "{info:?}, guard token {} lease {}",
             guard.token(),
             guard.lease()
@@ -481,7 +481,9 @@ async fn lock_guard_renews_hands_over_and_releases_on_drop() {
             ensure!(!b.is_finished(), "b answered while a held the lock");
             let info = client.lock_info(name, ReadOptions::default()).await?.value;
             ensure!(
-                info.holder.as_ref().is_some_and(|h| h.token == a.token()),
+                info.holder
+                    .as_ref()
+                    .is_some_and(|h| h.token == Some(a.token())),
                 "{info:?}"
             );
             Ok(())

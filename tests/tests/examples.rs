@@ -339,9 +339,13 @@ async fn lock_script_stops_writing_once_its_lease_is_gone() {
         .spawn()?;
         let lock = wait_held(&addr, "demo").await?;
         let holder = lock.holder.context("held without a holder")?;
+        let (token, lease) = (
+            holder.token.context("token shown")?,
+            holder.lease.context("lease shown")?,
+        );
         // Take the lease away behind the script's back: its next keepalive gets a 404.
         let revoked = reqwest::Client::new()
-            .delete(format!("http://{addr}/v1/leases/{}", holder.lease))
+            .delete(format!("http://{addr}/v1/leases/{lease}"))
             .send()
             .await?;
         ensure!(revoked.status() == 200, "revoke: {}", revoked.status());
@@ -358,10 +362,7 @@ async fn lock_script_stops_writing_once_its_lease_is_gone() {
             "{} records",
             written.len()
         );
-        ensure!(
-            written.iter().all(|(t, _)| *t == holder.token),
-            "{written:?}"
-        );
+        ensure!(written.iter().all(|(t, _)| *t == token), "{written:?}");
         // Nothing is written after the script exited (no orphan keeps working).
         tokio::time::sleep(Duration::from_millis(500)).await;
         ensure!(

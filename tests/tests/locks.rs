@@ -1249,7 +1249,7 @@ async fn expired_holder_loses_the_lock_after_lock_delay_with_higher_token() {
         while seen
             .last()
             .and_then(|s| s.holder.as_ref())
-            .is_none_or(|h| h.token == held.token)
+            .is_none_or(|h| h.token == Some(held.token))
         {
             ensure!(Instant::now() < deadline, "no new holder; seen {seen:#?}");
             let next = api.lock_after(name, index, Duration::from_secs(5)).await?;
@@ -1310,7 +1310,7 @@ async fn expired_holder_loses_the_lock_after_lock_delay_with_higher_token() {
                 .lock
                 .as_ref()
                 .and_then(|l| l.holder.as_ref())
-                .is_some_and(|h| h.token == granted.token),
+                .is_some_and(|h| h.token == Some(granted.token)),
             "token_mismatch body: {refusal:?}"
         );
         api.release(name, granted.token).await?;
@@ -1342,7 +1342,7 @@ async fn a_waiter_that_disconnects_leaves_the_queue() {
             acquire_request(LONG_TTL, Some("30s"), "leaver"),
         );
         let queued = wait_queued(&api, name, &["leaver"], &mut waiter).await?;
-        let leaver_lease = queued.waiters[0].lease;
+        let leaver_lease = queued.waiters[0].lease.context("waiter lease shown")?;
         waiter.abort();
         let joined = waiter.await;
         ensure!(
@@ -1355,7 +1355,7 @@ async fn a_waiter_that_disconnects_leaves_the_queue() {
         ensure!(
             left.holder
                 .as_ref()
-                .is_some_and(|h| h.token == holder.token),
+                .is_some_and(|h| h.token == Some(holder.token)),
             "holder changed: {left:?}"
         );
         expect_refused(
@@ -1404,7 +1404,7 @@ async fn a_waiter_that_disconnects_leaves_the_queue() {
         ensure!(
             info.holder
                 .as_ref()
-                .is_some_and(|h| h.token == granted.token)
+                .is_some_and(|h| h.token == Some(granted.token))
                 && info.waiters.is_empty(),
             "after the hand-off: {info:?}"
         );
@@ -1441,7 +1441,8 @@ async fn a_waiter_that_disconnects_leaves_the_queue() {
             .await?;
             expect_refused(
                 &format!("round {round}: the vanished racer's own lease"),
-                api.lease(queued.waiters[0].lease).await,
+                api.lease(queued.waiters[0].lease.context("waiter lease shown")?)
+                    .await,
                 404,
                 codes::LEASE_NOT_FOUND,
             )?;
@@ -1487,7 +1488,7 @@ async fn release_wakes_only_the_next_waiter_in_fifo_order() {
             // Only the head of the queue was served: the others still wait, in order.
             let info = api.lock(name).await?.value;
             ensure!(
-                info.holder.as_ref().is_some_and(|h| h.token == token)
+                info.holder.as_ref().is_some_and(|h| h.token == Some(token))
                     && waiter_names(&info) == names[i + 1..],
                 "after granting {}: {info:?}",
                 names[i]
@@ -1590,7 +1591,7 @@ async fn wrong_token_changes_nothing() {
         ensure!(
             lock.holder
                 .as_ref()
-                .is_some_and(|h| h.token == current.token),
+                .is_some_and(|h| h.token == Some(current.token)),
             "lock after the election attempts: {lock:?}"
         );
 
@@ -1625,7 +1626,7 @@ async fn waiting_request_keeps_its_lease_alive() {
             acquire_request("1s", Some("5s"), "patient"),
         );
         let queued = wait_queued(&api, name, &["patient"], &mut waiter).await?;
-        let lease = queued.waiters[0].lease;
+        let lease = queued.waiters[0].lease.context("waiter lease shown")?;
         // Three TTLs: without the server's keepalives the lease would be gone, and the
         // waiter with it.
         ensure_for(
@@ -1834,8 +1835,8 @@ async fn lock_survives_leader_failover() {
                     let holder = info.holder.as_ref();
                     ensure!(
                         holder.is_some_and(|h| {
-                            h.token == grant.token
-                                && h.lease == grant.lease
+                            h.token == Some(grant.token)
+                                && h.lease == Some(grant.lease)
                                 && h.holder == "survivor"
                                 && h.granted_index == grant.granted_index
                         }),
@@ -1863,7 +1864,7 @@ async fn lock_survives_leader_failover() {
                 .lock
                 .as_ref()
                 .and_then(|l| l.holder.as_ref())
-                .is_some_and(|h| h.token == grant.token),
+                .is_some_and(|h| h.token == Some(grant.token)),
             "lock_held body: {refusal:?}"
         );
         // The token still releases it, through the other survivor.

@@ -253,7 +253,7 @@ async fn lock_not_acquired(cx: &Context, name: &str, wait: Duration, error: &Err
         Some(holder) => Failure::new(format!(
             "lock {name} is held by {:?} (token {}, granted {}){}; not acquired{gave_up}",
             holder.holder,
-            holder.token,
+            shown(holder.token),
             output::ago(holder.granted_at_ms),
             waiting(&lock),
         )),
@@ -287,7 +287,7 @@ pub async fn locks(cx: &Context) -> Result<u8, Failure> {
             let (holder, token, since) = match &lock.holder {
                 Some(h) => (
                     h.holder.clone(),
-                    h.token.to_string(),
+                    shown(h.token),
                     output::ago(h.granted_at_ms),
                 ),
                 None => match lock.delay_until_ms {
@@ -325,9 +325,9 @@ pub async fn lock_info(cx: &Context, name: &str) -> Result<u8, Failure> {
     match &lock.holder {
         Some(h) => {
             output::line(format!("lock {}: held by {:?}", lock.name, h.holder))?;
-            output::line(format!("  token     {}", h.token))?;
+            output::line(format!("  token     {}", shown(h.token)))?;
             let own = if h.own_lease { " (its own)" } else { "" };
-            output::line(format!("  lease     {}{own}", h.lease))?;
+            output::line(format!("  lease     {}{own}", shown(h.lease)))?;
             output::line(format!("  granted   {}", output::ago(h.granted_at_ms)))?;
             output::line(format!("  lock-delay {}", output::millis(h.lock_delay_ms)))?;
         }
@@ -344,7 +344,7 @@ pub async fn lock_info(cx: &Context, name: &str) -> Result<u8, Failure> {
             "  waiter {}: {:?} (lease {}, queued {})",
             i + 1,
             w.holder,
-            w.lease,
+            shown(w.lease),
             output::ago(w.queued_at_ms)
         ))?;
     }
@@ -508,4 +508,13 @@ async fn observe(cx: &Context, name: &str, count: Option<u64>) -> Result<u8, Fai
         printed += 1;
     }
     Ok(0)
+}
+
+/// A lock's token or lease as text: the server shows them only to callers that may
+/// write to the lock.
+fn shown<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(
+        || "(hidden: needs lock write access)".to_owned(),
+        |v| v.to_string(),
+    )
 }
