@@ -886,3 +886,102 @@ async fn elect_leads_through_a_failover_and_cluster_status_shows_three_members()
     })
     .await;
 }
+
+#[tokio::test]
+async fn acl_bootstrap_token_create_use_list_and_revoke() {
+    let cluster = Cluster::start(1, &["--acl", "--acl-anonymous", "cluster:read"])
+        .await
+        .expect("start the server");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let as_token = |secret: &str, args: &[&str]| {
+            let mut all = vec!["--token".to_owned(), secret.to_owned()];
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            all
+        };
+        let run_as = |secret: String, args: &'static [&'static str]| {
+            let addr = addr.clone();
+            let all = as_token(&secret, args);
+            async move {
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                run(&addr, &all).await
+            }
+        };
+        let boot = run(&addr, &["--json", "acl", "bootstrap"]).await?;
+        ensure!(boot.code == Some(0), "{}", boot.stderr);
+        let boot: api_spec::acl::TokenCreated = serde_json::from_str(&boot.stdout)?;
+        let again = run(&addr, &["acl", "bootstrap"]).await?;
+        ensure!(
+            again.code == Some(1) && again.stderr.contains("acl_bootstrapped"),
+            "{again:?}"
+        );
+        let made = run_as(
+            boot.secret.clone(),
+            &[
+                "--json",
+                "acl",
+                "token",
+                "create",
+                "--rule",
+                "service:write:web",
+                "--description",
+                "web deploys",
+            ],
+        )
+        .await?;
+        ensure!(made.code == Some(0), "{}", made.stderr);
+        let web: api_spec::acl::TokenCreated = serde_json::from_str(&made.stdout)?;
+        const REGISTER_WEB: &[&str] = &[
+            "register",
+            "web",
+            "w1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "9000",
+        ];
+        const REGISTER_DB: &[&str] = &[
+            "register",
+            "db",
+            "d1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "9001",
+        ];
+        let ok = run_as(web.secret.clone(), REGISTER_WEB).await?;
+        ensure!(ok.code == Some(0), "{}", ok.stderr);
+        let denied = run_as(web.secret.clone(), REGISTER_DB).await?;
+        ensure!(
+            denied.code == Some(1) && denied.stderr.contains("permission_denied"),
+            "{denied:?}"
+        );
+        let anonymous = run(&addr, REGISTER_WEB).await?;
+        ensure!(
+            anonymous.code == Some(1) && anonymous.stderr.contains("unauthenticated"),
+            "{anonymous:?}"
+        );
+        let list = run_as(boot.secret.clone(), &["acl", "token", "list"]).await?;
+        ensure!(
+            list.code == Some(0)
+                && list.stdout.contains(&web.token.accessor.to_string())
+                && list.stdout.contains("service:write:web")
+                && !list.stdout.contains(&web.secret),
+            "{list:?}"
+        );
+        let accessor = web.token.accessor.to_string();
+        let revoke = run(
+            &addr,
+            &["--token", &boot.secret, "acl", "token", "revoke", &accessor],
+        )
+        .await?;
+        ensure!(revoke.code == Some(0), "{revoke:?}");
+        let after = run_as(web.secret.clone(), REGISTER_WEB).await?;
+        ensure!(
+            after.code == Some(1) && after.stderr.contains("unauthenticated"),
+            "a revoked token still registers: {after:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
