@@ -169,7 +169,7 @@ impl std::fmt::Display for Rule {
 
 /// Reads a rule written `resource:access[:prefix]` (e.g. `service:read`,
 /// `service:write:web`), as `--acl-anonymous` and `regctl acl token create --rule` take
-/// it.
+/// it. A prefix on `lease`, `cluster` or `acl` is refused here.
 impl std::str::FromStr for Rule {
     type Err = String;
 
@@ -193,6 +193,13 @@ impl std::str::FromStr for Rule {
             "write" => Access::Write,
             other => return Err(format!("{other:?} is not an access: read or write")),
         };
+        // The API accepts a prefix on a resource without names (it grants nothing); written
+        // by hand it is a mistake worth saying so.
+        if !resource.has_names() && !prefix.is_empty() {
+            return Err(format!(
+                "{resource} has no names: write {resource}:{access}, without a prefix"
+            ));
+        }
         let rule = Rule {
             resource,
             prefix,
