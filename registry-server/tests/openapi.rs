@@ -55,6 +55,39 @@ fn documented_routes_are_exactly_the_served_routes() {
     assert!(served.len() >= 16, "only {} routes", served.len());
 }
 
+#[test]
+fn routes_that_act_for_a_caller_declare_the_token_and_its_refusals() {
+    let doc = document();
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(
+        schemes["token_header"]["name"],
+        api_spec::acl::TOKEN_HEADER,
+        "{schemes}"
+    );
+    let operations = documented(&doc);
+    for (method, path, auth) in registry_server::http::public_routes() {
+        let (_, _, operation) = operations
+            .iter()
+            .find(|(m, p, _)| m == method.as_str() && p == path)
+            .unwrap();
+        let responses = &operation["responses"];
+        let declared = operation.get("security").is_some()
+            && responses.get("401").is_some()
+            && responses.get("403").is_some();
+        match auth {
+            registry_server::http::Auth::Caller => assert!(
+                declared,
+                "{method} {path} acts for a caller but does not declare the token, 401 and 403"
+            ),
+            registry_server::http::Auth::Open => assert!(
+                operation.get("security").is_none() && responses.get("401").is_none(),
+                "{method} {path} is open but declares a token"
+            ),
+        }
+    }
+}
+
 /// A concrete path for a documented template: each parameter gets a value of the
 /// right shape (a lease id must be a UUID, a node id a number) that names nothing, so
 /// no request changes anything.
