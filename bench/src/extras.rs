@@ -784,3 +784,194 @@ mod tests {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
 }
+
+/// The bootstrap secret of the ACL overhead measurement's cluster.
+const ACL_SECRET: &str = "bench-acl-bootstrap-secret-0001";
+
+/// One workload run on both clusters, `rounds` times each.
+#[derive(Debug, Clone, Serialize)]
+pub struct AclPair {
+    pub workload: String,
+    pub concurrency: usize,
+    /// ops/s of each round without ACLs, then with.
+    pub off: Vec<f64>,
+    pub on: Vec<f64>,
+    pub off_median: f64,
+    pub on_median: f64,
+    /// `on_median / off_median`: 1.0 is no cost.
+    pub ratio: f64,
+}
+
+/// ACLs on against off, measured side by side (`--extra acl-overhead`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AclOverhead {
+    pub rounds: usize,
+    /// The rules of the token the ACL cluster's workers present.
+    pub token_rules: String,
+    pub pairs: Vec<AclPair>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl AclOverhead {
+    /// A few lines after the table.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "\nACL overhead (median of {} alternating rounds; ACLs on with a token of rules {}):\n",
+            self.rounds, self.token_rules
+        );
+        for p in &self.pairs {
+            out.push_str(&format!(
+                "  {}-{}: off {:.0} ops/s, on {:.0} ops/s, on/off {:.3} (rounds off {:?}, on {:?})\n",
+                p.workload,
+                p.concurrency,
+                p.off_median,
+                p.on_median,
+                p.ratio,
+                p.off.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                p.on.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            ));
+        }
+        out
+    }
+
+    /// "within 5% of the run without ACLs", per workload.
+    pub fn targets(&self) -> Vec<crate::report::TargetCheck> {
+        self.pairs
+            .iter()
+            .map(|p| crate::report::TargetCheck {
+                target: format!("{}-{} with ACLs >= 0.95x without", p.workload, p.concurrency),
+                measured: format!(
+                    "{:.3}x ({:.0} vs {:.0} ops/s)",
+                    p.ratio, p.on_median, p.off_median
+                ),
+                pass: Some(p.ratio >= 0.95),
+            })
+            .collect()
+    }
+}
+
+/// Starts a registry with ACLs off and one with ACLs on (anonymous callers may only read
+/// the cluster status, which the harness polls), makes a scoped token on the second, and
+/// runs heartbeat-64 and resolve-linearizable-64 on each in turn, `rounds` times, the
+/// order alternating between rounds.
+pub async fn acl_overhead(
+    bin: &std::path::Path,
+    nodes: usize,
+    base: LoadConfig,
+    rounds: usize,
+) -> Result<AclOverhead> {
+    use crate::systems::Registry;
+    use crate::workloads::{self, Target, Workload};
+    let mut off = Registry::start(bin, nodes).await?;
+    let acl_flags = [
+        "--acl",
+        "--acl-anonymous",
+        "cluster:read",
+        "--acl-bootstrap-token",
+        ACL_SECRET,
+    ];
+    let mut on = Registry::start_with(bin, nodes, &acl_flags).await?;
+    let off_leader = off.wait_for_leader(None).await?;
+    let on_leader = on.wait_for_leader(None).await?;
+    let token_rules = "service:write:bench-, service:read:bench-";
+    let admin = load::worker_client_with_token(Duration::from_secs(10), Some(ACL_SECRET))?;
+    let url = on.urls()[on_leader].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        let made = admin
+            .post(format!("{url}/v1/acl/tokens"))
+            .json(&json!({"description": "bench", "rules": [
+                {"resource": "service", "prefix": "bench-", "access": "write"},
+                {"resource": "service", "prefix": "bench-", "access": "read"},
+            ]}))
+            .send()
+            .await;
+        match made {
+            Ok(r) if r.status().is_success() => {
+                let body: Value = r.json().await?;
+                break body["secret"]
+                    .as_str()
+                    .context("a token without a secret")?
+                    .to_owned();
+            }
+            // The leader bootstraps with the configured secret at its first tick.
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(r) => bail!("cannot make the bench token: {}", r.status()),
+            Err(e) => bail!("cannot make the bench token: {e}"),
+        }
+    };
+    let targets = [
+        Target {
+            side: Side::Registry,
+            urls: off.urls().to_vec(),
+            leader: off_leader,
+            spread: false,
+            token: None,
+        },
+        Target {
+            side: Side::Registry,
+            urls: on.urls().to_vec(),
+            leader: on_leader,
+            spread: false,
+            token: Some(token),
+        },
+    ];
+    let mut pairs = Vec::new();
+    for workload in [Workload::Heartbeat, Workload::ResolveLinearizable] {
+        let config = LoadConfig {
+            concurrency: 64,
+            ..base
+        };
+        let (mut off_ops, mut on_ops) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let m = workloads::run(workload, &targets[which], config).await?;
+                ensure!(
+                    m.errors == 0,
+                    "{} with ACLs {}: {} errors ({:?})",
+                    workload.name(),
+                    if which == 1 { "on" } else { "off" },
+                    m.errors,
+                    m.error_samples
+                );
+                eprintln!(
+                    "  {}-64 ACLs {}: {:.0} ops/s",
+                    workload.name(),
+                    if which == 1 { "on" } else { "off" },
+                    m.ops_per_sec
+                );
+                if which == 1 {
+                    on_ops.push(m.ops_per_sec);
+                } else {
+                    off_ops.push(m.ops_per_sec);
+                }
+            }
+        }
+        let (off_median, on_median) = (median(&off_ops), median(&on_ops));
+        pairs.push(AclPair {
+            workload: workload.name().to_owned(),
+            concurrency: 64,
+            off: off_ops,
+            on: on_ops,
+            off_median,
+            on_median,
+            ratio: if off_median > 0.0 {
+                on_median / off_median
+            } else {
+                0.0
+            },
+        });
+    }
+    drop((off, on));
+    Ok(AclOverhead {
+        rounds,
+        token_rules: token_rules.to_owned(),
+        pairs,
+    })
+}

@@ -65,8 +65,13 @@ enum Extra {
     Failover,
     /// Leader RSS per registered instance (a fresh cluster).
     Memory,
+    /// heartbeat-64 and resolve-linearizable-64 on a registry with ACLs off and one with
+    /// ACLs on (a scoped token on every request), alternating, three rounds each.
+    AclOverhead,
 }
 
+/// Rounds of the ACL overhead measurement (each runs both clusters).
+const ACL_ROUNDS: usize = 3;
 /// Watchers in the fan-out measurement.
 const WATCHERS: usize = 1000;
 /// Writers in the failover measurement.
@@ -210,6 +215,7 @@ async fn run_side(
         urls,
         leader,
         spread: args.spread,
+        token: None,
     };
     for (row, &(workload, concurrency)) in rows.iter_mut().zip(plan) {
         let config = LoadConfig {
@@ -484,6 +490,17 @@ async fn bench(args: Args) -> Result<bool> {
             .then(|| Row::of_kind("memory", FILL_WORKERS, "memory", "bytes/instance")),
     };
     let mut ok = true;
+    let mut acl_overhead = None;
+    if args.wants(Extra::AclOverhead) {
+        eprintln!("ACL overhead: a registry with ACLs off and one with ACLs on, side by side");
+        match extras::acl_overhead(&server_bin, args.nodes, base, ACL_ROUNDS).await {
+            Ok(overhead) => acl_overhead = Some(overhead),
+            Err(e) => {
+                eprintln!("ACL overhead failed: {e:#}");
+                ok = false;
+            }
+        }
+    }
     for side in [Side::Registry, Side::Etcd] {
         if let Err(e) = Box::pin(run_side(
             side,
@@ -512,14 +529,21 @@ async fn bench(args: Args) -> Result<bool> {
         ok &= row.machine.as_ref().is_none_or(|m| m.failure.is_none());
     }
     report::annotate_ceilings(&mut rows);
-    let targets = report::check_targets(&rows);
+    let mut targets = report::check_targets(&rows);
+    if let Some(overhead) = &acl_overhead {
+        targets.extend(overhead.targets());
+    }
     print!("{}", report::table(&rows));
+    if let Some(overhead) = &acl_overhead {
+        print!("{}", overhead.text());
+    }
     print!("{}", report::targets_text(&targets));
     if let Some(path) = &args.json {
         let report = Report {
             meta,
             results: rows,
             targets,
+            acl_overhead,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

@@ -226,6 +226,11 @@ impl Registry {
     /// a developer runs it; otherwise `--bootstrap` with every node) with the server's
     /// default timings, and waits until every node agrees on a leader.
     pub async fn start(bin: &Path, n: usize) -> Result<Registry> {
+        Registry::start_with(bin, n, &[]).await
+    }
+
+    /// [`Registry::start`] with `extra` flags on every node.
+    pub async fn start_with(bin: &Path, n: usize, extra: &[&str]) -> Result<Registry> {
         ensure!(n >= 1, "a cluster needs at least one node");
         let dir = tempfile::Builder::new()
             .prefix("bench-registry-")
@@ -254,6 +259,7 @@ impl Registry {
                     bootstrap.clone(),
                 ]);
             }
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
             let log = dir.path().join(format!("node-{id}.log"));
             processes.push(Process::spawn(
                 format!("registry node {id}"),

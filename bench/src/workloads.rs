@@ -129,6 +129,8 @@ pub struct Target {
     /// Spread workers over all members (worker `i` → member `i mod n`) instead of sending
     /// everything to the leader.
     pub spread: bool,
+    /// The token every request presents (a registry with ACLs on).
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -223,7 +225,7 @@ async fn prepare(
     ) {
         return Ok(());
     }
-    let http = load::worker_client(config.op_timeout)?;
+    let http = load::worker_client_with_token(config.op_timeout, target.token.as_deref())?;
     let url = &target.urls[target.leader];
     match target.side {
         Side::Registry => {
@@ -260,8 +262,9 @@ pub async fn run(workload: Workload, target: &Target, config: LoadConfig) -> Res
     let setup = |index: usize| {
         let url = target.url(index);
         let tag = tag.clone();
+        let token = target.token.clone();
         async move {
-            let http = load::worker_client(config.op_timeout)?;
+            let http = load::worker_client_with_token(config.op_timeout, token.as_deref())?;
             let lease = match (workload, side) {
                 (Workload::Register, Side::Etcd) => etcd_lease(&http, &url).await?,
                 (Workload::Heartbeat, Side::Registry) => {
