@@ -844,7 +844,10 @@ impl AclOverhead {
         self.pairs
             .iter()
             .map(|p| crate::report::TargetCheck {
-                target: format!("{}-{} with ACLs >= 0.95x without", p.workload, p.concurrency),
+                target: format!(
+                    "{}-{} with ACLs >= 0.95x without",
+                    p.workload, p.concurrency
+                ),
                 measured: format!(
                     "{:.3}x ({:.0} vs {:.0} ops/s)",
                     p.ratio, p.on_median, p.off_median

@@ -195,10 +195,7 @@ pub fn worker_client(timeout: Duration) -> Result<reqwest::Client> {
 }
 
 /// [`worker_client`] whose every request carries `Authorization: Bearer <token>`.
-pub fn worker_client_with_token(
-    timeout: Duration,
-    token: Option<&str>,
-) -> Result<reqwest::Client> {
+pub fn worker_client_with_token(timeout: Duration, token: Option<&str>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))

@@ -66,12 +66,12 @@ enum Extra {
     /// Leader RSS per registered instance (a fresh cluster).
     Memory,
     /// heartbeat-64 and resolve-linearizable-64 on a registry with ACLs off and one with
-    /// ACLs on (a scoped token on every request), alternating, three rounds each.
+    /// ACLs on (a scoped token on every request), alternating, five rounds each.
     AclOverhead,
 }
 
 /// Rounds of the ACL overhead measurement (each runs both clusters).
-const ACL_ROUNDS: usize = 3;
+const ACL_ROUNDS: usize = 5;
 /// Watchers in the fan-out measurement.
 const WATCHERS: usize = 1000;
 /// Writers in the failover measurement.

@@ -360,7 +360,7 @@ impl Config {
     pub fn authority(&self) -> crate::replicated::acl::Authority {
         crate::replicated::acl::Authority {
             enabled: self.acl,
-            anonymous: self.acl_anonymous.clone(),
+            anonymous: self.acl_anonymous.clone().into(),
         }
     }
 

@@ -408,8 +408,10 @@ async fn every_route_refuses_no_token_and_the_wrong_token_and_serves_the_right_o
         let key = (method.to_string(), route);
         match auth {
             Auth::Open => assert!(!covered.contains_key(&key)),
-            Auth::Caller if special.contains(&route) => {}
-            Auth::Caller => assert!(covered.contains_key(&key), "no case for {method} {route}"),
+            _ if special.contains(&route) => {}
+            Auth::Caller | Auth::Renewal => {
+                assert!(covered.contains_key(&key), "no case for {method} {route}")
+            }
         }
     }
 
@@ -1006,4 +1008,89 @@ async fn without_a_secret_only_loopback_members_may_be_added() {
         .unwrap()
         .contains("--cluster-secret"));
     server.shutdown().await;
+}
+
+/// Collects what the server logs (this test binary runs one test per process under
+/// nextest, so a global subscriber sees only this test's server).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_by_a_token_is_one_audit_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("registry::audit=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    let server = start_with_acl(&[]).await;
+    let web = token(&server, BOOT, &["service:write:web", "service:read:web"]).await;
+    let register = || {
+        call(
+            &server,
+            Some(&web.secret),
+            Method::PUT,
+            "/v1/services/web/instances/i1",
+            Some(json!({"address": "127.0.0.1", "port": 1})),
+        )
+    };
+    assert_eq!(register().await.0, StatusCode::OK);
+    let (status, _) = call(
+        &server,
+        Some(&web.secret),
+        Method::PUT,
+        "/v1/services/db/instances/i1",
+        Some(json!({"address": "127.0.0.1", "port": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Reads and heartbeats are not audited.
+    call(
+        &server,
+        Some(&web.secret),
+        Method::GET,
+        "/v1/services/web",
+        None,
+    )
+    .await;
+    call(
+        &server,
+        Some(&web.secret),
+        Method::PUT,
+        "/v1/services/web/instances/i1/heartbeat",
+        None,
+    )
+    .await;
+    server.shutdown().await;
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let accessor = web.token.accessor.to_string();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&accessor)).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("route=\"/v1/services/{service}/instances/{id}\"")
+            && lines[0].contains("name=\"web/i1\"")
+            && lines[0].contains("status=200")
+            && lines[0].contains("method=PUT"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("name=\"db/i1\"")
+            && lines[1].contains("status=403")
+            && lines[1].contains("outcome=\"refused\""),
+        "{}",
+        lines[1]
+    );
 }

@@ -76,7 +76,7 @@ fn routes_that_act_for_a_caller_declare_the_token_and_its_refusals() {
             && responses.get("401").is_some()
             && responses.get("403").is_some();
         match auth {
-            registry_server::http::Auth::Caller => assert!(
+            registry_server::http::Auth::Caller | registry_server::http::Auth::Renewal => assert!(
                 declared,
                 "{method} {path} acts for a caller but does not declare the token, 401 and 403"
             ),

@@ -16,7 +16,7 @@ fn token_info(record: TokenRecord) -> TokenInfo {
     TokenInfo {
         accessor: record.accessor,
         description: record.description,
-        rules: record.rules,
+        rules: record.rules.to_vec(),
         management: record.management,
         create_index: record.create_index,
         created_at_ms: record.created_at_ms,

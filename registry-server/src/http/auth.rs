@@ -52,8 +52,22 @@ fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
 }
 
 /// Resolves the request's caller and keeps it for [`Acting`]; answers 401 at once for a
-/// secret the cluster does not know. Runs on every route that acts for a caller.
-pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+/// secret the cluster does not know. Runs on every route that acts for a caller; a write
+/// made with a token is logged once answered.
+pub async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
+    authenticate_then(app, request, next, true).await
+}
+
+/// [`authenticate`] without the audit line (heartbeats and keepalives).
+pub async fn authenticate_quietly(
+    State(app): State<App>,
+    request: Request,
+    next: Next,
+) -> Response {
+    authenticate_then(app, request, next, false).await
+}
+
+async fn authenticate_then(app: App, mut request: Request, next: Next, audited: bool) -> Response {
     let caller = match presented_secret(request.headers()) {
         Ok(secret) => app.authenticate(secret).await,
         Err(e) => Err(e),
@@ -63,7 +77,7 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
         Err(e) => return ApiError::from(e).into_response(),
     };
     let audit = match caller.accessor() {
-        Some(accessor) if request.method() != Method::GET => {
+        Some(accessor) if audited && request.method() != Method::GET => {
             let (subject, back) = audit_subject(request).await;
             request = back;
             Some((accessor, subject))

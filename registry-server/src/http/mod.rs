@@ -32,15 +32,26 @@ pub const PUBLIC_BODY_LIMIT: usize = 1024 * 1024;
 /// [`auth`]) or is open to everyone whatever they present (probes, the API document).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
+    /// Acts for the caller; a write made with a token is one audit line.
     Caller,
+    /// Acts for the caller, not audited: a heartbeat or keepalive changes nothing but a
+    /// deadline, and comes every few seconds from every instance.
+    Renewal,
     Open,
+}
+
+impl Auth {
+    /// Whether the route acts for a caller.
+    pub fn acts_for_caller(self) -> bool {
+        self != Auth::Open
+    }
 }
 
 /// Every public route: method, path (axum syntax), handler, and whether it acts for a
 /// caller. The router is built from this table, and [`public_routes`] lists it, so the
 /// OpenAPI document can be checked against exactly what is served.
 fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
-    use Auth::{Caller, Open};
+    use Auth::{Caller, Open, Renewal};
     vec![
         (
             Method::POST,
@@ -64,7 +75,7 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             Method::PUT,
             "/v1/leases/{id}/keepalive",
             put(public::keepalive),
-            Caller,
+            Renewal,
         ),
         (Method::GET, "/v1/cluster", get(public::cluster), Caller),
         (
@@ -107,7 +118,7 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             Method::PUT,
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(services::heartbeat),
-            Caller,
+            Renewal,
         ),
         (
             Method::PUT,
@@ -224,6 +235,10 @@ pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> R
                 Auth::Caller => handler.route_layer(axum::middleware::from_fn_with_state(
                     app.clone(),
                     auth::authenticate,
+                )),
+                Auth::Renewal => handler.route_layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    auth::authenticate_quietly,
                 )),
             };
             router.route(path, handler)

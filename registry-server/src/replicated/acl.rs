@@ -8,6 +8,7 @@
 //! will apply to, so a forged or stale check cannot get a write past it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use api_spec::acl::{Access, Resource, Rule};
 use locks::LeaseId;
@@ -39,7 +40,8 @@ pub struct TokenRecord {
     pub accessor: Accessor,
     pub secret_hash: SecretHash,
     pub description: String,
-    pub rules: Vec<Rule>,
+    /// Shared with the callers resolved to this token, so a request copies no rules.
+    pub rules: Arc<[Rule]>,
     /// Every permission, whatever the rules say.
     pub management: bool,
     pub create_index: u64,
@@ -141,7 +143,7 @@ impl Acl {
             accessor: new.accessor,
             secret_hash: new.secret_hash,
             description: new.description,
-            rules: new.rules,
+            rules: new.rules.into(),
             management: new.management,
             create_index: index,
             created_at_ms: now_ms,
@@ -216,7 +218,7 @@ pub enum Principal {
 pub enum Rights {
     /// Everything: ACLs are off, or a management token.
     All,
-    Rules(Vec<Rule>),
+    Rules(Arc<[Rule]>),
 }
 
 impl Rights {
@@ -375,7 +377,7 @@ fn describe(need: &Need, anonymous: bool) -> String {
 pub struct Authority {
     pub enabled: bool,
     /// Rules for requests without a token (`--acl-anonymous`); none: deny.
-    pub anonymous: Vec<Rule>,
+    pub anonymous: Arc<[Rule]>,
 }
 
 impl Authority {
@@ -395,7 +397,7 @@ impl Authority {
                 if token.management {
                     Rights::All
                 } else {
-                    Rights::Rules(token.rules.clone())
+                    Rights::Rules(Arc::clone(&token.rules))
                 }
             }
         };
@@ -407,7 +409,7 @@ impl Authority {
         Caller {
             principal: Principal::Anonymous,
             rights: if self.enabled {
-                Rights::Rules(self.anonymous.clone())
+                Rights::Rules(Arc::clone(&self.anonymous))
             } else {
                 Rights::All
             },

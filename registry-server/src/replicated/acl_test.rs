@@ -33,7 +33,7 @@ fn rule(resource: Resource, prefix: &str, access: Access) -> Rule {
 fn on() -> Authority {
     Authority {
         enabled: true,
-        anonymous: vec![rule(Resource::Service, "", Access::Read)],
+        anonymous: vec![rule(Resource::Service, "", Access::Read)].into(),
     }
 }
 
@@ -269,7 +269,7 @@ fn anonymous_leases_are_only_the_anonymous_callers_where_it_may_write() {
     assert!(reader.authorize(&state.acl, &anonymous, &revoke).is_err());
     let writer = Authority {
         enabled: true,
-        anonymous: vec![rule(Resource::Service, "", Access::Write)],
+        anonymous: vec![rule(Resource::Service, "", Access::Write)].into(),
     };
     let anonymous = writer
         .resolve(&state.acl, Principal::Anonymous, 0)
