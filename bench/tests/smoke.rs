@@ -40,6 +40,7 @@ async fn registry_workloads_run_without_errors() {
         urls: registry.urls().to_vec(),
         leader,
         spread: false,
+        token: None,
     };
     for workload in [Workload::Register, Workload::LockUncontended] {
         let config = LoadConfig {
