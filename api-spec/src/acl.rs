@@ -15,7 +15,8 @@ use uuid::Uuid;
 /// The header a token's secret may be sent in (besides `Authorization: Bearer`).
 pub const TOKEN_HEADER: &str = "X-Registry-Token";
 
-/// Environment variable the client and `regctl` read a token's secret from.
+/// Environment variable `regctl` and the client's examples read a token's secret from
+/// (the library itself takes it from `ClientBuilder::token`).
 pub const TOKEN_ENV: &str = "REGISTRY_TOKEN";
 
 /// Longest token `description`, in characters.

@@ -798,7 +798,10 @@ pub struct AclPair {
     pub on: Vec<f64>,
     pub off_median: f64,
     pub on_median: f64,
-    /// `on_median / off_median`: 1.0 is no cost.
+    /// Each round's on/off: the two runs of a round are next to each other in time, so
+    /// the machine's drift over the measurement cancels out.
+    pub round_ratios: Vec<f64>,
+    /// The median of `round_ratios`: 1.0 is no cost.
     pub ratio: f64,
 }
 
@@ -826,11 +829,15 @@ impl AclOverhead {
         );
         for p in &self.pairs {
             out.push_str(&format!(
-                "  {}-{}: off {:.0} ops/s, on {:.0} ops/s, on/off {:.3} (rounds off {:?}, on {:?})\n",
+                "  {}-{}: median off {:.0} ops/s, on {:.0} ops/s; on/off per round {:?}, median {:.3} (rounds off {:?}, on {:?})\n",
                 p.workload,
                 p.concurrency,
                 p.off_median,
                 p.on_median,
+                p.round_ratios
+                    .iter()
+                    .map(|r| (r * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>(),
                 p.ratio,
                 p.off.iter().map(|v| v.round()).collect::<Vec<_>>(),
                 p.on.iter().map(|v| v.round()).collect::<Vec<_>>(),
@@ -957,6 +964,11 @@ pub async fn acl_overhead(
             }
         }
         let (off_median, on_median) = (median(&off_ops), median(&on_ops));
+        let round_ratios: Vec<f64> = off_ops
+            .iter()
+            .zip(&on_ops)
+            .map(|(off, on)| if *off > 0.0 { on / off } else { 0.0 })
+            .collect();
         pairs.push(AclPair {
             workload: workload.name().to_owned(),
             concurrency: 64,
@@ -964,11 +976,8 @@ pub async fn acl_overhead(
             on: on_ops,
             off_median,
             on_median,
-            ratio: if off_median > 0.0 {
-                on_median / off_median
-            } else {
-                0.0
-            },
+            ratio: median(&round_ratios),
+            round_ratios,
         });
     }
     drop((off, on));

@@ -105,7 +105,12 @@ async fn run(args: Args) -> Result<bool, String> {
         zone: args.zone.clone(),
         region: None,
     };
-    let client = Client::builder(&args.registry)
+    let mut builder = Client::builder(&args.registry);
+    // A registry with ACLs on needs a token that may read the service.
+    if let Ok(token) = std::env::var(api_spec::acl::TOKEN_ENV) {
+        builder = builder.token(token);
+    }
+    let client = builder
         .timeout(Duration::from_secs(5))
         .locality(here, LocalityPolicy::default())
         .outlier_detection(OutlierConfig {

@@ -110,7 +110,12 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("bind: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let client = Client::new(&args.registry).map_err(|e| e.to_string())?;
+    let mut builder = Client::builder(&args.registry);
+    // A registry with ACLs on needs a token that may write the service.
+    if let Ok(token) = std::env::var(api_spec::acl::TOKEN_ENV) {
+        builder = builder.token(token);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     let request = RegisterRequest {
         address: local.ip().to_string(),
         port: local.port(),

@@ -1094,3 +1094,46 @@ async fn each_write_by_a_token_is_one_audit_line() {
         lines[1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_past_the_largest_snapshot_is_refused() {
+    use registry_server::raft::types::TypeConfig;
+    let server = start(&["--cluster-secret", "peer-secret"]).await;
+    let chunk = |offset: u64| openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+        vote: openraft::Vote::new(1, 1),
+        meta: openraft::SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: "forged".into(),
+        },
+        offset,
+        data: vec![0; 16],
+        done: false,
+    };
+    let max = registry_server::http::MAX_SNAPSHOT_BYTES;
+    for offset in [max, u64::MAX - 8] {
+        let response = server
+            .http
+            .post(format!(
+                "{}{}",
+                server.base,
+                registry_server::raft::network::paths::SNAPSHOT
+            ))
+            .header("x-registry-cluster-secret", "peer-secret")
+            .body(bincode::serialize(&chunk(offset)).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "offset {offset}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.contains("largest snapshot"), "{text}");
+    }
+    // The server is unharmed and still serves.
+    let (status, _) = call(&server, None, Method::GET, "/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.shutdown().await;
+}

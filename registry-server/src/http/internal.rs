@@ -148,3 +148,80 @@ pub async fn forward(State(app): State<App>, body: Bytes) -> Response {
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    /// A router of one internal route behind [`super::check_secret`].
+    fn guarded(secret: Option<&str>) -> Router {
+        Router::new()
+            .route("/internal/x", post(|| async { "ran" }))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(secret.map(str::to_owned)),
+                super::check_secret,
+            ))
+    }
+
+    async fn status(router: Router, from: Option<&str>, secret: Option<&str>) -> StatusCode {
+        let mut request = Request::post("/internal/x");
+        if let Some(secret) = secret {
+            request = request.header(crate::raft::network::SECRET_HEADER, secret);
+        }
+        let mut request = request.body(Body::empty()).unwrap_or_default();
+        if let Some(from) = from {
+            let addr: SocketAddr = from.parse().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            request.extensions_mut().insert(ConnectInfo(addr));
+        }
+        match router.oneshot(request).await {
+            Ok(response) => response.status(),
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_internal_routes_serve_loopback_peers_only() {
+        assert_eq!(
+            status(guarded(None), Some("127.0.0.1:5000"), None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(guarded(None), Some("[::1]:5000"), None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(guarded(None), Some("10.0.0.7:5000"), None).await,
+            StatusCode::FORBIDDEN
+        );
+        // A request whose peer is unknown is refused too.
+        assert_eq!(
+            status(guarded(None), None, None).await,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_only_the_secret_counts() {
+        let secret = Some("s3cret");
+        assert_eq!(
+            status(guarded(secret), Some("10.0.0.7:5000"), secret).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(guarded(secret), Some("127.0.0.1:5000"), None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(guarded(secret), Some("127.0.0.1:5000"), Some("s3cre")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
+pub use self::internal::MAX_SNAPSHOT_BYTES;
 use crate::app::App;
 use crate::raft::network::paths;
 
