@@ -471,6 +471,77 @@ mod tests {
     }
 
     #[test]
+    fn loopback_addresses_are_told_apart() {
+        for addr in [
+            "127.0.0.1:7400",
+            "127.1.2.3:1",
+            "localhost:7400",
+            "[::1]:7400",
+        ] {
+            assert!(is_loopback(addr), "{addr}");
+        }
+        for addr in [
+            "10.0.0.1:7400",
+            "0.0.0.0:7400",
+            "db.example:7400",
+            "[fe80::1]:1",
+        ] {
+            assert!(!is_loopback(addr), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_with_a_non_loopback_member_needs_a_secret() {
+        let open = parse(&["--bootstrap", "1=127.0.0.1:1,2=10.0.0.2:1"]).unwrap();
+        let err = open
+            .require_peer_auth("127.0.0.1:1", std::iter::empty())
+            .unwrap_err();
+        assert!(
+            err.contains("10.0.0.2:1") && err.contains("--cluster-secret"),
+            "{err}"
+        );
+        let local = parse(&["--bootstrap", "1=127.0.0.1:1,2=127.0.0.1:2"]).unwrap();
+        assert!(local
+            .require_peer_auth("127.0.0.1:1", std::iter::empty())
+            .is_ok());
+        // The stored membership counts too, and the join target.
+        assert!(local
+            .require_peer_auth("127.0.0.1:1", ["192.168.1.9:7400"])
+            .is_err());
+        let join = parse(&["--join", "10.0.0.9:7400"]).unwrap();
+        assert!(join
+            .require_peer_auth("127.0.0.1:1", std::iter::empty())
+            .is_err());
+        let secret = parse(&[
+            "--bootstrap",
+            "1=127.0.0.1:1,2=10.0.0.2:1",
+            "--cluster-secret",
+            "s",
+        ])
+        .unwrap();
+        assert!(secret
+            .require_peer_auth("127.0.0.1:1", std::iter::empty())
+            .is_ok());
+    }
+
+    #[test]
+    fn acl_flags_are_checked() {
+        let on = parse(&["--acl", "--acl-anonymous", "service:read,lock:read:jobs"]).unwrap();
+        let authority = on.authority();
+        assert!(authority.enabled);
+        assert_eq!(authority.anonymous.len(), 2);
+        assert!(
+            parse(&["--acl-anonymous", "service:read"]).is_err(),
+            "needs --acl"
+        );
+        assert!(parse(&["--acl", "--acl-anonymous", "service:admin"]).is_err());
+        let short = parse(&["--acl", "--acl-bootstrap-token", "too-short"]).unwrap_err();
+        assert!(short.contains("16"), "{short}");
+        assert!(parse(&["--acl", "--acl-bootstrap-token", "long-enough-secret-123"]).is_ok());
+        assert!(!parse(&[]).unwrap().authority().enabled);
+    }
+
+    #[test]
     fn unspecified_listen_needs_advertise() {
         let c = parse(&["--listen", "0.0.0.0:7400"]).unwrap();
         assert!(c.advertise_addr("0.0.0.0:7400".parse().unwrap()).is_err());
