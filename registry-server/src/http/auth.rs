@@ -17,24 +17,17 @@ use super::error::ApiError;
 use crate::app::{App, AppError};
 use crate::replicated::acl::Caller;
 
-/// The secret a request presents, if any. `Authorization: Bearer` wins over the header.
+/// The secret a request presents, if any: `Authorization: Bearer` wins over the header.
+/// Another `Authorization` scheme (a proxy's Basic credentials) is not a token: it is
+/// ignored when `X-Registry-Token` is given, and refused when it is all there is.
 fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
-    let bearer = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| {
-                    let (scheme, rest) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-                })
-                .ok_or_else(|| {
-                    AppError::Unauthenticated(
-                        "the Authorization header must be `Bearer <secret>`".into(),
-                    )
-                })
-        })
-        .transpose()?;
+        .map(|v| v.to_str().unwrap_or_default());
+    let bearer = authorization.and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
     let header = headers
         .get(TOKEN_HEADER)
         .map(|v| {
@@ -47,6 +40,9 @@ fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
         Some(secret) if secret.is_empty() || secret.len() > MAX_SECRET_LEN => Err(
             AppError::Unauthenticated("the presented token is not a token secret".into()),
         ),
+        None if authorization.is_some() => Err(AppError::Unauthenticated(
+            "the Authorization header must be `Bearer <secret>`".into(),
+        )),
         other => Ok(other),
     }
 }
@@ -141,5 +137,57 @@ impl FromRequestParts<App> for Acting {
                 Err(StatusCode::INTERNAL_SERVER_ERROR.into_response())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                map.append(*name, value);
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn a_token_comes_from_bearer_or_the_token_header() {
+        let secret = |pairs| presented_secret(&headers(pairs)).map(|s| s.map(str::to_owned));
+        assert_eq!(secret(&[]), Ok(None));
+        assert_eq!(
+            secret(&[("authorization", "Bearer abc")]),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            secret(&[("authorization", "bearer  abc ")]),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            secret(&[("x-registry-token", "def")]),
+            Ok(Some("def".into()))
+        );
+        assert_eq!(
+            secret(&[("authorization", "Bearer abc"), ("x-registry-token", "def")]),
+            Ok(Some("abc".into()))
+        );
+        // A proxy's Basic credentials do not hide the token header...
+        assert_eq!(
+            secret(&[
+                ("authorization", "Basic Zm9vOmJhcg=="),
+                ("x-registry-token", "def")
+            ]),
+            Ok(Some("def".into()))
+        );
+        // ...but alone they are not a token, and neither is an empty bearer.
+        assert!(secret(&[("authorization", "Basic Zm9vOmJhcg==")]).is_err());
+        assert!(secret(&[("authorization", "Bearer ")]).is_err());
+        let long = "x".repeat(MAX_SECRET_LEN + 1);
+        assert!(secret(&[("x-registry-token", &long)]).is_err());
     }
 }
