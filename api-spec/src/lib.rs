@@ -176,7 +176,13 @@ pub mod codes {
     pub const ACL_DISABLED: &str = "acl_disabled";
     /// 404: no token has this accessor (never made, revoked or expired).
     pub const TOKEN_NOT_FOUND: &str = "token_not_found";
-    /// 429: the lock's wait queue is full; retry later.
+    /// 503: this server is overloaded (too many connections, or too many writes queued
+    /// for the leader); retry after the `Retry-After` header.
+    pub const OVERLOADED: &str = "overloaded";
+    /// 429: this server holds as many blocking queries (or waiting lock and election
+    /// requests) as it allows; retry after the `Retry-After` header.
+    pub const TOO_MANY_WAITERS: &str = "too_many_waiters";
+    /// 429: the lock's wait queue; retry later.
     pub const QUEUE_FULL: &str = "queue_full";
     /// 500: a server-side failure; details are in the server's log, not the response.
     pub const INTERNAL: &str = "internal";
@@ -418,6 +424,30 @@ pub struct ClusterStatus {
     /// Expiry storm protection as the leader sees it; present when the leader answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_storm: Option<ExpiryStormStatus>,
+    /// What the answering node holds now against its limits.
+    #[serde(default)]
+    pub limits: NodeLimits,
+}
+
+/// A node's limits and their use (`GET /v1/cluster`): past a limit, new connections get
+/// 503 `overloaded`, blocking queries and waiting requests 429 `too_many_waiters`, writes
+/// 503 `overloaded`, all with `Retry-After`.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLimits {
+    /// Client and peer connections open now, and the most allowed (`--max-connections`).
+    pub connections: u64,
+    pub max_connections: u64,
+    /// Blocking queries waiting now, and the most allowed (`--max-blocking-queries`).
+    pub blocking_queries: u64,
+    pub max_blocking_queries: u64,
+    /// Lock and election requests waiting in line on this node, and the most allowed
+    /// (`--max-parked-waiters`).
+    pub parked_waiters: u64,
+    pub max_parked_waiters: u64,
+    /// Writes queued for this node's next entries (as leader), and the most allowed
+    /// (`--max-queued-writes`).
+    pub queued_writes: u64,
+    pub max_queued_writes: u64,
 }
 
 /// Expiry storm protection on the leader (`GET /v1/cluster`).

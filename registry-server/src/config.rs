@@ -113,6 +113,37 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value_t = crate::raft::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub raft_max_message_bytes: u64,
 
+    /// Most client and peer connections open at once; one more is answered 503
+    /// `overloaded` and closed. (The open-file limit is raised to its hard limit at
+    /// start-up.)
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_connections: u64,
+
+    /// A request's head must arrive within this long of its first byte (slow clients are
+    /// cut off).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A connection with no request in flight is closed after this long without a byte
+    /// (a blocking query in flight keeps its connection however long it waits).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Most blocking queries this server holds at once; more are answered 429
+    /// `too_many_waiters` with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_blocking_queries: u64,
+
+    /// Most lock and election requests waiting in line (`wait`) on this server at once;
+    /// more are answered 429 `too_many_waiters` with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_parked_waiters: u64,
+
+    /// Most writes queued for the leader's next entries; more are answered 503
+    /// `overloaded` with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_writes: u64,
+
     /// Turn access control on: every request needs a token whose rules allow it
     /// (default deny), except what --acl-anonymous opens. Make the first token with
     /// `POST /v1/acl/bootstrap`. Give every server of a cluster the same ACL flags.
@@ -268,6 +299,13 @@ impl Config {
                 api_spec::format_duration(self.election_timeout),
                 api_spec::format_duration(self.heartbeat_interval)
             ));
+        }
+        if self.http_header_timeout < Duration::from_millis(100)
+            || self.http_idle_timeout < Duration::from_millis(100)
+        {
+            return Err(
+                "--http-header-timeout and --http-idle-timeout must be at least 100ms".into(),
+            );
         }
         if self.heartbeat_interval.is_zero() || self.lease_tick.is_zero() {
             return Err("--heartbeat-interval and --lease-tick must be more than zero".into());

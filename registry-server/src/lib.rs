@@ -17,6 +17,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod leader;
+pub mod listener;
 pub mod raft;
 pub mod replicated;
 pub mod server;

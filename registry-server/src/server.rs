@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use axum::serve::ListenerExt;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use crate::app::{App, AppConfig, AppError, Forward, ForwardAnswer, Wiring};
 use crate::config::{Bootstrap, Config};
 use crate::leader::lease_clock::LeaseClock;
+use crate::listener::{ConnectionCount, ListenerConfig};
 use crate::raft::network::{paths, Network, PeerClient, PeerError};
 use crate::raft::store::log::{open_db, LogStore};
 use crate::raft::store::state_machine::StateMachineStore;
@@ -31,6 +31,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(|e| anyhow!(e))?;
+    crate::listener::raise_open_file_limit();
     let raft_config = Arc::new(config.raft_config().map_err(|e| anyhow!(e))?);
 
     let listen = config.listen_addr();
@@ -89,12 +90,20 @@ pub async fn run(
         proposer: crate::raft::proposer::ProposerConfig {
             timeout: config.propose_timeout,
             max_entry_bytes: config.raft_max_message_bytes / 4,
+            queue: usize::try_from(config.max_queued_writes).unwrap_or(usize::MAX),
         },
         storm: config.storm(),
         authority: config.authority(),
         bootstrap_secret: config.acl_bootstrap_token.clone(),
         peers_authenticated: config.cluster_secret.is_some(),
+        limits: crate::app::LimitsConfig {
+            max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+            max_blocking_queries: usize::try_from(config.max_blocking_queries)
+                .unwrap_or(usize::MAX),
+            max_parked_waiters: usize::try_from(config.max_parked_waiters).unwrap_or(usize::MAX),
+        },
     };
+    let connections = ConnectionCount::default();
     let wiring = Wiring {
         raft: raft.clone(),
         state,
@@ -102,6 +111,7 @@ pub async fn run(
         watches,
         peers: peers.clone(),
         stamps,
+        connections: connections.clone(),
     };
     let app = App::new(config.node_id, wiring, app_config);
 
@@ -131,33 +141,18 @@ pub async fn run(
         data_dir = %data_dir.display(),
         "registry-server listening on {bound}"
     );
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    // Small request/response exchanges: never let Nagle's algorithm hold a reply back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(
-        listener,
-        crate::http::router(
-            app.clone(),
-            config.cluster_secret.clone(),
-            usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
-        )
-        .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = drain_tx.send(());
-    });
-    let serve = tokio::spawn(async move { serve.await });
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result??,
-        _ = async { let _ = drain_rx.await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
-            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
-        }
-    }
+    let router = crate::http::router(
+        app.clone(),
+        config.cluster_secret.clone(),
+        usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
+    );
+    let limits = ListenerConfig {
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        header_timeout: config.http_header_timeout,
+        idle_timeout: config.http_idle_timeout,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    crate::listener::serve(listener, router, limits, connections, shutdown).await;
 
     let _ = stop_tasks.send(true);
     let _ = expiry.await;

@@ -68,7 +68,7 @@ impl App {
         let watch = self.inner.watches.catalog();
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.catalog.catalog_index())
-            .await;
+            .await?;
         let state = self.inner.state.read();
         let services = state
             .app
@@ -103,7 +103,7 @@ impl App {
         let watch = self.inner.watches.service(name);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.catalog.service_index(name))
-            .await;
+            .await?;
         let state = self.inner.state.read();
         let instances = state
             .app

@@ -42,6 +42,8 @@ pub struct ClusterInfo {
     /// On the leader: the services whose expiries storm protection holds back, and how
     /// many expiries it deferred in all.
     pub expiry_storm: Option<(Vec<String>, u64)>,
+    /// What this node holds against its limits.
+    pub limits: super::LimitsInfo,
 }
 
 impl App {
@@ -114,6 +116,7 @@ impl App {
                 let storm = self.storm();
                 (storm.active(), storm.deferred_total())
             }),
+            limits: self.limits(),
         }
     }
 

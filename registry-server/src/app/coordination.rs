@@ -118,6 +118,13 @@ impl App {
 
     /// Takes the lock, waiting up to `spec.wait` in its queue.
     pub async fn acquire(&self, spec: AcquireSpec) -> Result<Granted, AppError> {
+        // A request that may wait holds a slot for as long as it could (taken before
+        // anything is proposed, so a refusal changes nothing).
+        let _slot = if spec.wait.is_zero() {
+            None
+        } else {
+            Some(self.inner.limits.parked.take()?)
+        };
         let ticket = Ticket::new_v4();
         let parked = self.inner.watches.park(ticket);
         let mut abandon = Abandon {
@@ -304,7 +311,7 @@ impl App {
         let watch = self.inner.watches.lock(key);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.coordinator.lock_index(key))
-            .await;
+            .await?;
         let state = self.inner.state.read();
         let lock = state.app.coordinator.lock(key).cloned().unwrap_or_default();
         Ok((state.last_applied.map_or(0, |l| l.index), lock))
@@ -321,7 +328,7 @@ impl App {
         let watch = self.inner.watches.kind(kind);
         self.read_index(consistency).await?;
         self.block_until(watch, block, |app| app.coordinator.kind_index(kind))
-            .await;
+            .await?;
         let state = self.inner.state.read();
         let locks = state
             .app

@@ -43,6 +43,12 @@ pub enum AppError {
     },
     #[error("{} has {} waiters already; retry later", key_subject(.0), locks::MAX_WAITERS)]
     QueueFull(locks::Key),
+    /// Too many writes are queued on the leader (503 `overloaded`, retry).
+    #[error("{0}")]
+    Overloaded(String),
+    /// This node holds as many blocking queries or waiting requests as it allows (429).
+    #[error("{0}")]
+    TooManyWaiters(String),
     /// A forwarded command the leader's own check of the input rules refuses (400).
     #[error("{0}")]
     Invalid(String),

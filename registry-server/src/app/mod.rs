@@ -26,6 +26,7 @@ mod cluster;
 mod coordination;
 mod error;
 mod leases;
+mod limits;
 mod reads;
 mod routing;
 mod tasks;
@@ -35,6 +36,7 @@ pub use self::catalog::ServiceCounts;
 pub use self::cluster::{ClusterInfo, MemberInfo};
 pub use self::coordination::{AcquireSpec, Granted};
 pub use self::error::AppError;
+pub use self::limits::{LimitsConfig, LimitsInfo};
 pub use self::reads::{Block, Consistency};
 pub use self::routing::{Forward, ForwardAnswer, Forwarded, KeepaliveTarget};
 
@@ -66,6 +68,8 @@ pub struct AppConfig {
     /// Whether node-to-node traffic is authenticated (a cluster secret is set); without
     /// it, only loopback members may be added.
     pub peers_authenticated: bool,
+    /// How many blocking queries and waiting requests this node holds at most.
+    pub limits: LimitsConfig,
 }
 
 struct Inner {
@@ -85,6 +89,7 @@ struct Inner {
     authority: Authority,
     bootstrap_secret: Option<String>,
     peers_authenticated: bool,
+    limits: limits::Limits,
 }
 
 /// The application handle, acting for one caller.
@@ -119,6 +124,8 @@ pub struct Wiring {
     pub peers: PeerClient,
     /// The latest leader time the log store appended (leader time starts there).
     pub stamps: StampSeen,
+    /// Connections open on this node's listener.
+    pub connections: crate::listener::ConnectionCount,
 }
 
 impl App {
@@ -130,6 +137,7 @@ impl App {
             watches,
             peers,
             stamps,
+            connections,
         } = wiring;
         let leader_time = LeaderClock::new(state.clone(), stamps);
         let caller = Arc::new(config.authority.anonymous());
@@ -151,6 +159,7 @@ impl App {
                 authority: config.authority,
                 bootstrap_secret: config.bootstrap_secret,
                 peers_authenticated: config.peers_authenticated,
+                limits: limits::Limits::new(config.limits, connections),
             }),
             caller,
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::App;
+use super::{App, AppError};
 use crate::replicated::state::AppState;
 
 /// A blocking query's condition: answer once the index moves past `index`, or after
@@ -32,25 +32,28 @@ pub enum Consistency {
 impl App {
     /// Waits, for a blocking query, until `index_of(state)` moves past `block.index` or the
     /// wait runs out; `watch` must have been subscribed before the read index was taken.
+    /// A query that would wait takes one of the node's blocking-query slots first, and is
+    /// refused with [`AppError::TooManyWaiters`] when there is none.
     pub(super) async fn block_until(
         &self,
         mut watch: tokio::sync::watch::Receiver<u64>,
         block: Option<Block>,
         index_of: impl Fn(&AppState) -> u64,
-    ) {
-        let Some(block) = block else { return };
-        if block.index == 0 {
-            return;
+    ) -> Result<(), AppError> {
+        let Some(block) = block else { return Ok(()) };
+        if block.index == 0 || index_of(&self.inner.state.read().app) > block.index {
+            return Ok(());
         }
+        let _slot = self.inner.limits.blocking.take()?;
         let deadline = Instant::now() + block.wait;
         loop {
             watch.borrow_and_update();
             if index_of(&self.inner.state.read().app) > block.index {
-                return;
+                return Ok(());
             }
             tokio::select! {
-                changed = watch.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => return,
+                changed = watch.changed() => if changed.is_err() { return Ok(()) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
             }
         }
     }

@@ -112,6 +112,7 @@ impl From<LeaderError> for AppError {
             LeaderError::NotLeader { leader } => AppError::NotLeader { leader },
             LeaderError::Timeout(m) => AppError::Timeout(m),
             LeaderError::Unavailable(m) => AppError::Unavailable(m),
+            LeaderError::Overloaded(m) => AppError::Overloaded(m),
         }
     }
 }

@@ -98,6 +98,8 @@ impl From<AppError> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
             }
             AppError::Invalid(_) => (StatusCode::BAD_REQUEST, codes::INVALID_ARGUMENT),
+            AppError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::OVERLOADED),
+            AppError::TooManyWaiters(_) => (StatusCode::TOO_MANY_REQUESTS, codes::TOO_MANY_WAITERS),
             AppError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED),
             // A caller without a token is told to bring one; an internal command is
             // refused to everyone alike.
@@ -140,7 +142,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -158,6 +158,21 @@ pub(super) fn cluster_status(info: ClusterInfo) -> ClusterStatus {
                 deferred_total,
             }
         }),
+        limits: node_limits(info.limits),
+    }
+}
+
+fn node_limits(l: crate::app::LimitsInfo) -> api_spec::NodeLimits {
+    let n = |v: usize| v as u64;
+    api_spec::NodeLimits {
+        connections: n(l.connections),
+        max_connections: n(l.max_connections),
+        blocking_queries: n(l.blocking_queries),
+        max_blocking_queries: n(l.max_blocking_queries),
+        parked_waiters: n(l.parked_waiters),
+        max_parked_waiters: n(l.max_parked_waiters),
+        queued_writes: n(l.queued_writes),
+        max_queued_writes: n(l.max_queued_writes),
     }
 }
 

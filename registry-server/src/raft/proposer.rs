@@ -37,6 +37,9 @@ pub struct ProposerConfig {
     /// taken): a quarter of the cluster's message limit, so that one entry always fits in
     /// an AppendEntries message.
     pub max_entry_bytes: u64,
+    /// Most commands waiting for a driver; more are refused with
+    /// [`LeaderError::Overloaded`].
+    pub queue: usize,
 }
 
 impl LeaderError {
@@ -63,7 +66,7 @@ struct Pending {
 /// Handle to the batching drivers. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
     /// How long [`Proposer::propose`] waits for the commit.
     timeout: Duration,
 }
@@ -84,7 +87,7 @@ pub fn wall_clock_ms() -> u64 {
 impl Proposer {
     /// Starts the drivers; they end when every `Proposer` handle is dropped.
     pub fn start(raft: Raft, config: ProposerConfig, time: LeaderClock) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..PIPELINE_DEPTH {
             tokio::spawn(drive(
@@ -100,6 +103,12 @@ impl Proposer {
         }
     }
 
+    /// Commands waiting for a driver, and the most that may.
+    pub fn queue(&self) -> (usize, usize) {
+        let max = self.tx.max_capacity();
+        (max - self.tx.capacity(), max)
+    }
+
     /// Proposes one command on this node (which must be the leader) and waits until it
     /// is committed and applied; returns the entry's log index and the outcome. Gives up
     /// after the proposer's timeout with [`LeaderError::Timeout`]: the outcome is then
@@ -107,8 +116,16 @@ impl Proposer {
     pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), LeaderError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { command, reply })
-            .map_err(|_| LeaderError::Unavailable("server is shutting down".into()))?;
+            .try_send(Pending { command, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LeaderError::Overloaded(format!(
+                    "the leader has {} writes queued already; retry shortly",
+                    self.tx.max_capacity()
+                )),
+                mpsc::error::TrySendError::Closed(_) => {
+                    LeaderError::Unavailable("server is shutting down".into())
+                }
+            })?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(answer) => answer.unwrap_or_else(|_| {
                 Err(LeaderError::Unavailable("server is shutting down".into()))
@@ -130,7 +147,7 @@ fn encoded_size(command: &Command) -> u64 {
 async fn drive(
     raft: Raft,
     time: LeaderClock,
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_bytes: u64,
 ) {
     // A command that did not fit in the previous batch starts the next one.

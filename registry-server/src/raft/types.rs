@@ -57,4 +57,7 @@ pub enum LeaderError {
     /// The node is stopping, has no quorum, or the outcome is unknown.
     #[error("{0}")]
     Unavailable(String),
+    /// The proposer's queue is full: nothing was done.
+    #[error("{0}")]
+    Overloaded(String),
 }

@@ -1,0 +1,341 @@
+//! Accepting connections with bounds: at most `max_connections` at once (one more is
+//! answered `503` and closed), a header read timeout (a request's head must arrive within
+//! it once its first byte has), an idle timeout (a connection with no request in flight
+//! and no bytes for that long is closed), and a graceful drain on shutdown.
+//!
+//! hyper's own `header_read_timeout` also runs while a kept-alive connection waits for its
+//! next request, so it cannot be an idle timeout and a header timeout at once; the two are
+//! kept here instead, per connection, from what the connection reads and what its
+//! requests do. A blocking query in flight keeps its connection however long it waits.
+//!
+//! **Invariant:** every accepted connection holds a permit until it closes; nothing
+//! accepted waits unbounded for bytes that do not come.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// The answer to a connection over the cap, written before closing it.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 94\r\n\r\n\
+{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections to this server; retry shortly\"}}";
+
+/// How long writing [`OVER_CAPACITY`] may take.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// The bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerConfig {
+    pub max_connections: usize,
+    /// A request's head must be complete this long after its first byte.
+    pub header_timeout: Duration,
+    /// A connection without a request in flight is closed after this long without bytes.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may run after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+/// Connections open now on a listener (for `GET /v1/cluster`).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCount(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `router` on `listener` within `config` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: ListenerConfig,
+    open: ConnectionCount,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or the peer gave up before we took it: pause
+                    // a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(tcp);
+            continue;
+        };
+        let state = Arc::new(ConnState::new());
+        let io = TokioIo::new(Tracked {
+            inner: tcp,
+            state: state.clone(),
+        });
+        let service = {
+            let state = state.clone();
+            let router = router.clone();
+            hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let in_flight = InFlight::start(state.clone());
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                    drop(in_flight);
+                    response
+                }
+            })
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
+        let connection = graceful.watch(http.serve_connection(io, service));
+        let open = open.clone();
+        open.0.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                reason = watchdog(&state, config) => {
+                    tracing::debug!(%peer, reason, "closing connection");
+                }
+            }
+            open.0.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {:?}; stopping anyway",
+            config.drain_timeout
+        );
+    }
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without waiting for it.
+fn refuse(mut tcp: TcpStream) {
+    static LAST_WARNING: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!("connection limit reached: refusing new connections with 503");
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            tcp.write_all(OVER_CAPACITY).await?;
+            tcp.shutdown().await
+        })
+        .await;
+    });
+}
+
+/// What one connection's watchdog needs to know, updated by its reads and its requests.
+/// Times are milliseconds since the connection was accepted.
+struct ConnState {
+    start: Instant,
+    /// Requests being served.
+    in_flight: AtomicUsize,
+    /// The last time bytes were read or a request finished.
+    last_active_ms: AtomicU64,
+    /// When the first byte of a request head arrived (with no request in flight), plus
+    /// one; 0: no head being read.
+    head_started_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+}
+
+/// Marks a request in flight for as long as it lives.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: hyper called the service.
+        state.head_started_ms.store(0, Ordering::Relaxed);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now_ms();
+        self.0.last_active_ms.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the connection should be closed: its request head took longer than the
+/// header timeout, or it sat idle (no request in flight, no bytes) past the idle timeout.
+async fn watchdog(state: &ConnState, config: ListenerConfig) -> &'static str {
+    loop {
+        let head = state.head_started_ms.load(Ordering::Relaxed);
+        let idle_since = state.last_active_ms.load(Ordering::Relaxed);
+        let busy = state.in_flight.load(Ordering::Relaxed) > 0;
+        let now = state.now_ms();
+        let header_ms = u64::try_from(config.header_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let next = if busy {
+            // Nothing to time while a request runs; look again later.
+            now.saturating_add(idle_ms)
+        } else if head > 0 {
+            let deadline = (head - 1).saturating_add(header_ms);
+            if now >= deadline {
+                return "request head not received within the header timeout";
+            }
+            deadline
+        } else {
+            let deadline = idle_since.saturating_add(idle_ms);
+            if now >= deadline {
+                return "idle past the idle timeout";
+            }
+            deadline
+        };
+        tokio::time::sleep_until(state.at(next)).await;
+    }
+}
+
+/// A TCP stream that tells its [`ConnState`] when bytes arrive.
+struct Tracked {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let state = &self.state;
+            let now = state.now_ms();
+            state.last_active_ms.store(now, Ordering::Relaxed);
+            if state.in_flight.load(Ordering::Relaxed) == 0 {
+                // The first bytes of a new request head (later ones keep the first time).
+                let _ = state.head_started_ms.compare_exchange(
+                    0,
+                    now + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (each connection and each
+/// RocksDB file is one), and says what it is.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit already at its hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OVER_CAPACITY;
+
+    #[test]
+    fn the_refusal_is_a_well_formed_503_with_a_json_error() {
+        let text = std::str::from_utf8(OVER_CAPACITY).unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.parse::<usize>().ok());
+        assert_eq!(length, Some(body.len()));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(json["error"]["code"], api_spec::codes::OVERLOADED);
+    }
+}
