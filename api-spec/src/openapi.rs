@@ -58,7 +58,9 @@ Conventions:
 (a bare number is rejected); responses also give them in milliseconds (`*_ms` fields).
 - Every error answer is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}` \
 (`ErrorBody`); `code` is stable, `message` is for people. A `503` carries `Retry-After`. \
-Any route may answer `500` with code `internal`; the details are in the server's log.
+Any route may answer `500` with code `internal`; the details are in the server's log, \
+and `503` with code `overloaded` when the server has as many connections, or the leader \
+as many queued writes, as it allows.
 - Every answer carries `X-Registry-Index`: the Raft log index it reflects.
 - Reads are linearizable by default (a ReadIndex round through the leader); `?stale` \
 (or `?consistency=stale`) answers from the receiving server's memory instead.
@@ -117,7 +119,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
     // Schemas reached from request and response bodies are collected on their own; the
     // enums used only by query parameters are not, so they are listed here.
     components(schemas(ReadConsistency, StatusFilter)),
-    modifiers(&Security, &CommonHeaders, &RequestRules),
+    modifiers(&Security, &Limits, &CommonHeaders, &RequestRules),
     tags(
         (name = "services", description = "Register instances and discover them."),
         (name = "leases", description = "Time-limited liveness tokens that instances, locks and elections hang on."),
@@ -165,7 +167,7 @@ impl Modify for CommonHeaders {
                     response
                         .headers
                         .insert(INDEX_HEADER.to_owned(), index.clone());
-                    if status == "503" && is_error_body(response) {
+                    if (status == "503" || status == "429") && is_error_body(response) {
                         response
                             .headers
                             .insert("Retry-After".to_owned(), retry_after.clone());
@@ -252,6 +254,66 @@ impl Modify for Security {
                          names the resource, name and access needed.",
                     ))
                 });
+            }
+        }
+    }
+}
+
+/// Routes whose requests may wait on the server (besides blocking queries, which take
+/// `index`): they hold a slot while they do.
+const WAITING_PATHS: [&str; 2] = ["/v1/locks/{name}/acquire", "/v1/elections/{name}/campaign"];
+
+/// Declares the refusals of an overloaded server: `429 too_many_waiters` on every
+/// blocking query and waiting request, `503 overloaded` named on every route.
+#[derive(Debug)]
+struct Limits;
+
+impl Modify for Limits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let too_many = utoipa::openapi::ResponseBuilder::new()
+            .description(
+                "`too_many_waiters`: this server holds as many blocking queries (or waiting \
+                 lock and election requests) as it allows (`GET /v1/cluster` shows its \
+                 limits); retry after `Retry-After`, or ask another server.",
+            )
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                        "ErrorBody",
+                    ))))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let blocking = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == "index" && p.parameter_in == ParameterIn::Query);
+                if !(blocking || WAITING_PATHS.contains(&path.as_str())) {
+                    continue;
+                }
+                match operation.responses.responses.get_mut("429") {
+                    // A waiting request's own 429 (a full queue): name both.
+                    Some(RefOr::T(existing)) => {
+                        existing.description =
+                            format!("{} Or {}", existing.description, too_many.description);
+                    }
+                    _ => {
+                        operation
+                            .responses
+                            .responses
+                            .insert("429".to_owned(), RefOr::T(too_many.clone()));
+                    }
+                }
             }
         }
     }
@@ -1376,7 +1438,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_error_bodies_and_503s_say_when_to_retry() {
+    fn errors_are_error_bodies_and_503s_and_429s_say_when_to_retry() {
         let error_body = Value::from("#/components/schemas/ErrorBody");
         let mut errors = 0;
         for (method, path, status, response) in responses(&document()) {
@@ -1395,8 +1457,8 @@ mod tests {
             assert_eq!(schema, &error_body, "{method} {path} {status}");
             assert_eq!(
                 response["headers"].get("Retry-After").is_some(),
-                status == "503",
-                "{method} {path} {status}: Retry-After on 503s only"
+                status == "503" || status == "429",
+                "{method} {path} {status}: Retry-After on 503s and 429s only"
             );
         }
         assert!(errors > 20, "expected many error answers, got {errors}");
