@@ -458,6 +458,11 @@ impl Cluster {
     }
 
     /// Sends `signal` to node `id`'s process.
+    /// The process id of node `id`, if it runs (for its RSS in `/proc`).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).lock_child().as_ref().map(Child::id)
+    }
+
     fn send_signal(&self, id: u64, signal: Signal) -> Result<()> {
         let child = self.node(id).lock_child();
         let process = child
