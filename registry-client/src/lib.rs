@@ -754,3 +754,7 @@ impl Failure {
 mod auth_test;
 #[cfg(test)]
 mod failover_test;
+#[cfg(test)]
+mod tls_test;
+#[cfg(test)]
+mod tls_test_support;
