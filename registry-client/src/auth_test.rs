@@ -13,18 +13,19 @@ use crate::*;
 const SECRET: &str = "0123456789abcdef-secret";
 const BEARER: &str = "Bearer 0123456789abcdef-secret";
 
-const LEASE: &str = r#"{"lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","ttl":"1s","ttl_ms":1000,"granted_index":3,"granted_at_ms":1}"#;
+pub(crate) const LEASE: &str = r#"{"lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","ttl":"1s","ttl_ms":1000,"granted_index":3,"granted_at_ms":1}"#;
 const NO_LEADER: &str = r#"{"error":{"code":"no_leader","message":"election"}}"#;
 const UNAUTHENTICATED: &str =
     r#"{"error":{"code":"unauthenticated","message":"this request needs a token"}}"#;
 const PERMISSION_DENIED: &str =
     r#"{"error":{"code":"permission_denied","message":"needs lock:write on job"}}"#;
-const INSTANCES: &str = r#"{"service":"web","instances":[{"service":"web","id":"w1","address":"10.0.0.1","port":80,"tags":[],"meta":{},"weight":1,"status":"passing","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl":"1s","ttl_ms":1000,"deregister_after":"1m","deregister_after_ms":60000,"registered_at_ms":1,"modify_index":5}]}"#;
-const INSTANCE: &str = r#"{"service":"web","id":"w1","address":"10.0.0.1","port":80,"tags":[],"meta":{},"weight":1,"status":"passing","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl":"1s","ttl_ms":1000,"deregister_after":"1m","deregister_after_ms":60000,"registered_at_ms":1,"modify_index":5}"#;
-const HEARTBEAT: &str = r#"{"service":"web","id":"w1","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","ttl_ms":1000,"remaining_ms":1000}"#;
-const DEREGISTERED: &str = r#"{"service":"web","id":"w1","deregistered":true}"#;
-const GRANT: &str = r#"{"name":"job","token":7,"lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl_ms":1000,"holder":"h","lock_delay_ms":1000,"granted_index":7,"granted_at_ms":1}"#;
-const RELEASED: &str = r#"{"name":"job","token":7,"released":true,"lease_revoked":true}"#;
+pub(crate) const INSTANCES: &str = r#"{"service":"web","instances":[{"service":"web","id":"w1","address":"10.0.0.1","port":80,"tags":[],"meta":{},"weight":1,"status":"passing","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl":"1s","ttl_ms":1000,"deregister_after":"1m","deregister_after_ms":60000,"registered_at_ms":1,"modify_index":5}]}"#;
+pub(crate) const INSTANCE: &str = r#"{"service":"web","id":"w1","address":"10.0.0.1","port":80,"tags":[],"meta":{},"weight":1,"status":"passing","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl":"1s","ttl_ms":1000,"deregister_after":"1m","deregister_after_ms":60000,"registered_at_ms":1,"modify_index":5}"#;
+pub(crate) const HEARTBEAT: &str = r#"{"service":"web","id":"w1","lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","ttl_ms":1000,"remaining_ms":1000}"#;
+pub(crate) const DEREGISTERED: &str = r#"{"service":"web","id":"w1","deregistered":true}"#;
+pub(crate) const GRANT: &str = r#"{"name":"job","token":7,"lease":"67e55044-10b1-426f-9247-bb680e5fe0c8","own_lease":true,"ttl_ms":1000,"holder":"h","lock_delay_ms":1000,"granted_index":7,"granted_at_ms":1}"#;
+pub(crate) const RELEASED: &str =
+    r#"{"name":"job","token":7,"released":true,"lease_revoked":true}"#;
 const CREATED: &str = r#"{"secret":"fresh-secret-0123456789","accessor":"6f1e1c1e-0000-4000-8000-000000000001","description":"ci","rules":[{"resource":"service","prefix":"web","access":"write"}],"management":false,"create_index":9,"created_at_ms":1700000000000,"expires_at_ms":1700086400000}"#;
 const REVOKED: &str = r#"{"accessor":"6f1e1c1e-0000-4000-8000-000000000001","revoked":true,"unconfirmed_members":[3]}"#;
 

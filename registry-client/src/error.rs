@@ -9,13 +9,24 @@ pub enum Error {
     #[error("no endpoints configured")]
     NoEndpoints,
 
-    /// An endpoint is not `host:port` (or `http://host:port`). Only plain HTTP is
-    /// supported, so an `https://` endpoint is rejected here rather than failing later.
+    /// An endpoint is not `host:port`, `http://host:port` or `https://host:port`, or the
+    /// endpoints do not agree on one scheme (see [`crate::ClientBuilder::build`]): found
+    /// when the client is built rather than failing later.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
         endpoint: String,
         reason: &'static str,
     },
+
+    /// A TLS input given to the builder cannot be used: a CA bundle
+    /// ([`crate::ClientBuilder::tls_ca_pem`]) with no certificate in it, or one that is not
+    /// a certificate; a client certificate chain or private key
+    /// ([`crate::ClientBuilder::tls_identity_pem`]) that is missing, unreadable,
+    /// encrypted, or a key that does not belong to the certificate. Found by
+    /// [`crate::ClientBuilder::build`], before anything is sent. The key itself never
+    /// appears in the message.
+    #[error("invalid {input}: {reason}")]
+    InvalidTls { input: TlsInput, reason: String },
 
     /// The server answered with a non-success status.
     ///
@@ -70,6 +81,27 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Which of the builder's TLS inputs an [`Error::InvalidTls`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsInput {
+    /// The CA bundle of [`crate::ClientBuilder::tls_ca_pem`].
+    CaCertificates,
+    /// The certificate chain of [`crate::ClientBuilder::tls_identity_pem`].
+    ClientCertificate,
+    /// The private key of [`crate::ClientBuilder::tls_identity_pem`].
+    ClientKey,
+}
+
+impl std::fmt::Display for TlsInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsInput::CaCertificates => "TLS CA certificates",
+            TlsInput::ClientCertificate => "TLS client certificate chain",
+            TlsInput::ClientKey => "TLS client private key",
+        })
+    }
 }
 
 /// What an error body says about the lock or election a request conflicted with: who
@@ -156,6 +188,20 @@ impl Error {
         }
     }
 
+    /// `true` for a transport error that TLS raised: the server's certificate is not
+    /// trusted (not signed by the CA of [`crate::ClientBuilder::tls_ca_pem`], or by
+    /// none of the built-in roots without one), not valid for the endpoint's host or
+    /// expired; the server refused the client certificate, or wanted one and got none;
+    /// or the other end does not speak TLS. Such an error is still
+    /// [retryable](Self::is_retryable): another server may have a certificate that
+    /// passes.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Error::Transport { source, .. } => crate::tls::failure(source).is_some(),
+            _ => false,
+        }
+    }
+
     /// `true` for errors that say nothing about the request itself and may well pass
     /// on another try: transport failures and 503 (no leader, shutting down).
     pub fn is_retryable(&self) -> bool {
@@ -199,7 +245,7 @@ pub(crate) fn api_error(endpoint: &str, status: u16, body: &[u8]) -> Error {
 
 /// An error and its sources, `outer: inner: innermost` (reqwest's own message leaves out
 /// the cause, such as "connection refused").
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

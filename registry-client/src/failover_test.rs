@@ -243,7 +243,7 @@ fn endpoints_are_checked_when_the_client_is_built() {
         Err(Error::NoEndpoints)
     ));
     for bad in [
-        "https://127.0.0.1:1",
+        "ftp://127.0.0.1:1",
         "127.0.0.1",
         "127.0.0.1:port",
         ":80",

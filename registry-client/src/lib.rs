@@ -26,10 +26,23 @@
 //! depend on the crate with `default-features = false`. `regctl lock` and `regctl elect`
 //! hold their lock or lead with the same [`LockGuard`] and [`Leadership`] as any program.
 //!
-//! Transport: plain HTTP (no TLS) to `host:port` endpoints, one pooled connection set
-//! per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`]; requests the server
-//! holds, such as blocking queries and waiting acquires, get their wait on top). A bare
-//! lease from [`Client::create_lease`] is not kept alive by itself; the guards keep theirs.
+//! Transport: HTTP/1.1 to `host:port` endpoints, plain or over TLS, one pooled
+//! connection set per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`];
+//! requests the server holds, such as blocking queries and waiting acquires, get their
+//! wait on top). A bare lease from [`Client::create_lease`] is not kept alive by itself;
+//! the guards keep theirs.
+//!
+//! TLS: `https://host:port` endpoints, or bare `host:port` ones once a TLS option is set,
+//! are reached over TLS (rustls with the ring provider; no OpenSSL). The server's
+//! certificate must be valid for the endpoint's host (name or IP address) and signed by
+//! the CA given to [`ClientBuilder::tls_ca_pem`] (a private CA: then only its
+//! certificates are trusted), or without one by a built-in (Mozilla) root.
+//! [`ClientBuilder::tls_identity_pem`] presents a client certificate to servers that ask
+//! for one (mutual TLS). A bad PEM fails [`ClientBuilder::build`] with
+//! [`Error::InvalidTls`]; a handshake that fails is an [`Error::Transport`] for which
+//! [`Error::is_tls`] is `true`. Connections are kept alive and TLS sessions resumed
+//! across connections by the one connection pool a client and all its clones share, so
+//! build one [`Client`] and clone it rather than building one per task.
 //!
 //! Authentication: on a registry with ACLs on, give the client a token's secret with
 //! [`ClientBuilder::token`]; every request then carries `Authorization: Bearer <secret>`,
@@ -54,6 +67,7 @@ pub mod handles;
 pub mod locality;
 pub mod outlier;
 pub mod registration;
+mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -71,7 +85,7 @@ pub use api_spec::{
     RegisterRequest, ReleaseResponse, RevokeLeaseResponse, Role, ServiceInstances, ServiceList,
 };
 pub use discovery::{Endpoints, Resolved, ServicePolicy};
-pub use error::{Conflict, Error};
+pub use error::{Conflict, Error, TlsInput};
 pub use handles::{
     CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
 };
@@ -148,9 +162,13 @@ pub struct Client {
 }
 
 struct Inner {
+    /// Built once per client: its pool keeps connections alive and its TLS configuration
+    /// holds the session cache that lets new connections resume TLS sessions.
     http: reqwest::Client,
-    /// `host:port`, as given (minus an `http://` prefix); never empty.
+    /// `host:port`, as given (minus an `http://` or `https://` prefix); never empty.
     endpoints: Vec<String>,
+    /// How every endpoint is reached: the builder allows one scheme per client.
+    scheme: Scheme,
     /// Index into `endpoints` of the last one that answered; calls start there so a dead
     /// server costs one failed connect, not one per call.
     preferred: AtomicUsize,
@@ -168,10 +186,36 @@ struct Inner {
 /// returns (if any) is added to the request. See [`ClientBuilder::auth_header`].
 pub type AuthHook = Arc<dyn Fn() -> Option<(String, String)> + Send + Sync>;
 
+impl Inner {
+    /// The URL of `path` (which starts with `/`) on `endpoint`: the one place an endpoint
+    /// becomes a URL, so every request (the raw API, discovery watches, registration
+    /// heartbeats, lock and leadership renewals) uses the client's scheme.
+    fn url(&self, endpoint: &str, path: &str) -> String {
+        format!("{}://{endpoint}{path}", self.scheme.as_str())
+    }
+}
+
+/// How a client reaches its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("endpoints", &self.endpoints)
+            .field("scheme", &self.scheme)
             .field("auth", &self.auth.is_some())
             .finish_non_exhaustive()
     }
@@ -184,6 +228,10 @@ pub struct ClientBuilder {
     timeout: Duration,
     auth: Option<AuthHook>,
     discovery: discovery::DiscoveryConfig,
+    /// PEM of the CA certificates to trust instead of the built-in roots.
+    tls_ca: Option<Vec<u8>>,
+    /// PEM of the client certificate chain and of its private key.
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -192,6 +240,9 @@ impl std::fmt::Debug for ClientBuilder {
             .field("endpoints", &self.endpoints)
             .field("timeout", &self.timeout)
             .field("auth", &self.auth.is_some())
+            .field("tls_ca", &self.tls_ca.is_some())
+            // Never the key: it is a secret.
+            .field("tls_identity", &self.tls_identity.is_some())
             .finish()
     }
 }
@@ -262,27 +313,79 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks the endpoints and builds the client.
+    /// Trusts the CA certificates of `pem` (a PEM bundle: one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks) to sign the servers' certificates, *instead
+    /// of* the built-in roots: a registry's CA is a private one, and a server certificate
+    /// any public CA could issue for the name should not pass. Calling it again replaces
+    /// the bundle. Makes bare `host:port` endpoints `https://`.
+    ///
+    /// The PEM is read by [`build`](Self::build): one without a certificate, or with one
+    /// that is not a certificate, is an [`Error::InvalidTls`] there.
+    pub fn tls_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls_ca = Some(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Presents a client certificate to servers that ask for one (mutual TLS):
+    /// `cert_chain_pem` holds the client's certificate first, then any intermediate
+    /// certificates the server needs to reach its CA; `key_pem` the certificate's
+    /// private key (PKCS#8 `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`,
+    /// unencrypted). One file holding both may be given as both. Calling it again
+    /// replaces the identity. Makes bare `host:port` endpoints `https://`.
+    ///
+    /// Read by [`build`](Self::build): no certificate, no key or more than one, an
+    /// encrypted key, or a key that does not belong to the first certificate are an
+    /// [`Error::InvalidTls`] there.
+    pub fn tls_identity_pem(
+        mut self,
+        cert_chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls_identity = Some((cert_chain_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
+        self
+    }
+
+    /// Checks the endpoints and the TLS inputs and builds the client.
+    ///
+    /// The endpoints share one scheme: `https://` ones, `http://` ones, or bare
+    /// `host:port` ones, which are `https://` when a TLS option
+    /// ([`tls_ca_pem`](Self::tls_ca_pem), [`tls_identity_pem`](Self::tls_identity_pem))
+    /// is set and `http://` otherwise. Endpoints that end up with different schemes, or
+    /// an `http://` endpoint with a TLS option set (which would silently go without
+    /// TLS), are an [`Error::InvalidEndpoint`].
     pub fn build(self) -> Result<Client> {
-        let endpoints = self
+        let parsed = self
             .endpoints
             .iter()
             .map(|e| normalize_endpoint(e))
             .collect::<Result<Vec<_>>>()?;
-        if endpoints.is_empty() {
-            return Err(Error::NoEndpoints);
+        let tls_options = self.tls_ca.is_some() || self.tls_identity.is_some();
+        let scheme = one_scheme(&self.endpoints, &parsed, tls_options)?;
+        let endpoints: Vec<String> = parsed.into_iter().map(|(_, endpoint)| endpoint).collect();
+
+        let mut http = reqwest::Client::builder().timeout(self.timeout);
+        if scheme == Scheme::Https {
+            // rustls even if another crate of the program turns on reqwest's native-tls.
+            http = http.use_rustls_tls().https_only(true);
         }
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .build()
-            .map_err(|source| Error::Transport {
-                endpoint: endpoints.join(","),
-                source,
-            })?;
+        if let Some(pem) = &self.tls_ca {
+            http = http.tls_built_in_root_certs(false);
+            for root in tls::root_certificates(pem)? {
+                http = http.add_root_certificate(root);
+            }
+        }
+        if let Some((chain, key)) = &self.tls_identity {
+            http = http.identity(tls::identity(chain, key)?);
+        }
+        let http = http.build().map_err(|source| Error::Transport {
+            endpoint: endpoints.join(","),
+            source,
+        })?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 endpoints,
+                scheme,
                 preferred: AtomicUsize::new(0),
                 auth: self.auth,
                 timeout: self.timeout,
@@ -293,18 +396,19 @@ impl ClientBuilder {
     }
 }
 
-/// Accepts `host:port` or `http://host:port` (a trailing `/` is dropped) and returns
-/// `host:port`.
-fn normalize_endpoint(endpoint: &str) -> Result<String> {
+/// Accepts `host:port`, `http://host:port` or `https://host:port` (a trailing `/` is
+/// dropped) and returns the scheme it named, if any, and `host:port`.
+fn normalize_endpoint(endpoint: &str) -> Result<(Option<Scheme>, String)> {
     let invalid = |reason| Error::InvalidEndpoint {
         endpoint: endpoint.to_owned(),
         reason,
     };
     let trimmed = endpoint.trim();
-    let rest = match trimmed.split_once("://") {
-        None => trimmed,
-        Some(("http", rest)) => rest,
-        Some(_) => return Err(invalid("only http:// is supported")),
+    let (scheme, rest) = match trimmed.split_once("://") {
+        None => (None, trimmed),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Some(Scheme::Http), rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Some(Scheme::Https), rest),
+        Some(_) => return Err(invalid("only http:// and https:// are supported")),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
@@ -315,14 +419,62 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
     }
     match rest.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(rest.to_owned())
+            Ok((scheme, rest.to_owned()))
         }
         _ => Err(invalid("expected host:port")),
     }
 }
 
+/// The one scheme of a client's endpoints (`given` as the caller wrote them, `parsed` by
+/// [`normalize_endpoint`]); see [`ClientBuilder::build`].
+fn one_scheme(
+    given: &[String],
+    parsed: &[(Option<Scheme>, String)],
+    tls_options: bool,
+) -> Result<Scheme> {
+    let invalid = |which: usize, reason| Error::InvalidEndpoint {
+        endpoint: given.get(which).cloned().unwrap_or_default(),
+        reason,
+    };
+    if parsed.is_empty() {
+        return Err(Error::NoEndpoints);
+    }
+    if tls_options {
+        if let Some(which) = parsed.iter().position(|(s, _)| *s == Some(Scheme::Http)) {
+            return Err(invalid(
+                which,
+                "http:// although a TLS option (CA or client certificate) is set: use \
+                 https:// or a bare host:port",
+            ));
+        }
+    }
+    let bare = if tls_options {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let first = parsed[0].0.unwrap_or(bare);
+    for (which, (explicit, _)) in parsed.iter().enumerate() {
+        let scheme = explicit.unwrap_or(bare);
+        if scheme == first {
+            continue;
+        }
+        let reason = if explicit.is_some() && parsed[0].0.is_some() {
+            "mixes http:// and https:// endpoints: all endpoints of a client use one scheme"
+        } else {
+            "mixes https:// with bare host:port endpoints, which are http:// when no TLS \
+             option is set: all endpoints of a client use one scheme, so write https:// \
+             on each"
+        };
+        return Err(invalid(which, reason));
+    }
+    Ok(first)
+}
+
 impl Client {
-    /// A client over `endpoints` (`host:port`, plain HTTP) with the default timeout.
+    /// A client over `endpoints` (`host:port` or `http://host:port` for plain HTTP,
+    /// `https://host:port` for TLS with the built-in roots) with the default timeout.
+    /// For a private CA or a client certificate, see [`Client::builder`].
     pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Self> {
         Self::builder(endpoints).build()
     }
@@ -334,12 +486,20 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             auth: None,
             discovery: discovery::DiscoveryConfig::default(),
+            tls_ca: None,
+            tls_identity: None,
         }
     }
 
-    /// The registry servers this client talks to, as `host:port`.
+    /// The registry servers this client talks to, as `host:port` (without the scheme:
+    /// see [`uses_tls`](Self::uses_tls)).
     pub fn servers(&self) -> &[String] {
         &self.inner.endpoints
+    }
+
+    /// `true` when the client reaches its servers over TLS (`https://`).
+    pub fn uses_tls(&self) -> bool {
+        self.inner.scheme == Scheme::Https
     }
 
     /// Grants a lease that lives `ttl` unless kept alive (`POST /v1/leases`). The server
@@ -519,7 +679,7 @@ impl Client {
         timeout: Option<Duration>,
         auth: Option<&(HeaderName, HeaderValue)>,
     ) -> Result<Response<T>, Failure> {
-        let url = format!("http://{endpoint}{path}");
+        let url = self.inner.url(endpoint, path);
         let mut request = self.inner.http.request(method, url);
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
@@ -594,3 +754,7 @@ impl Failure {
 mod auth_test;
 #[cfg(test)]
 mod failover_test;
+#[cfg(test)]
+mod tls_test;
+#[cfg(test)]
+mod tls_test_support;

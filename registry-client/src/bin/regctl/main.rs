@@ -5,6 +5,11 @@
 //! On a registry with ACLs on, every request carries the token given with `--token` or
 //! in `REGISTRY_TOKEN` (as `Authorization: Bearer`).
 //!
+//! Over TLS: `--endpoints https://...`, or bare `host:port` endpoints with `--cacert`
+//! (the registry's CA, trusted instead of the built-in roots) and/or `--cert` and
+//! `--key` (a client certificate for servers that require one); each also from the
+//! environment (`REGISTRY_CACERT`, `REGISTRY_CERT`, `REGISTRY_KEY`).
+//!
 //! Output is short text by default and the API's JSON with `--json`. Errors are one line
 //! on stderr, `regctl: <message>`; the exit codes are listed in [`EXIT_CODES`].
 
@@ -15,11 +20,12 @@ mod coordination;
 mod output;
 mod supervise;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api_spec::acl::TOKEN_ENV;
 use clap::{Parser, Subcommand};
-use registry_client::Client;
+use registry_client::{Client, ClientBuilder, TlsInput};
 
 use crate::output::Failure;
 
@@ -29,7 +35,9 @@ Exit codes:
   0    success
   1    an error (the registry refused, could not be reached, nothing matched), or a
        lock or leadership not obtained within --wait
-  2    wrong usage
+  2    wrong usage, or a setting regctl cannot use (an --endpoints entry that is not
+       host:port, a --cacert, --cert or --key file it cannot read or that holds no
+       usable certificate or key)
   75   `lock`/`elect`: the lock or leadership was lost; the command was stopped
   N    `lock`/`elect` with a command: the command's own exit code (128+S if it was
        killed by signal S); 127 if it could not be started
@@ -37,6 +45,9 @@ Exit codes:
 
 /// Exit code for any failure that is not more specific.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for wrong usage, as clap exits with, and for settings that cannot be used
+/// (bad endpoints, unreadable or invalid TLS files), found before anything is sent.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code when a held lock or leadership was lost (EX_TEMPFAIL: trying again later
 /// may well work).
 pub const EXIT_LOST: u8 = 75;
@@ -49,8 +60,9 @@ pub const EXIT_LOST: u8 = 75;
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// Registry servers, comma separated `host:port`; any one will do, the next is tried
-    /// when one fails.
+    /// Registry servers, comma separated `host:port` (or `http://host:port`,
+    /// `https://host:port`; all with one scheme); any one will do, the next is tried when
+    /// one fails. Bare `host:port` is https with --cacert or --cert, http otherwise.
     #[arg(
         long,
         global = true,
@@ -79,6 +91,32 @@ struct Cli {
         value_name = "SECRET"
     )]
     token: Option<Secret>,
+
+    /// CA certificates (PEM) that sign the servers' certificates; only these are trusted
+    /// then, not the built-in roots.
+    #[arg(long, global = true, env = "REGISTRY_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM: the certificate, then any intermediates) for servers that
+    /// require one; needs --key.
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+
+    /// Private key (PEM, unencrypted) of --cert; needs --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -166,11 +204,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
-    let mut client = Client::builder(cli.endpoints).timeout(cli.timeout);
-    if let Some(Secret(secret)) = cli.token {
+    let mut client = Client::builder(&cli.endpoints).timeout(cli.timeout);
+    if let Some(Secret(secret)) = &cli.token {
         client = client.token(secret);
     }
-    let client = client.build()?;
+    let client = tls(client, &cli)?
+        .build()
+        .map_err(|e| build_failure(&e, &cli))?;
     let context = Context {
         client,
         json: cli.json,
@@ -182,6 +222,66 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         .build()
         .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(dispatch(context, cli.command))
+}
+
+/// The builder with the TLS files of `--cacert`, `--cert` and `--key`, read here.
+fn tls(mut client: ClientBuilder, cli: &Cli) -> Result<ClientBuilder, Failure> {
+    if let Some(path) = &cli.cacert {
+        client = client.tls_ca_pem(read_file("--cacert", path)?);
+    }
+    match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => {
+            client = client.tls_identity_pem(read_file("--cert", cert)?, read_file("--key", key)?);
+        }
+        (None, None) => {}
+        // clap already refuses one without the other.
+        _ => {
+            return Err(Failure::with_code(
+                EXIT_USAGE,
+                "--cert and --key go together",
+            ))
+        }
+    }
+    Ok(client)
+}
+
+/// The contents of the file `flag` names, or a one-line usage failure naming both.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| {
+        Failure::with_code(
+            EXIT_USAGE,
+            format!("cannot read {flag} {}: {}", path.display(), io_reason(&e)),
+        )
+    })
+}
+
+/// An I/O error's text without the ` (os error N)` the system's message ends with.
+fn io_reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// Why the client could not be built, as a usage failure: a TLS input names its flag
+/// and file.
+fn build_failure(error: &registry_client::Error, cli: &Cli) -> Failure {
+    let message = match error {
+        registry_client::Error::InvalidTls { input, reason } => {
+            let (flag, path) = match input {
+                TlsInput::CaCertificates => ("--cacert", &cli.cacert),
+                TlsInput::ClientCertificate => ("--cert", &cli.cert),
+                TlsInput::ClientKey => ("--key", &cli.key),
+            };
+            match path {
+                Some(path) => format!("{flag} {}: {reason}", path.display()),
+                None => format!("{flag}: {reason}"),
+            }
+        }
+        other => output::describe(other),
+    };
+    Failure::with_code(EXIT_USAGE, message)
 }
 
 async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
@@ -200,6 +300,11 @@ async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
         Command::Acl(command) => acl::acl(&cx, command).await,
     }
 }
+
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tls_test_support.rs"]
+mod tls_test_support;
 
 #[cfg(test)]
 mod tests {
@@ -345,6 +450,231 @@ mod tests {
             let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_files_come_from_their_flags_and_cert_and_key_go_together() {
+        let cli = parse(&[
+            "--endpoints",
+            "https://a:1,https://b:2",
+            "--cacert",
+            "/etc/registry/ca.pem",
+            "--cert",
+            "me.pem",
+            "--key",
+            "me.key",
+            "services",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.endpoints, ["https://a:1", "https://b:2"]);
+        assert_eq!(
+            cli.cacert.as_deref(),
+            Some(Path::new("/etc/registry/ca.pem"))
+        );
+        assert_eq!(cli.cert.as_deref(), Some(Path::new("me.pem")));
+        assert_eq!(cli.key.as_deref(), Some(Path::new("me.key")));
+
+        // Global: after the subcommand too.
+        let cli = parse(&[
+            "lease",
+            "get",
+            "6f1e1c1e-0000-4000-8000-000000000001",
+            "--cacert",
+            "ca.pem",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.cacert.as_deref(), Some(Path::new("ca.pem")));
+        assert!(cli.cert.is_none() && cli.key.is_none());
+
+        for bad in [
+            &["--cert", "me.pem", "services"][..],
+            &["--key", "me.key", "services"],
+            &["services", "--cert", "me.pem"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should be refused"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{bad:?}: {err}"
+            );
+        }
+
+        // The environment variables (the binary's tests set them: only in a child's
+        // environment, which no other test shares).
+        let command = Cli::command();
+        for (id, env) in [
+            ("cacert", "REGISTRY_CACERT"),
+            ("cert", "REGISTRY_CERT"),
+            ("key", "REGISTRY_KEY"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .expect("the argument");
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(env)), "{id}");
+            assert!(arg.is_global_set(), "{id}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_tls_file_is_one_usage_line_naming_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("ca.pem");
+        let failure = read_file("--cacert", &missing).expect_err("no such file");
+        assert_eq!(failure.code(), EXIT_USAGE);
+        assert_eq!(
+            failure.message(),
+            Some(
+                format!(
+                    "cannot read --cacert {}: No such file or directory",
+                    missing.display()
+                )
+                .as_str()
+            )
+        );
+
+        // Found before anything is sent (nothing listens on port 1).
+        let path = missing.to_string_lossy().into_owned();
+        let cli = parse(&["--endpoints", "127.0.0.1:1", "--cacert", &path, "services"])
+            .expect("valid command line");
+        let failure = run(cli).expect_err("an unreadable --cacert");
+        assert_eq!(failure.code(), EXIT_USAGE);
+        assert_eq!(
+            failure.message(),
+            Some(format!("cannot read --cacert {path}: No such file or directory").as_str())
+        );
+
+        let key = dir.path().to_string_lossy().into_owned();
+        let cli = parse(&["--cert", &path, "--key", &key, "services"]).expect("valid");
+        let failure = run(cli).expect_err("an unreadable --cert");
+        assert_eq!(
+            failure.message(),
+            Some(format!("cannot read --cert {path}: No such file or directory").as_str())
+        );
+    }
+
+    #[test]
+    fn a_tls_file_without_a_certificate_or_key_is_a_usage_line_naming_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = tls_test_support::Ca::new("registry test CA");
+        let me = ca.client("regctl");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("written");
+            path.to_string_lossy().into_owned()
+        };
+        let garbage = file("garbage.pem", "not PEM at all");
+        let cert = file("me.pem", &me.cert_pem);
+        let key = file("me.key", &me.key_pem);
+
+        let cli = parse(&["--cacert", &garbage, "services"]).expect("valid");
+        let failure = run(cli).expect_err("no certificate");
+        assert_eq!(failure.code(), EXIT_USAGE);
+        let message = failure.message().expect("a message");
+        assert!(
+            message.starts_with(&format!("--cacert {garbage}: no certificate found")),
+            "{message}"
+        );
+
+        let cli = parse(&["--cert", &cert, "--key", &cert, "services"]).expect("valid");
+        let message = run(cli).expect_err("no key").message().map(str::to_owned);
+        let message = message.expect("a message");
+        assert!(
+            message.starts_with(&format!("--key {cert}: no private key found")),
+            "{message}"
+        );
+
+        // The mixed schemes of --endpoints are a usage error too.
+        let cli = parse(&["--endpoints", "https://a:1,http://b:2", "services"]).expect("valid");
+        let failure = run(cli).expect_err("mixed schemes");
+        assert_eq!(failure.code(), EXIT_USAGE);
+        assert!(
+            failure
+                .message()
+                .is_some_and(|m| m.contains("mixes http:// and https://")),
+            "{:?}",
+            failure.message()
+        );
+
+        // And a good pair builds (then fails to connect: nothing listens on port 1).
+        let cli = parse(&[
+            "--endpoints",
+            "127.0.0.1:1",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "services",
+        ])
+        .expect("valid");
+        let failure = run(cli).expect_err("nobody listens");
+        assert_eq!(failure.code(), EXIT_FAILURE);
+        assert!(
+            failure
+                .message()
+                .is_some_and(|m| m.starts_with("cannot connect to 127.0.0.1:1")),
+            "{:?}",
+            failure.message()
+        );
+    }
+
+    #[test]
+    fn over_tls_with_the_ca_and_a_client_certificate() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = tls_test_support::Ca::new("registry test CA");
+        let me = ca.client("regctl");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("written");
+            path.to_string_lossy().into_owned()
+        };
+        let (cacert, cert, key) = (
+            write("ca.pem", &ca.cert_pem),
+            write("me.pem", &me.cert_pem),
+            write("me.key", &me.key_pem),
+        );
+        // The server runs on a runtime of its own; run() builds regctl's.
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let server = runtime.block_on(tls_test_support::TlsServer::start(
+            &ca.server(&["127.0.0.1"]),
+            Some(&ca.cert_pem),
+            r#"{"services":[]}"#,
+        ));
+        let endpoint = format!("https://{}", server.addr);
+
+        let cli = parse(&[
+            "--endpoints",
+            &endpoint,
+            "--cacert",
+            &cacert,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "services",
+        ])
+        .expect("valid command line");
+        assert_eq!(run(cli).expect("services over mutual TLS"), 0);
+        let seen = runtime.block_on(server.next_handshake());
+        assert_eq!(seen.client_cert.as_deref(), Some(me.der.as_slice()));
+        assert_eq!(seen.request.as_deref(), Some("GET /v1/services"));
+
+        // Without the client certificate the server refuses: one line that says TLS.
+        let cli = parse(&["--endpoints", &endpoint, "--cacert", &cacert, "services"])
+            .expect("valid command line");
+        let failure = run(cli).expect_err("no client certificate");
+        assert_eq!(failure.code(), EXIT_FAILURE);
+        let message = failure.message().expect("a message");
+        assert_eq!(
+            message,
+            format!(
+                "TLS with {} failed: received fatal alert: CertificateRequired (see \
+                 --cacert, --cert, --key)",
+                server.addr
+            )
+        );
+        drop(server);
     }
 
     #[test]

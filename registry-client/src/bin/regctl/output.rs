@@ -35,6 +35,18 @@ impl Failure {
         }
     }
 
+    /// The message, for tests.
+    #[cfg(test)]
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// The exit code, for tests.
+    #[cfg(test)]
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+
     /// Prints the message (if any) and returns the exit code.
     pub fn report(self) -> u8 {
         if let Some(message) = self.message {
@@ -80,20 +92,35 @@ pub fn describe(error: &registry_client::Error) -> String {
         registry_client::Error::InvalidHeader { reason, .. } => {
             format!("cannot send the token (--token or REGISTRY_TOKEN): {reason}")
         }
+        registry_client::Error::Transport { endpoint, source } if error.is_tls() => {
+            // The innermost cause is rustls' reason (an unknown issuer, a name the
+            // certificate is not for, the server's alert).
+            format!(
+                "TLS with {endpoint} failed: {} (see --cacert, --cert, --key)",
+                innermost(source)
+            )
+        }
         registry_client::Error::Transport { endpoint, source } if source.is_timeout() => {
             format!("request to {endpoint} timed out")
         }
         registry_client::Error::Transport { endpoint, source } if source.is_connect() => {
             // The innermost cause says why (refused, unreachable, no such host); the
             // layers above it only repeat the URL.
-            let mut cause: &(dyn std::error::Error + 'static) = source;
-            while let Some(inner) = cause.source() {
-                cause = inner;
-            }
-            format!("cannot connect to {endpoint}: {cause}")
+            format!("cannot connect to {endpoint}: {}", innermost(source))
         }
         other => chain(other),
     }
+}
+
+/// The last of an error's sources (the error itself if it has none).
+fn innermost<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause
 }
 
 /// `error` and its sources joined with `: `, skipping a source whose text its parent

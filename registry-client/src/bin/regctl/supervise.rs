@@ -141,7 +141,7 @@ impl Job {
     pub fn spawn(command: &[String], env: &[(&str, String)]) -> Result<Job, Failure> {
         let (program, args) = command
             .split_first()
-            .ok_or_else(|| Failure::with_code(2, "no command given"))?;
+            .ok_or_else(|| Failure::with_code(crate::EXIT_USAGE, "no command given"))?;
         let mut builder = tokio::process::Command::new(program);
         builder.args(args).process_group(0);
         for (name, value) in env {
