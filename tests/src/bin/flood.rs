@@ -135,7 +135,7 @@ async fn blocking_flood(addr: String, stop: Arc<AtomicBool>, outcomes: Arc<Outco
                 .ok()
         })
         .unwrap_or(1);
-    let url = format!("http://{addr}/v1/services/flood-watch?index={index}&wait=20s");
+    let url = format!("http://{addr}/v1/services/flood-watch?index={index}&wait=5s");
     let tasks: Vec<_> = (0..5000)
         .map(|_| {
             let (url, stop, outcomes) = (url.clone(), stop.clone(), outcomes.clone());
@@ -300,9 +300,30 @@ async fn main() -> Result<()> {
         beats.reset();
         let running = tokio::spawn(flood(addr.clone(), stop.clone(), outcomes.clone()));
         let mut peak_rss = 0;
+        let mut peak = api_spec::NodeLimits::default();
+        let probe = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(seconds) {
             peak_rss = peak_rss.max(rss_kb(pid, "VmRSS:"));
+            let limits = async {
+                let status: api_spec::ClusterStatus = probe
+                    .get(format!("http://{addr}/v1/cluster"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok::<_, reqwest::Error>(status.limits)
+            };
+            if let Ok(l) = limits.await {
+                peak.connections = peak.connections.max(l.connections);
+                peak.blocking_queries = peak.blocking_queries.max(l.blocking_queries);
+                peak.queued_writes = peak.queued_writes.max(l.queued_writes);
+                peak.max_connections = l.max_connections;
+                peak.max_blocking_queries = l.max_blocking_queries;
+                peak.max_queued_writes = l.max_queued_writes;
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let (ok, failed, p99) = beats.reset();
@@ -343,6 +364,15 @@ async fn main() -> Result<()> {
             peak_rss / 1024
         );
         println!("  flood answers: {}", outcomes.take());
+        println!(
+            "  leader's peaks: {} connections (of {}), {} blocking queries (of {}), {} queued writes (of {})",
+            peak.connections,
+            peak.max_connections,
+            peak.blocking_queries,
+            peak.max_blocking_queries,
+            peak.queued_writes,
+            peak.max_queued_writes
+        );
         println!(
             "  back to normal: {}",
             recovered.map_or("not within 10 s".to_owned(), |d| format!(
