@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -p registry-server -p tests --bin flood
+# Two builds: `--bin flood` on both packages would skip the server's own binary.
+cargo build --release -p registry-server
+cargo build --release -p tests --bin flood
 REGISTRY_SERVER_BIN="$CARGO_TARGET_DIR/release/registry-server" \
   exec "$CARGO_TARGET_DIR/release/flood" "${1:-30}"

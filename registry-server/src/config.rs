@@ -23,10 +23,18 @@ pub struct Config {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Address other servers and clients use to reach this one, host:port. Default: the
-    /// address actually listened on. Required when listening on 0.0.0.0 or [::].
+    /// Address other servers and clients use to reach this one, host:port: this
+    /// server's member address. Default: the address actually listened on (the peer
+    /// listener's with --peer-listen). Required when listening on 0.0.0.0 or [::].
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
+
+    /// Serve node-to-node traffic (Raft, forwarded writes, joins) on this address of its
+    /// own, so that client floods cannot starve it; --listen then serves only the public
+    /// API. The member address (what --bootstrap lists and --join names) is then this
+    /// one. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
 
     /// Directory for the Raft log (RocksDB) and snapshots. Created if missing.
     #[arg(long, value_name = "DIR", default_value = "./data")]
@@ -319,6 +327,9 @@ impl Config {
         if let Some(advertise) = &self.advertise {
             check_addr(advertise).map_err(|e| format!("--advertise: {e}"))?;
         }
+        if let Some(peer) = &self.peer_listen {
+            check_addr(peer).map_err(|e| format!("--peer-listen: {e}"))?;
+        }
         if let Some(secret) = &self.acl_bootstrap_token {
             api_spec::rules::secret(secret).map_err(|e| {
                 format!("--acl-bootstrap-token (REGISTRY_ACL_BOOTSTRAP_TOKEN): {e}")
@@ -336,10 +347,14 @@ impl Config {
         Ok(())
     }
 
-    /// The address to bind.
+    /// The address to bind for clients (and peers, without --peer-listen).
     pub fn listen_addr(&self) -> String {
         if let Some(listen) = &self.listen {
             return listen.clone();
+        }
+        if self.peer_listen.is_some() {
+            // The --bootstrap entries are member (peer) addresses then.
+            return DEFAULT_LISTEN.to_owned();
         }
         match &self.bootstrap {
             Some(Bootstrap(members)) => members.get(&self.node_id).cloned(),
@@ -560,6 +575,19 @@ mod tests {
         assert!(secret
             .require_peer_auth("127.0.0.1:1", std::iter::empty())
             .is_ok());
+    }
+
+    #[test]
+    fn with_a_peer_listener_the_bootstrap_entries_are_peer_addresses() {
+        let c = parse(&[
+            "--bootstrap",
+            "1=127.0.0.1:7501,2=127.0.0.1:7502",
+            "--peer-listen",
+            "127.0.0.1:7501",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_addr(), DEFAULT_LISTEN);
+        assert!(parse(&["--peer-listen", "nope"]).is_err());
     }
 
     #[test]

@@ -39,7 +39,21 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
-    let advertise = config.advertise_addr(bound).map_err(|e| anyhow!(e))?;
+    let peer_listener = match &config.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --peer-listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let member_bound = match &peer_listener {
+        Some(peer) => peer.local_addr()?,
+        None => bound,
+    };
+    let advertise = config
+        .advertise_addr(member_bound)
+        .map_err(|e| anyhow!(e))?;
 
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
@@ -137,22 +151,51 @@ pub async fn run(
     tracing::info!(
         node_id = config.node_id,
         listen = %bound,
+        peer_listen = ?peer_listener.as_ref().and_then(|l| l.local_addr().ok()),
         advertise = %advertise,
         data_dir = %data_dir.display(),
         "registry-server listening on {bound}"
     );
-    let router = crate::http::router(
-        app.clone(),
-        config.cluster_secret.clone(),
-        usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
-    );
+    let max_message = usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX);
     let limits = ListenerConfig {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         header_timeout: config.http_header_timeout,
         idle_timeout: config.http_idle_timeout,
         drain_timeout: DRAIN_TIMEOUT,
     };
-    crate::listener::serve(listener, router, limits, connections, shutdown).await;
+    match peer_listener {
+        None => {
+            let router =
+                crate::http::router(app.clone(), config.cluster_secret.clone(), max_message);
+            crate::listener::serve(listener, router, limits, connections, shutdown).await;
+        }
+        Some(peer_listener) => {
+            // One shutdown signal for both listeners.
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            });
+            let signal = |mut rx: watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            let public = crate::listener::serve(
+                listener,
+                crate::http::public_router(app.clone()),
+                limits,
+                connections,
+                signal(stopped.clone()),
+            );
+            let peers = crate::listener::serve(
+                peer_listener,
+                crate::http::peer_router(app.clone(), config.cluster_secret.clone(), max_message),
+                limits,
+                ConnectionCount::default(),
+                signal(stopped),
+            );
+            tokio::join!(public, peers);
+        }
+    }
 
     let _ = stop_tasks.send(true);
     let _ = expiry.await;

@@ -212,6 +212,10 @@ pub struct NodeSetup {
     /// leads first (they must be a minority). At a fresh start every node stands for
     /// election at once, whatever its timeout, and the last one up tends to win.
     pub late: Vec<u64>,
+    /// Peer listeners (`--peer-listen 127.0.0.1:PORT`) by node: when given, `--bootstrap`
+    /// lists these as the member addresses, and the ports passed to `start_with` serve
+    /// clients only.
+    pub peer_ports: BTreeMap<u64, u16>,
 }
 
 /// A set of `registry-server` processes on loopback, each in its own data dir.
@@ -297,14 +301,26 @@ impl Cluster {
         setup: &NodeSetup,
     ) -> Result<Cluster> {
         let mut cluster = Cluster::empty(extra_args)?;
-        let bootstrap = ports
+        let members = if setup.peer_ports.is_empty() {
+            ports
+        } else {
+            &setup.peer_ports
+        };
+        let bootstrap = members
             .iter()
             .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",");
         for (&id, &port) in ports {
             let id_flag = id.to_string();
+            let peer = setup
+                .peer_ports
+                .get(&id)
+                .map(|port| format!("127.0.0.1:{port}"));
             let mut own: Vec<&str> = vec!["--node-id", &id_flag, "--bootstrap", &bootstrap];
+            if let Some(peer) = &peer {
+                own.extend(["--peer-listen", peer.as_str()]);
+            }
             if let Some(more) = setup.args.get(&id) {
                 own.extend(more.iter().map(String::as_str));
             }

@@ -339,3 +339,87 @@ async fn writes_beyond_the_queue_are_refused_with_503_overloaded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn with_a_peer_listener_a_full_client_port_does_not_touch_raft() {
+    raise_open_file_limit();
+    let ports = tests::free_ports(6).expect("free ports");
+    let (clients, peers): (Vec<_>, Vec<_>) = ports
+        .values()
+        .copied()
+        .enumerate()
+        .partition(|(i, _)| *i < 3);
+    let clients: std::collections::BTreeMap<u64, u16> = clients
+        .into_iter()
+        .map(|(i, p)| (i as u64 + 1, p))
+        .collect();
+    let peer_ports: std::collections::BTreeMap<u64, u16> =
+        peers.into_iter().map(|(i, p)| (i as u64 - 2, p)).collect();
+    let setup = tests::NodeSetup {
+        peer_ports: peer_ports.clone(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(&clients, &["--max-connections", "64"], &setup)
+        .await
+        .expect("start the cluster");
+    must_pass(async {
+        let leader = cluster.leader_id().await?;
+        let follower = cluster
+            .ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .context("a follower")?;
+        let status = cluster.status(follower).await?;
+        let term = status.term;
+        // Members are known by their peer addresses.
+        for member in &status.members {
+            let peer = peer_ports.get(&member.id).context("a peer port")?;
+            ensure!(member.addr == format!("127.0.0.1:{peer}"), "{member:?}");
+        }
+        // Fill the leader's client port to its cap, and then some.
+        let leader_addr = cluster.addr(leader);
+        let mut held = Vec::new();
+        for _ in 0..80 {
+            held.push(TcpStream::connect(&leader_addr).await?);
+        }
+        let mut probe = TcpStream::connect(&leader_addr).await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), probe.read_to_end(&mut answer)).await;
+        ensure!(
+            answer.starts_with(b"HTTP/1.1 503"),
+            "the full client port answered {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        // Writes through a follower reach the leader over the peer listener meanwhile.
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        for i in 0..20 {
+            let answer = http
+                .put(format!(
+                    "http://{}/v1/services/peer-ok/instances/i{i}",
+                    cluster.addr(follower)
+                ))
+                .json(&serde_json::json!({"address": "127.0.0.1", "port": 1, "ttl": "1h"}))
+                .send()
+                .await?;
+            ensure!(
+                answer.status().is_success(),
+                "write {i} through the follower: {}",
+                answer.status()
+            );
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "writes took {:?}",
+            started.elapsed()
+        );
+        let after = cluster.status(follower).await?;
+        ensure!(
+            after.term == term && after.leader == Some(leader),
+            "leadership moved while the client port was full: {after:?}"
+        );
+        drop(held);
+        Ok(())
+    })
+    .await;
+}

@@ -223,12 +223,31 @@ pub fn public_routes() -> Vec<(Method, &'static str, Auth)> {
         .collect()
 }
 
-/// Builds the whole router. With a `cluster_secret`, internal routes answer 401 to
-/// requests that do not carry it; internal bodies over `max_message` bytes (a batch of
-/// log entries, a snapshot chunk) are refused with 413.
+/// Builds the whole router: the public API and the internal routes on one listener.
+/// With a `cluster_secret`, internal routes answer 401 to requests that do not carry it;
+/// internal bodies over `max_message` bytes (a batch of log entries, a snapshot chunk)
+/// are refused with 413.
 pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> Router {
+    finish(
+        public_routes_of(&app).merge(internal_routes(cluster_secret, max_message)),
+        app,
+    )
+}
+
+/// The public API alone, for a client listener when peers have their own
+/// (`--peer-listen`).
+pub fn public_router(app: App) -> Router {
+    finish(public_routes_of(&app), app)
+}
+
+/// The internal routes alone, for the peer listener (`--peer-listen`).
+pub fn peer_router(app: App, cluster_secret: Option<String>, max_message: usize) -> Router {
+    finish(internal_routes(cluster_secret, max_message), app)
+}
+
+fn public_routes_of(app: &App) -> Router<App> {
     // `route` merges the method routers of a path given more than once.
-    let public = public_table()
+    public_table()
         .into_iter()
         .fold(Router::new(), |router, (_, path, handler, auth)| {
             let handler = match auth {
@@ -244,8 +263,11 @@ pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> R
             };
             router.route(path, handler)
         })
-        .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT));
-    let internal = Router::new()
+        .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
+}
+
+fn internal_routes(cluster_secret: Option<String>, max_message: usize) -> Router<App> {
+    Router::new()
         .route(paths::APPEND, post(internal::append))
         .route(paths::VOTE, post(internal::vote))
         .route(paths::SNAPSHOT, post(internal::snapshot))
@@ -254,9 +276,11 @@ pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> R
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(cluster_secret),
             internal::check_secret,
-        ));
-    public
-        .merge(internal)
+        ))
+}
+
+fn finish(routes: Router<App>, app: App) -> Router {
+    routes
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::map_response_with_state(
