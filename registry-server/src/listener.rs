@@ -38,10 +38,25 @@ Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent
 /// How long writing [`OVER_CAPACITY`] may take.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
+/// Connections kept for peers on a listener that serves clients too: once clients hold
+/// `max_connections`, up to this many more are accepted for node-to-node calls only.
+pub const PEER_RESERVE: usize = 64;
+
+/// Header and idle timeout of a connection of the peer reserve: peers keep theirs busy,
+/// so one that sits is someone else's, and goes soon.
+const RESERVE_IDLE: Duration = Duration::from_secs(2);
+
+/// The answer to a request other than a peer's on a connection of the peer reserve.
+const RESERVED_FOR_PEERS: &str = "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections to this server; retry shortly\"}}";
+
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerConfig {
     pub max_connections: usize,
+    /// Connections beyond `max_connections` that only node-to-node calls
+    /// (`/internal/...`) may use ([`PEER_RESERVE`] on a shared listener, 0 on a listener
+    /// of clients or peers alone).
+    pub peer_reserve: usize,
     /// A request's head must be complete this long after its first byte.
     pub header_timeout: Duration,
     /// A connection without a request in flight is closed after this long without bytes.
@@ -69,6 +84,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let reserve = Arc::new(Semaphore::new(config.peer_reserve));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -86,9 +102,15 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(tcp);
-            continue;
+        let (permit, peers_only) = match permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match reserve.clone().try_acquire_owned() {
+                Ok(permit) => (permit, true),
+                Err(_) => {
+                    refuse(tcp);
+                    continue;
+                }
+            },
         };
         let state = Arc::new(ConnState::new());
         let io = TokioIo::new(Tracked {
@@ -102,7 +124,11 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let in_flight = InFlight::start(state.clone());
                 let router = router.clone();
+                let refused = peers_only && !request.uri().path().starts_with("/internal/");
                 async move {
+                    if refused {
+                        return Ok(reserved_for_peers());
+                    }
                     let response = router.oneshot(request.map(axum::body::Body::new)).await;
                     drop(in_flight);
                     response
@@ -114,6 +140,15 @@ pub async fn serve(
             .header_read_timeout(None)
             .keep_alive(true);
         let connection = graceful.watch(http.serve_connection(io, service));
+        let config = if peers_only {
+            ListenerConfig {
+                header_timeout: config.header_timeout.min(RESERVE_IDLE),
+                idle_timeout: config.idle_timeout.min(RESERVE_IDLE),
+                ..config
+            }
+        } else {
+            config
+        };
         let open = open.clone();
         open.0.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -142,6 +177,27 @@ pub async fn serve(
             config.drain_timeout
         );
     }
+}
+
+/// The 503 a client's request gets on a connection of the peer reserve (and the
+/// connection is closed after it).
+fn reserved_for_peers() -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(RESERVED_FOR_PEERS));
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Answers a connection over the cap with a 503 and closes it, without waiting for it.

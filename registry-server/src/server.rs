@@ -159,6 +159,7 @@ pub async fn run(
     let max_message = usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX);
     let limits = ListenerConfig {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        peer_reserve: 0,
         header_timeout: config.http_header_timeout,
         idle_timeout: config.http_idle_timeout,
         drain_timeout: DRAIN_TIMEOUT,
@@ -167,7 +168,12 @@ pub async fn run(
         None => {
             let router =
                 crate::http::router(app.clone(), config.cluster_secret.clone(), max_message);
-            crate::listener::serve(listener, router, limits, connections, shutdown).await;
+            // Clients and peers share this listener: keep some connections for peers.
+            let shared = ListenerConfig {
+                peer_reserve: crate::listener::PEER_RESERVE,
+                ..limits
+            };
+            crate::listener::serve(listener, router, shared, connections, shutdown).await;
         }
         Some(peer_listener) => {
             // One shutdown signal for both listeners.

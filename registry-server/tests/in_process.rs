@@ -136,3 +136,39 @@ async fn a_data_dir_is_refused_to_another_node_id() {
         "unexpected error: {error:#}"
     );
 }
+
+/// Sends `request` on a new connection and returns the status line of the answer.
+async fn status_line(addr: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shared_listener_keeps_a_reserve_for_peers() {
+    let server = start(&["--max-connections", "16"]).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // The probe client of `start` may hold a pooled connection; fill the rest.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A client request on a connection of the reserve is refused...
+    let client = status_line(&addr, "GET /v1/services HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(client.starts_with("HTTP/1.1 503"), "{client}");
+    // ...a node-to-node call gets through to its handler (which refuses the garbage body).
+    let peer = status_line(
+        &addr,
+        "POST /internal/forward HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
+    assert!(peer.starts_with("HTTP/1.1 400"), "{peer}");
+    drop(held);
+    server.shutdown().await;
+}
