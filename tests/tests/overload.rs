@@ -98,8 +98,11 @@ where
             beats.failed.load(Ordering::Relaxed),
         );
         ensure!(ok > 0, "no heartbeat was sent");
+        // At most 1% fail; a flood of a second or two gives only some tens of beats, of
+        // which one may time out on a loaded 2-core CI machine (clients heartbeat at TTL/3,
+        // so one miss costs nothing; that no lease expires is checked below).
         ensure!(
-            failed * 100 <= ok + failed,
+            failed * 100 <= ok + failed || failed <= 1,
             "{failed} of {} heartbeats failed during the flood",
             ok + failed
         );
