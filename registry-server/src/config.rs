@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
 
+    /// The longest a request that does not wait on purpose may take; past it the client
+    /// gets 503 with Retry-After (a write may still take effect). Blocking queries,
+    /// acquires and campaigns have their own bounds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Most blocking queries this server holds at once; more are answered 429
     /// `too_many_waiters` with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]

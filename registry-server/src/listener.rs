@@ -63,6 +63,10 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// How long in-flight requests may run after shutdown begins.
     pub drain_timeout: Duration,
+    /// The longest a request that does not wait on purpose may take (blocking queries,
+    /// `?index=`, and acquires and campaigns, which may wait in line, have their own
+    /// bounds); past it the client gets 503 `unavailable` with `Retry-After`.
+    pub request_timeout: Duration,
 }
 
 /// Connections open now on a listener (for `GET /v1/cluster`).
@@ -125,11 +129,19 @@ pub async fn serve(
                 let in_flight = InFlight::start(state.clone());
                 let router = router.clone();
                 let refused = peers_only && !request.uri().path().starts_with("/internal/");
+                let bound = (!waits_on_purpose(request.uri())).then_some(config.request_timeout);
                 async move {
                     if refused {
                         return Ok(reserved_for_peers());
                     }
-                    let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                    let served = router.oneshot(request.map(axum::body::Body::new));
+                    let response = match bound {
+                        None => served.await,
+                        Some(limit) => match tokio::time::timeout(limit, served).await {
+                            Ok(response) => response,
+                            Err(_) => Ok(timed_out(limit)),
+                        },
+                    };
                     drop(in_flight);
                     response
                 }
@@ -177,6 +189,42 @@ pub async fn serve(
             config.drain_timeout
         );
     }
+}
+
+/// Whether a request may wait on purpose: a blocking query (`index=` in its query), an
+/// acquire or campaign (which may wait in line), or a node-to-node call (bounded by the
+/// caller's own timeouts: a forwarded membership change waits for a catch-up).
+fn waits_on_purpose(uri: &axum::http::Uri) -> bool {
+    let path = uri.path();
+    path.starts_with("/internal/")
+        || path.ends_with("/acquire")
+        || path.ends_with("/campaign")
+        || uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("index=")))
+}
+
+/// The answer to a request that ran past the request timeout.
+fn timed_out(limit: Duration) -> axum::response::Response {
+    let body = serde_json::json!({"error": {
+        "code": api_spec::codes::UNAVAILABLE,
+        "message": format!(
+            "the request took longer than {} (--request-timeout); a write may still take effect",
+            api_spec::format_duration(limit)
+        ),
+    }});
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// The 503 a client's request gets on a connection of the peer reserve (and the
@@ -379,7 +427,21 @@ pub fn raise_open_file_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::OVER_CAPACITY;
+    use super::{waits_on_purpose, OVER_CAPACITY};
+
+    #[test]
+    fn only_blocking_queries_waiting_requests_and_peer_calls_wait_on_purpose() {
+        let waits = |uri: &str| waits_on_purpose(&uri.parse().unwrap_or_default());
+        assert!(waits("/v1/services/web?index=7&wait=1m"));
+        assert!(waits("/v1/locks?stale&index=3"));
+        assert!(waits("/v1/locks/db/acquire"));
+        assert!(waits("/v1/elections/boss/campaign"));
+        assert!(waits("/internal/forward"));
+        assert!(!waits("/v1/services/web"));
+        assert!(!waits("/v1/services/web?reindex=1"));
+        assert!(!waits("/v1/leases"));
+        assert!(!waits("/v1/locks/db/release"));
+    }
 
     #[test]
     fn the_refusal_is_a_well_formed_503_with_a_json_error() {

@@ -163,6 +163,7 @@ pub async fn run(
         header_timeout: config.http_header_timeout,
         idle_timeout: config.http_idle_timeout,
         drain_timeout: DRAIN_TIMEOUT,
+        request_timeout: config.request_timeout,
     };
     match peer_listener {
         None => {

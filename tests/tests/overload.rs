@@ -427,3 +427,68 @@ async fn with_a_peer_listener_a_full_client_port_does_not_touch_raft() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_that_does_not_wait_on_purpose_is_bounded_by_the_request_timeout() {
+    let cluster = Cluster::start(3, &["--request-timeout", "300ms"])
+        .await
+        .expect("start the cluster");
+    must_pass(async {
+        let leader = cluster.leader_id().await?;
+        let addr = cluster.addr(leader);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        // A blocking query may wait longer than the request timeout: it waits on purpose.
+        let index = http
+            .get(format!("http://{addr}/v1/services/rt"))
+            .send()
+            .await?
+            .headers()
+            .get(api_spec::INDEX_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .context("no index header")?;
+        let started = Instant::now();
+        let blocked = http
+            .get(format!(
+                "http://{addr}/v1/services/rt?index={index}&wait=1s"
+            ))
+            .send()
+            .await?;
+        ensure!(
+            blocked.status() == 200,
+            "blocking query: {}",
+            blocked.status()
+        );
+        ensure!(
+            started.elapsed() >= Duration::from_millis(900),
+            "it did not block"
+        );
+        // A write the leader cannot commit (no quorum) is cut off at the request timeout,
+        // well before the 5 s propose timeout.
+        for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+            cluster.pause(id)?;
+        }
+        let started = Instant::now();
+        let answer = http
+            .post(format!("http://{addr}/v1/leases"))
+            .json(&serde_json::json!({"ttl": "1h"}))
+            .send()
+            .await?;
+        let elapsed = started.elapsed();
+        let retry = answer.headers().contains_key(reqwest::header::RETRY_AFTER);
+        let status = answer.status().as_u16();
+        let body = answer.text().await?;
+        for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+            cluster.resume(id)?;
+        }
+        ensure!(status == 503 && retry, "{status}: {body}");
+        ensure!(body.contains("--request-timeout"), "{body}");
+        ensure!(
+            elapsed < Duration::from_secs(3),
+            "answered after {elapsed:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
