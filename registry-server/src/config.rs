@@ -133,8 +133,10 @@ pub struct Config {
     pub http_header_timeout: Duration,
 
     /// A connection with no request in flight is closed after this long without a byte
-    /// (a blocking query in flight keeps its connection however long it waits).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// (a blocking query in flight keeps its connection however long it waits). Longer
+    /// than clients keep idle pooled connections (90s for reqwest and Go), so a client
+    /// never reuses one the server is closing.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
 
     /// The longest a request that does not wait on purpose may take; past it the client

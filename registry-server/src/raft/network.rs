@@ -98,7 +98,10 @@ impl PeerClient {
         max_message: usize,
     ) -> Self {
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Well under a peer's idle timeout (`--http-idle-timeout`, 2 s on a shared
+            // listener's peer reserve): a pooled connection is dropped here before the
+            // peer closes it, so no call is sent on a connection being closed.
+            .pool_idle_timeout(Duration::from_secs(1))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
