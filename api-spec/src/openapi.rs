@@ -214,19 +214,6 @@ impl Modify for Security {
             // No token: the anonymous rules.
             SecurityRequirement::default(),
         ];
-        let error = |description: &str| {
-            utoipa::openapi::ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    utoipa::openapi::ContentBuilder::new()
-                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                            "ErrorBody",
-                        ))))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             if OPEN_PATHS.contains(&path.as_str()) {
                 continue;
@@ -242,14 +229,14 @@ impl Modify for Security {
                 operation.security = Some(requirements.clone());
                 let responses = &mut operation.responses.responses;
                 responses.entry("401".to_owned()).or_insert_with(|| {
-                    RefOr::T(error(
+                    RefOr::T(error_response(
                         "`unauthenticated`: with ACLs on, no token was given and the anonymous \
                          rules do not allow this, or the token is not known (never made, \
                          revoked or expired).",
                     ))
                 });
                 responses.entry("403".to_owned()).or_insert_with(|| {
-                    RefOr::T(error(
+                    RefOr::T(error_response(
                         "`permission_denied`: the token's rules do not allow this; the message \
                          names the resource, name and access needed.",
                     ))
@@ -270,21 +257,11 @@ struct Limits;
 
 impl Modify for Limits {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let too_many = utoipa::openapi::ResponseBuilder::new()
-            .description(
-                "`too_many_waiters`: this server holds as many blocking queries (or waiting \
-                 lock and election requests) as it allows (`GET /v1/cluster` shows its \
-                 limits); retry after `Retry-After`, or ask another server.",
-            )
-            .content(
-                "application/json",
-                utoipa::openapi::ContentBuilder::new()
-                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                        "ErrorBody",
-                    ))))
-                    .build(),
-            )
-            .build();
+        let too_many = error_response(
+            "`too_many_waiters`: this server holds as many blocking queries (or waiting \
+             lock and election requests) as it allows (`GET /v1/cluster` shows its \
+             limits); retry after `Retry-After`, or ask another server.",
+        );
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
                 &mut item.get,
@@ -317,6 +294,22 @@ impl Modify for Limits {
             }
         }
     }
+}
+
+/// An error answer (a [`crate::ErrorBody`]) with `description`, for the modifiers that add
+/// answers to many routes.
+fn error_response(description: &str) -> Response {
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build()
 }
 
 /// The inline (not `$ref`) responses of an operation, with their status codes.

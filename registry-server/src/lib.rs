@@ -21,5 +21,6 @@ pub mod listener;
 pub mod raft;
 pub mod replicated;
 pub mod server;
+pub mod throttle;
 pub mod validate;
 pub mod watch;

@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use api_spec::codes;
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,6 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use crate::http::error::ApiError;
+use crate::throttle::Throttle;
 
 /// The answer to a connection over the cap, written before closing it.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -45,9 +51,6 @@ pub const PEER_RESERVE: usize = 64;
 /// Header and idle timeout of a connection of the peer reserve: peers keep theirs busy,
 /// so one that sits is someone else's, and goes soon.
 const RESERVE_IDLE: Duration = Duration::from_secs(2);
-
-/// The answer to a request other than a peer's on a connection of the peer reserve.
-const RESERVED_FOR_PEERS: &str = "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections to this server; retry shortly\"}}";
 
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -206,57 +209,30 @@ fn waits_on_purpose(uri: &axum::http::Uri) -> bool {
 
 /// The answer to a request that ran past the request timeout.
 fn timed_out(limit: Duration) -> axum::response::Response {
-    let body = serde_json::json!({"error": {
-        "code": api_spec::codes::UNAVAILABLE,
-        "message": format!(
-            "the request took longer than {} (--request-timeout); a write may still take effect",
-            api_spec::format_duration(limit)
-        ),
-    }});
-    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
-    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
+    let message = format!(
+        "the request took longer than {} (--request-timeout); a write may still take effect",
+        api_spec::format_duration(limit)
     );
-    headers.insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    response
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message).into_response()
 }
 
 /// The 503 a client's request gets on a connection of the peer reserve (and the
 /// connection is closed after it).
 fn reserved_for_peers() -> axum::response::Response {
-    let mut response = axum::response::Response::new(axum::body::Body::from(RESERVED_FOR_PEERS));
-    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    headers.insert(
-        axum::http::header::CONNECTION,
-        axum::http::HeaderValue::from_static("close"),
-    );
+    let message = "too many connections to this server; retry shortly";
+    let mut response =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::OVERLOADED, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
 /// Answers a connection over the cap with a 503 and closes it, without waiting for it.
 fn refuse(mut tcp: TcpStream) {
-    static LAST_WARNING: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    {
-        let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(std::time::Instant::now());
-            tracing::warn!("connection limit reached: refusing new connections with 503");
-        }
+    static WARNED: Throttle = Throttle::new();
+    if WARNED.ready() {
+        tracing::warn!("connection limit reached: refusing new connections with 503");
     }
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REFUSAL_WRITE, async {

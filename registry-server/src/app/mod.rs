@@ -90,6 +90,9 @@ struct Inner {
     bootstrap_secret: Option<String>,
     peers_authenticated: bool,
     limits: limits::Limits,
+    /// The caller without a token (everyone, with ACLs off): one shared value, so a
+    /// request that presents no token allocates nothing for it.
+    anonymous: Arc<Caller>,
 }
 
 /// The application handle, acting for one caller.
@@ -140,7 +143,7 @@ impl App {
             connections,
         } = wiring;
         let leader_time = LeaderClock::new(state.clone(), stamps);
-        let caller = Arc::new(config.authority.anonymous());
+        let anonymous = Arc::new(config.authority.anonymous());
         let proposer = Proposer::start(raft.clone(), config.proposer, leader_time.clone());
         let barrier = ReadBarrier::new(raft.clone());
         Self {
@@ -160,8 +163,9 @@ impl App {
                 bootstrap_secret: config.bootstrap_secret,
                 peers_authenticated: config.peers_authenticated,
                 limits: limits::Limits::new(config.limits, connections),
+                anonymous: anonymous.clone(),
             }),
-            caller,
+            caller: anonymous.clone(),
         }
     }
 

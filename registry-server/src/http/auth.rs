@@ -80,7 +80,7 @@ async fn authenticate_then(app: App, mut request: Request, next: Next, audited: 
         }
         _ => None,
     };
-    request.extensions_mut().insert(Arc::new(caller));
+    request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     if let Some((accessor, (method, route, name))) = audit {
         let status = response.status();

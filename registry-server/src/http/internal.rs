@@ -1,13 +1,10 @@
 //! Internal node-to-node handlers (`/internal/...`): bincode in, bincode out.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -17,9 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::app::{App, Forward};
+use crate::app::{App, AppError, Forward};
 use crate::raft::network::{BINCODE, SECRET_HEADER};
 use crate::raft::types::{NodeId, TypeConfig};
+use crate::throttle::Throttle;
 
 /// Refuses internal requests that do not carry the configured cluster secret; without
 /// one, refuses every internal request that does not come from this machine (the server
@@ -62,10 +60,8 @@ pub async fn check_secret(
 
 /// A misconfigured peer retries quickly: warn once per interval, not per request.
 fn warn_rarely(request: &Request, message: &str) {
-    static LAST_WARNING: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-        *last = Some(Instant::now());
+    static WARNED: Throttle = Throttle::new();
+    if WARNED.ready() {
         tracing::warn!(path = %request.uri().path(), "{message}");
     }
 }
@@ -141,11 +137,16 @@ pub async fn snapshot(State(app): State<App>, body: Bytes) -> Response {
     encode(&app.raft().install_snapshot(rpc).await)
 }
 
+/// A command that arrives from another node is checked against the input rules again
+/// (the node that took the request checked it, but this one cannot know that); a
+/// command proposed here came through this node's own handlers.
 pub async fn forward(State(app): State<App>, body: Bytes) -> Response {
-    handle(
-        body,
-        |op: Forward| async move { app.serve_forwarded(op).await },
-    )
+    handle(body, |op: Forward| async move {
+        if let Forward::Propose { command, .. } = &op {
+            crate::validate::command(command).map_err(|e| AppError::Invalid(e.to_string()))?;
+        }
+        app.serve_forwarded(op).await
+    })
     .await
 }
 

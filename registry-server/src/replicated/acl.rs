@@ -406,13 +406,12 @@ impl Authority {
 
     /// A caller without a token: the anonymous rules (everything with ACLs off).
     pub fn anonymous(&self) -> Caller {
+        if !self.enabled {
+            return Caller::unrestricted();
+        }
         Caller {
             principal: Principal::Anonymous,
-            rights: if self.enabled {
-                Rights::Rules(Arc::clone(&self.anonymous))
-            } else {
-                Rights::All
-            },
+            rights: Rights::Rules(Arc::clone(&self.anonymous)),
         }
     }
 
