@@ -757,4 +757,5 @@ mod failover_test;
 #[cfg(test)]
 mod tls_test;
 #[cfg(test)]
+#[allow(dead_code)]
 mod tls_test_support;

@@ -67,6 +67,21 @@ impl Ca {
         self.issue(params)
     }
 
+    /// A registry server's certificate for `names`: it serves HTTPS and is the server's
+    /// client certificate when it calls its peers, so it has both key usages.
+    pub fn member(&self, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "registry-server");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params)
+    }
+
     /// A client certificate with common name `name`.
     pub fn client(&self, name: &str) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

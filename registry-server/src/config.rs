@@ -81,6 +81,43 @@ pub struct Config {
     )]
     pub cluster_secret: Option<String>,
 
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first) on
+    /// --listen and --peer-listen, and call peers over https. It is also this server's
+    /// client certificate to its peers, so give it extendedKeyUsage serverAuth and
+    /// clientAuth and the member address's host in subjectAltName. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "REGISTRY_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM, unencrypted). Reloaded on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "REGISTRY_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) that peers' certificates are checked against, and clients' with
+    /// --tls-verify-clients. With it, a peer whose certificate names a member's host is
+    /// authenticated by it and needs no --cluster-secret. Without it, peers are checked
+    /// against the Mozilla roots.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "REGISTRY_TLS_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Mutual TLS: refuse clients that do not present a certificate signed by --tls-ca.
+    #[arg(long, env = "REGISTRY_TLS_VERIFY_CLIENTS", requires = "tls_ca")]
+    pub tls_verify_clients: bool,
+
     /// Expiry storm protection: when more than this share (0 < x ≤ 1) of a service's
     /// instances would turn critical within one --expiry-storm-window, expire them at
     /// --expiry-storm-rate instead of all at once.
@@ -387,15 +424,21 @@ impl Config {
         Ok(bound.to_string())
     }
 
+    /// Whether peers prove who they are: with the cluster secret, or with certificates
+    /// verified against `--tls-ca`.
+    pub fn peers_authenticated(&self) -> bool {
+        self.cluster_secret.is_some() || (self.tls_cert.is_some() && self.tls_ca.is_some())
+    }
+
     /// Refuses to run a cluster whose node-to-node traffic anyone on a network could
-    /// send: without a cluster secret, every member address (this server's, the
+    /// send: without a cluster secret or `--tls-ca`, every member address (this server's, the
     /// `--bootstrap` and `--join` ones, and the `stored` membership) must be loopback.
     pub fn require_peer_auth<'a>(
         &'a self,
         advertise: &'a str,
         stored: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), String> {
-        if self.cluster_secret.is_some() {
+        if self.peers_authenticated() {
             return Ok(());
         }
         let initial = self
@@ -412,8 +455,22 @@ impl Config {
             Some(addr) => Err(format!(
                 "refusing to start without a cluster secret: member address {addr} is not loopback, \
                  so anyone who can reach it could send Raft and forwarding calls; set \
-                 --cluster-secret (or REGISTRY_CLUSTER_SECRET) to the same secret on every server"
+                 --cluster-secret (or REGISTRY_CLUSTER_SECRET) to the same secret on every \
+                 server, or give every server TLS certificates and --tls-ca"
             )),
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.tls_ca.clone(),
+                verify_clients: self.tls_verify_clients,
+            }),
+            _ => None,
         }
     }
 

@@ -22,5 +22,13 @@ pub mod raft;
 pub mod replicated;
 pub mod server;
 pub mod throttle;
+pub mod tls;
 pub mod validate;
 pub mod watch;
+
+/// Certificates made at test time (a CA, members', servers' and clients'), shared with
+/// the client's TLS tests.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../registry-client/src/tls_test_support.rs"]
+mod test_certs;

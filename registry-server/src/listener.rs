@@ -1,7 +1,9 @@
 //! Accepting connections with bounds: at most `max_connections` at once (one more is
 //! answered `503` and closed), a header read timeout (a request's head must arrive within
 //! it once its first byte has), an idle timeout (a connection with no request in flight
-//! and no bytes for that long is closed), and a graceful drain on shutdown.
+//! and no bytes for that long is closed), and a graceful drain on shutdown. Over TLS the
+//! handshake is bounded by the header timeout too, and happens on the connection's own
+//! task, never in the accept loop.
 //!
 //! hyper's own `header_read_timeout` also runs while a kept-alive connection waits for its
 //! next request, so it cannot be an idle timeout and a header timeout at once; the two are
@@ -13,6 +15,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,20 +29,28 @@ use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::http::error::ApiError;
 use crate::throttle::Throttle;
+use crate::tls::PeerCertificate;
 
 /// The answer to a connection over the cap, written before closing it.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 94\r\n\r\n\
 {\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections to this server; retry shortly\"}}";
+
+/// The answer to plain HTTP sent to a TLS listener (the first byte is not a TLS record's),
+/// before closing it: without it the client would see a TLS alert as its answer.
+const PLAINTEXT_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: application/json\r\nConnection: close\r\nContent-Length: 100\r\n\r\n\
+{\"error\":{\"code\":\"invalid_argument\",\"message\":\"this server speaks HTTPS: use https:// to reach it\"}}";
 
 /// How long writing [`OVER_CAPACITY`] may take.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -83,11 +94,15 @@ impl ConnectionCount {
 }
 
 /// Serves `router` on `listener` within `config` until `shutdown` resolves, then drains.
+/// With `tls`, every connection is TLS: its handshake must complete within the header
+/// timeout, and a client certificate it verified reaches the requests as a
+/// [`PeerCertificate`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: ListenerConfig,
     open: ConnectionCount,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -114,21 +129,131 @@ pub async fn serve(
             Err(_) => match reserve.clone().try_acquire_owned() {
                 Ok(permit) => (permit, true),
                 Err(_) => {
-                    refuse(tcp);
+                    refuse(tcp, tls.clone());
                     continue;
                 }
             },
         };
-        let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(Tracked {
-            inner: tcp,
-            state: state.clone(),
+        let config = if peers_only {
+            ListenerConfig {
+                header_timeout: config.header_timeout.min(RESERVE_IDLE),
+                idle_timeout: config.idle_timeout.min(RESERVE_IDLE),
+                ..config
+            }
+        } else {
+            config
+        };
+        let connection = Connection {
+            peer,
+            peers_only,
+            config,
+            router: router.clone(),
+            state: Arc::new(ConnState::new()),
+        };
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        let open = open.clone();
+        open.0.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let io = Tracked {
+                inner: tcp,
+                state: connection.state.clone(),
+            };
+            match tls {
+                None => connection.serve(io, None, watcher).await,
+                Some(acceptor) => {
+                    let deadline = Instant::now() + config.header_timeout;
+                    if speaks_plain_http(&io.inner, deadline).await {
+                        tracing::debug!(%peer, "plain HTTP on a TLS listener: answering 400");
+                        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+                            let mut io = io;
+                            io.write_all(PLAINTEXT_ON_TLS).await?;
+                            io.shutdown().await
+                        })
+                        .await;
+                    } else {
+                        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                let certificate = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .map(|leaf| {
+                                        PeerCertificate(Arc::new(leaf.clone().into_owned()))
+                                    });
+                                connection.state.handshake_done();
+                                connection.serve(stream, certificate, watcher).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake not done within the header timeout")
+                            }
+                        }
+                    }
+                }
+            }
+            open.0.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {:?}; stopping anyway",
+            config.drain_timeout
+        );
+    }
+}
+
+/// Whether the first byte a client sent (waiting for it until `deadline`) is an ASCII
+/// letter, as in `GET`, rather than a TLS record's content type (22, a handshake).
+async fn speaks_plain_http(tcp: &TcpStream, deadline: Instant) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0].is_ascii_alphabetic()
+    )
+}
+
+/// One accepted connection, before and while it is served.
+struct Connection {
+    peer: SocketAddr,
+    /// Taken on the peer reserve: only node-to-node calls are served on it.
+    peers_only: bool,
+    config: ListenerConfig,
+    router: Router,
+    state: Arc<ConnState>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 on `io` until the connection ends, its watchdog closes it, or the
+    /// drain after shutdown ends.
+    async fn serve<I>(self, io: I, certificate: Option<PeerCertificate>, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            peers_only,
+            config,
+            router,
+            state,
+        } = self;
         let service = {
             let state = state.clone();
-            let router = router.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
                 let in_flight = InFlight::start(state.clone());
                 let router = router.clone();
                 let refused = peers_only && !request.uri().path().starts_with("/internal/");
@@ -154,43 +279,17 @@ pub async fn serve(
         http.timer(TokioTimer::new())
             .header_read_timeout(None)
             .keep_alive(true);
-        let connection = graceful.watch(http.serve_connection(io, service));
-        let config = if peers_only {
-            ListenerConfig {
-                header_timeout: config.header_timeout.min(RESERVE_IDLE),
-                idle_timeout: config.idle_timeout.min(RESERVE_IDLE),
-                ..config
-            }
-        } else {
-            config
-        };
-        let open = open.clone();
-        open.0.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                reason = watchdog(&state, config) => {
-                    tracing::debug!(%peer, reason, "closing connection");
+        let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::select! {
+            result = connection => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
-            open.0.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests still running after {:?}; stopping anyway",
-            config.drain_timeout
-        );
+            reason = watchdog(&state, config) => {
+                tracing::debug!(%peer, reason, "closing connection");
+            }
+        }
     }
 }
 
@@ -228,19 +327,27 @@ fn reserved_for_peers() -> axum::response::Response {
     response
 }
 
-/// Answers a connection over the cap with a 503 and closes it, without waiting for it.
-fn refuse(mut tcp: TcpStream) {
+/// Answers a connection over the cap with a 503 and closes it, without waiting for it
+/// (over TLS, after a handshake bounded by the same time).
+fn refuse(tcp: TcpStream, tls: Option<TlsAcceptor>) {
     static WARNED: Throttle = Throttle::new();
     if WARNED.ready() {
         tracing::warn!("connection limit reached: refusing new connections with 503");
     }
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REFUSAL_WRITE, async {
-            tcp.write_all(OVER_CAPACITY).await?;
-            tcp.shutdown().await
+            match tls {
+                None => write_refusal(tcp).await,
+                Some(acceptor) => write_refusal(acceptor.accept(tcp).await?).await,
+            }
         })
         .await;
     });
+}
+
+async fn write_refusal(mut stream: impl AsyncWrite + Unpin) -> io::Result<()> {
+    stream.write_all(OVER_CAPACITY).await?;
+    stream.shutdown().await
 }
 
 /// What one connection's watchdog needs to know, updated by its reads and its requests.
@@ -268,6 +375,13 @@ impl ConnState {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The TLS handshake is over: its bytes were not a request head, and the connection
+    /// is idle from now until one begins.
+    fn handshake_done(&self) {
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -403,7 +517,7 @@ pub fn raise_open_file_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{waits_on_purpose, OVER_CAPACITY};
+    use super::{waits_on_purpose, OVER_CAPACITY, PLAINTEXT_ON_TLS};
 
     #[test]
     fn only_blocking_queries_waiting_requests_and_peer_calls_wait_on_purpose() {
@@ -420,16 +534,25 @@ mod tests {
     }
 
     #[test]
-    fn the_refusal_is_a_well_formed_503_with_a_json_error() {
-        let text = std::str::from_utf8(OVER_CAPACITY).unwrap_or_default();
+    fn the_refusals_are_well_formed_http_with_a_json_error() {
+        check_refusal(OVER_CAPACITY, "HTTP/1.1 503 ", api_spec::codes::OVERLOADED);
+        check_refusal(
+            PLAINTEXT_ON_TLS,
+            "HTTP/1.1 400 ",
+            api_spec::codes::INVALID_ARGUMENT,
+        );
+    }
+
+    fn check_refusal(bytes: &[u8], status_line: &str, code: &str) {
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
-        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.starts_with(status_line), "{head}");
         let length = head
             .lines()
             .find_map(|l| l.strip_prefix("Content-Length: "))
             .and_then(|n| n.parse::<usize>().ok());
         assert_eq!(length, Some(body.len()));
         let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        assert_eq!(json["error"]["code"], api_spec::codes::OVERLOADED);
+        assert_eq!(json["error"]["code"], code);
     }
 }

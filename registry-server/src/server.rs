@@ -31,6 +31,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(|e| anyhow!(e))?;
+    let tls = config
+        .tls_files()
+        .map(crate::tls::Tls::load)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
     crate::listener::raise_open_file_limit();
     let raft_config = Arc::new(config.raft_config().map_err(|e| anyhow!(e))?);
 
@@ -54,6 +59,10 @@ pub async fn run(
     let advertise = config
         .advertise_addr(member_bound)
         .map_err(|e| anyhow!(e))?;
+    if let Some(tls) = &tls {
+        tls.check_own_certificate(&advertise)
+            .map_err(|e| anyhow!(e))?;
+    }
 
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
@@ -76,7 +85,9 @@ pub async fn run(
         config.cluster_secret.clone(),
         config.peer_via.clone().unwrap_or_default().0,
         usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX),
-    );
+        tls.as_ref().map(crate::tls::Tls::peer_client),
+    )
+    .context("cannot build the client for calls to peers")?;
     let log = LogStore::new(db);
     let stamps = log.stamps();
     let network = Network {
@@ -109,7 +120,7 @@ pub async fn run(
         storm: config.storm(),
         authority: config.authority(),
         bootstrap_secret: config.acl_bootstrap_token.clone(),
-        peers_authenticated: config.cluster_secret.is_some(),
+        peers_authenticated: config.peers_authenticated(),
         limits: crate::app::LimitsConfig {
             max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
             max_blocking_queries: usize::try_from(config.max_blocking_queries)
@@ -148,15 +159,22 @@ pub async fn run(
     let (stop_tasks, stopped) = watch::channel(false);
     let expiry = tokio::spawn(app.clone().run_lease_expiry(config.lease_tick, stopped));
 
+    if let Some(tls) = &tls {
+        crate::tls::reload_on_sighup(tls.clone(), advertise.clone());
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         node_id = config.node_id,
         listen = %bound,
+        tls = tls.is_some(),
+        verify_clients = config.tls_verify_clients,
         peer_listen = ?peer_listener.as_ref().and_then(|l| l.local_addr().ok()),
         advertise = %advertise,
         data_dir = %data_dir.display(),
-        "registry-server listening on {bound}"
+        "registry-server listening on {scheme}://{bound}"
     );
     let max_message = usize::try_from(config.raft_max_message_bytes).unwrap_or(usize::MAX);
+    let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
     let limits = ListenerConfig {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         peer_reserve: 0,
@@ -174,7 +192,7 @@ pub async fn run(
                 peer_reserve: crate::listener::PEER_RESERVE,
                 ..limits
             };
-            crate::listener::serve(listener, router, shared, connections, shutdown).await;
+            crate::listener::serve(listener, router, shared, connections, acceptor, shutdown).await;
         }
         Some(peer_listener) => {
             // One shutdown signal for both listeners.
@@ -191,6 +209,7 @@ pub async fn run(
                 crate::http::public_router(app.clone()),
                 limits,
                 connections,
+                acceptor.clone(),
                 signal(stopped.clone()),
             );
             let peers = crate::listener::serve(
@@ -198,6 +217,7 @@ pub async fn run(
                 crate::http::peer_router(app.clone(), config.cluster_secret.clone(), max_message),
                 limits,
                 ConnectionCount::default(),
+                acceptor,
                 signal(stopped),
             );
             tokio::join!(public, peers);

@@ -131,9 +131,41 @@ pub fn free_ports(n: u64) -> Result<BTreeMap<u64, u16>> {
     (1..=n).map(|id| Ok((id, free_port()?))).collect()
 }
 
-/// A client over one endpoint with the harness's short probe timeout.
-fn probe_client(addr: &str) -> Result<Client> {
-    Ok(Client::builder([addr]).timeout(PROBE_TIMEOUT).build()?)
+/// What a cluster's clients (the harness's own probes included) need to reach servers
+/// that serve TLS: the CA that signs their certificates, and a client certificate for
+/// servers that require one (`--tls-verify-clients`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM.
+    pub ca_pem: String,
+    /// Certificate chain and private key, PEM.
+    pub identity: Option<(String, String)>,
+}
+
+impl ClientTls {
+    /// A registry client builder over `endpoints` with these settings.
+    pub fn builder(&self, endpoints: Vec<String>) -> registry_client::ClientBuilder {
+        let endpoints = endpoints.into_iter().map(|addr| format!("https://{addr}"));
+        let builder = Client::builder(endpoints).tls_ca_pem(&self.ca_pem);
+        match &self.identity {
+            Some((chain, key)) => builder.tls_identity_pem(chain, key),
+            None => builder,
+        }
+    }
+
+    /// A plain reqwest client with these settings.
+    pub fn http(&self) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(PROBE_TIMEOUT)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?);
+        if let Some((chain, key)) = &self.identity {
+            builder = builder.identity(reqwest::Identity::from_pem(
+                format!("{chain}{key}").as_bytes(),
+            )?);
+        }
+        Ok(builder.build()?)
+    }
 }
 
 /// One `registry-server` process slot: the same id, address, data dir and flags across
@@ -216,6 +248,9 @@ pub struct NodeSetup {
     /// lists these as the member addresses, and the ports passed to `start_with` serve
     /// clients only.
     pub peer_ports: BTreeMap<u64, u16>,
+    /// The servers serve TLS (their `--tls-*` flags are in `args`): how the harness's
+    /// probes and clients reach them.
+    pub client_tls: Option<ClientTls>,
 }
 
 /// A set of `registry-server` processes on loopback, each in its own data dir.
@@ -227,6 +262,8 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Node>,
     /// Flags added to every node's own (timings, `--snapshot-every`, ...).
     common_args: Vec<String>,
+    /// How clients reach the nodes when they serve TLS.
+    tls: Option<ClientTls>,
     /// Root of every node's directory; removed when the cluster is dropped. Declared
     /// last so it is dropped after the processes are gone.
     dir: TempDir,
@@ -301,6 +338,7 @@ impl Cluster {
         setup: &NodeSetup,
     ) -> Result<Cluster> {
         let mut cluster = Cluster::empty(extra_args)?;
+        cluster.tls.clone_from(&setup.client_tls);
         let members = if setup.peer_ports.is_empty() {
             ports
         } else {
@@ -382,6 +420,7 @@ impl Cluster {
             bin: server_binary(),
             nodes: BTreeMap::new(),
             common_args: common_args(extra_args),
+            tls: None,
             dir,
         })
     }
@@ -564,11 +603,10 @@ impl Cluster {
     /// serves HTTP (`/healthz`). Whether it has caught up is for the test to wait for.
     pub async fn restart(&self, id: u64) -> Result<()> {
         self.spawn(id)?;
-        let addr = self.addr(id);
         let what = format!("node {id} to serve /healthz after a restart");
         wait_until(STARTUP_TIMEOUT, &what, || async {
             self.ensure_running(id)?;
-            let status = http_status(&addr, "/healthz").await?;
+            let status = self.status_of(id, "/healthz").await?;
             ensure!(status == 200, "/healthz answered {status}");
             Ok(())
         })
@@ -643,20 +681,49 @@ impl Cluster {
             .collect()
     }
 
+    /// A client builder over nodes `ids`, with the cluster's TLS settings.
+    fn builder(&self, ids: impl IntoIterator<Item = u64>) -> registry_client::ClientBuilder {
+        let addrs: Vec<String> = ids.into_iter().map(|id| self.addr(id)).collect();
+        match &self.tls {
+            Some(tls) => tls.builder(addrs),
+            None => Client::builder(addrs),
+        }
+    }
+
     /// A client that talks to node `id` only.
     pub fn client_for(&self, id: u64) -> Client {
-        Client::new([self.addr(id)]).expect("a loopback address is a valid endpoint")
+        self.builder([id])
+            .build()
+            .expect("a loopback address is a valid endpoint")
     }
 
     /// A client over every running node, failing over between them.
     pub fn client(&self) -> Client {
-        Client::new(self.live_ids().into_iter().map(|id| self.addr(id)))
+        self.builder(self.live_ids())
+            .build()
             .expect("the cluster has no running node")
     }
 
     /// Node `id`'s own view of the cluster.
     pub async fn status(&self, id: u64) -> Result<ClusterStatus> {
-        Ok(probe_client(&self.addr(id))?.cluster_status().await?.value)
+        let probe = self.builder([id]).timeout(PROBE_TIMEOUT).build()?;
+        Ok(probe.cluster_status().await?.value)
+    }
+
+    /// The status code of `GET {path}` on node `id`, over TLS if the cluster serves it.
+    async fn status_of(&self, id: u64, path: &str) -> Result<u16> {
+        let addr = self.addr(id);
+        match &self.tls {
+            None => http_status(&addr, path).await,
+            Some(tls) => {
+                let response = tls
+                    .http()?
+                    .get(format!("https://{addr}{path}"))
+                    .send()
+                    .await?;
+                Ok(response.status().as_u16())
+            }
+        }
     }
 
     /// Waits up to `timeout` until node `follower` has applied at least as much as node

@@ -162,6 +162,18 @@ impl App {
         }
     }
 
+    /// The address of every member (learners included), as this node last heard.
+    pub fn member_addrs(&self) -> Vec<String> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, node)| node.addr.clone())
+            .collect()
+    }
+
     /// Without a cluster secret, refuses a member the leader would reach over a network
     /// (it would send Raft traffic to it, and accept the same from anyone).
     fn require_authenticated_peer(&self, addr: &str) -> Result<(), AppError> {
@@ -169,8 +181,9 @@ impl App {
             return Ok(());
         }
         Err(AppError::MembershipConflict(format!(
-            "this cluster has no cluster secret, so only loopback members may be added, not \
-             {addr}: restart every server with --cluster-secret (or REGISTRY_CLUSTER_SECRET) first"
+            "this cluster has no cluster secret and no --tls-ca, so only loopback members may be \
+             added, not {addr}: restart every server with --cluster-secret (or \
+             REGISTRY_CLUSTER_SECRET), or with TLS certificates and --tls-ca, first"
         )))
     }
 

@@ -229,7 +229,7 @@ pub fn public_routes() -> Vec<(Method, &'static str, Auth)> {
 /// are refused with 413.
 pub fn router(app: App, cluster_secret: Option<String>, max_message: usize) -> Router {
     finish(
-        public_routes_of(&app).merge(internal_routes(cluster_secret, max_message)),
+        public_routes_of(&app).merge(internal_routes(&app, cluster_secret, max_message)),
         app,
     )
 }
@@ -242,7 +242,7 @@ pub fn public_router(app: App) -> Router {
 
 /// The internal routes alone, for the peer listener (`--peer-listen`).
 pub fn peer_router(app: App, cluster_secret: Option<String>, max_message: usize) -> Router {
-    finish(internal_routes(cluster_secret, max_message), app)
+    finish(internal_routes(&app, cluster_secret, max_message), app)
 }
 
 fn public_routes_of(app: &App) -> Router<App> {
@@ -266,7 +266,15 @@ fn public_routes_of(app: &App) -> Router<App> {
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
 }
 
-fn internal_routes(cluster_secret: Option<String>, max_message: usize) -> Router<App> {
+fn internal_routes(app: &App, cluster_secret: Option<String>, max_message: usize) -> Router<App> {
+    let members = {
+        let app = app.clone();
+        Arc::new(move || app.member_addrs())
+    };
+    let auth = internal::PeerAuth {
+        secret: cluster_secret,
+        members,
+    };
     Router::new()
         .route(paths::APPEND, post(internal::append))
         .route(paths::VOTE, post(internal::vote))
@@ -274,7 +282,7 @@ fn internal_routes(cluster_secret: Option<String>, max_message: usize) -> Router
         .route(paths::FORWARD, post(internal::forward))
         .layer(DefaultBodyLimit::max(max_message))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(cluster_secret),
+            Arc::new(auth),
             internal::check_secret,
         ))
 }

@@ -81,6 +81,8 @@ pub struct PeerClient {
     routes: std::sync::Arc<BTreeMap<String, String>>,
     /// The largest request body sent (and accepted, by the router) between nodes.
     max_message: usize,
+    /// `https` when the cluster runs TLS (`--tls-cert`), `http` otherwise.
+    scheme: &'static str,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -96,8 +98,16 @@ impl PeerClient {
         secret: Option<String>,
         routes: BTreeMap<String, String>,
         max_message: usize,
-    ) -> Self {
-        let http = reqwest::Client::builder()
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, reqwest::Error> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            // Peers' certificates checked against `--tls-ca`, this server's own as its
+            // client certificate (`crate::tls`).
+            http = http.use_preconfigured_tls(tls).https_only(true);
+        }
+        let http = http
             // Well under a peer's idle timeout (`--http-idle-timeout`, 2 s on a shared
             // listener's peer reserve): a pooled connection is dropped here before the
             // peer closes it, so no call is sent on a connection being closed.
@@ -105,14 +115,14 @@ impl PeerClient {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
-        Self {
+            .build()?;
+        Ok(Self {
             http,
             secret,
             routes: std::sync::Arc::new(routes),
             max_message,
-        }
+            scheme,
+        })
     }
 
     /// The largest internal request body this node sends.
@@ -157,7 +167,9 @@ impl PeerClient {
             addr: addr.to_owned(),
             message,
         };
-        let mut request = self.http.post(format!("http://{}{path}", self.route(addr)));
+        let mut request = self
+            .http
+            .post(format!("{}://{}{path}", self.scheme, self.route(addr)));
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret);
         }
