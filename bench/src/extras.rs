@@ -790,10 +790,10 @@ const ACL_SECRET: &str = "bench-acl-bootstrap-secret-0001";
 
 /// One workload run on both clusters, `rounds` times each.
 #[derive(Debug, Clone, Serialize)]
-pub struct AclPair {
+pub struct Pair {
     pub workload: String,
     pub concurrency: usize,
-    /// ops/s of each round without ACLs, then with.
+    /// ops/s of each round without the feature, then with.
     pub off: Vec<f64>,
     pub on: Vec<f64>,
     pub off_median: f64,
@@ -805,13 +805,18 @@ pub struct AclPair {
     pub ratio: f64,
 }
 
-/// ACLs on against off, measured side by side (`--extra acl-overhead`).
+/// A feature on against off, measured side by side (`--extra acl-overhead`,
+/// `--extra tls-overhead`).
 #[derive(Debug, Clone, Serialize)]
-pub struct AclOverhead {
+pub struct Overhead {
+    /// What is on in the second cluster ("ACLs", "TLS").
+    pub feature: String,
+    /// How the second cluster is set up.
+    pub setup: String,
+    /// The target: on/off at least this.
+    pub min_ratio: f64,
     pub rounds: usize,
-    /// The rules of the token the ACL cluster's workers present.
-    pub token_rules: String,
-    pub pairs: Vec<AclPair>,
+    pub pairs: Vec<Pair>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -820,12 +825,12 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
-impl AclOverhead {
+impl Overhead {
     /// A few lines after the table.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "\nACL overhead (median of {} alternating rounds; ACLs on with a token of rules {}):\n",
-            self.rounds, self.token_rules
+            "\n{} overhead (median of {} alternating rounds; {}):\n",
+            self.feature, self.rounds, self.setup
         );
         for p in &self.pairs {
             out.push_str(&format!(
@@ -846,37 +851,116 @@ impl AclOverhead {
         out
     }
 
-    /// "within 5% of the run without ACLs", per workload.
+    /// "within x% of the run without", per workload.
     pub fn targets(&self) -> Vec<crate::report::TargetCheck> {
         self.pairs
             .iter()
             .map(|p| crate::report::TargetCheck {
                 target: format!(
-                    "{}-{} with ACLs >= 0.95x without",
-                    p.workload, p.concurrency
+                    "{}-{} with {} >= {:.2}x without",
+                    p.workload, p.concurrency, self.feature, self.min_ratio
                 ),
                 measured: format!(
                     "{:.3}x ({:.0} vs {:.0} ops/s)",
                     p.ratio, p.on_median, p.off_median
                 ),
-                pass: Some(p.ratio >= 0.95),
+                pass: Some(p.ratio >= self.min_ratio),
             })
             .collect()
     }
 }
 
+/// Runs heartbeat-64 and resolve-linearizable-64 on `off` and `on` in turn, `rounds`
+/// times, the order alternating between rounds.
+async fn side_by_side(
+    feature: &str,
+    [off, on]: [&crate::workloads::Target; 2],
+    base: LoadConfig,
+    rounds: usize,
+) -> Result<Vec<Pair>> {
+    use crate::workloads::{self, Workload};
+    let mut pairs = Vec::new();
+    for workload in [Workload::Heartbeat, Workload::ResolveLinearizable] {
+        let config = LoadConfig {
+            concurrency: 64,
+            ..base
+        };
+        let (mut off_ops, mut on_ops) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for with in order {
+                let target = if with { on } else { off };
+                let label = if with { "on" } else { "off" };
+                let m = workloads::run(workload, target, config).await?;
+                ensure!(
+                    m.errors == 0,
+                    "{} with {feature} {label}: {} errors ({:?})",
+                    workload.name(),
+                    m.errors,
+                    m.error_samples
+                );
+                eprintln!(
+                    "  {}-64 {feature} {label}: {:.0} ops/s",
+                    workload.name(),
+                    m.ops_per_sec
+                );
+                if with {
+                    on_ops.push(m.ops_per_sec);
+                } else {
+                    off_ops.push(m.ops_per_sec);
+                }
+            }
+        }
+        let (off_median, on_median) = (median(&off_ops), median(&on_ops));
+        let round_ratios: Vec<f64> = off_ops
+            .iter()
+            .zip(&on_ops)
+            .map(|(off, on)| if *off > 0.0 { on / off } else { 0.0 })
+            .collect();
+        pairs.push(Pair {
+            workload: workload.name().to_owned(),
+            concurrency: 64,
+            off: off_ops,
+            on: on_ops,
+            off_median,
+            on_median,
+            ratio: median(&round_ratios),
+            round_ratios,
+        });
+    }
+    Ok(pairs)
+}
+
+/// The leader's target of a registry, with `token` and its CA.
+fn registry_target(
+    registry: &crate::systems::Registry,
+    leader: usize,
+    token: Option<String>,
+) -> crate::workloads::Target {
+    crate::workloads::Target {
+        side: Side::Registry,
+        urls: registry.urls().to_vec(),
+        leader,
+        spread: false,
+        token,
+        ca_pem: registry.ca_pem().map(str::to_owned),
+    }
+}
+
 /// Starts a registry with ACLs off and one with ACLs on (anonymous callers may only read
 /// the cluster status, which the harness polls), makes a scoped token on the second, and
-/// runs heartbeat-64 and resolve-linearizable-64 on each in turn, `rounds` times, the
-/// order alternating between rounds.
+/// compares them [`side_by_side`].
 pub async fn acl_overhead(
     bin: &std::path::Path,
     nodes: usize,
     base: LoadConfig,
     rounds: usize,
-) -> Result<AclOverhead> {
+) -> Result<Overhead> {
     use crate::systems::Registry;
-    use crate::workloads::{self, Target, Workload};
     let mut off = Registry::start(bin, nodes).await?;
     let acl_flags = [
         "--acl",
@@ -889,7 +973,7 @@ pub async fn acl_overhead(
     let off_leader = off.wait_for_leader(None).await?;
     let on_leader = on.wait_for_leader(None).await?;
     let token_rules = "service:write:bench-, service:read:bench-";
-    let admin = load::worker_client_with_token(Duration::from_secs(10), Some(ACL_SECRET))?;
+    let admin = load::worker_client_as(Duration::from_secs(10), Some(ACL_SECRET), None)?;
     let url = on.urls()[on_leader].clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     let token = loop {
@@ -915,75 +999,57 @@ pub async fn acl_overhead(
             Err(e) => bail!("cannot make the bench token: {e}"),
         }
     };
-    let targets = [
-        Target {
-            side: Side::Registry,
-            urls: off.urls().to_vec(),
-            leader: off_leader,
-            spread: false,
-            token: None,
-        },
-        Target {
-            side: Side::Registry,
-            urls: on.urls().to_vec(),
-            leader: on_leader,
-            spread: false,
-            token: Some(token),
-        },
-    ];
-    let mut pairs = Vec::new();
-    for workload in [Workload::Heartbeat, Workload::ResolveLinearizable] {
-        let config = LoadConfig {
-            concurrency: 64,
-            ..base
-        };
-        let (mut off_ops, mut on_ops) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for which in order {
-                let m = workloads::run(workload, &targets[which], config).await?;
-                ensure!(
-                    m.errors == 0,
-                    "{} with ACLs {}: {} errors ({:?})",
-                    workload.name(),
-                    if which == 1 { "on" } else { "off" },
-                    m.errors,
-                    m.error_samples
-                );
-                eprintln!(
-                    "  {}-64 ACLs {}: {:.0} ops/s",
-                    workload.name(),
-                    if which == 1 { "on" } else { "off" },
-                    m.ops_per_sec
-                );
-                if which == 1 {
-                    on_ops.push(m.ops_per_sec);
-                } else {
-                    off_ops.push(m.ops_per_sec);
-                }
-            }
-        }
-        let (off_median, on_median) = (median(&off_ops), median(&on_ops));
-        let round_ratios: Vec<f64> = off_ops
-            .iter()
-            .zip(&on_ops)
-            .map(|(off, on)| if *off > 0.0 { on / off } else { 0.0 })
-            .collect();
-        pairs.push(AclPair {
-            workload: workload.name().to_owned(),
-            concurrency: 64,
-            off: off_ops,
-            on: on_ops,
-            off_median,
-            on_median,
-            ratio: median(&round_ratios),
-            round_ratios,
-        });
-    }
-    drop((off, on));
-    Ok(AclOverhead {
+    let pairs = side_by_side(
+        "ACLs",
+        [
+            &registry_target(&off, off_leader, None),
+            &registry_target(&on, on_leader, Some(token)),
+        ],
+        base,
         rounds,
-        token_rules: token_rules.to_owned(),
+    )
+    .await?;
+    drop((off, on));
+    Ok(Overhead {
+        feature: "ACLs".to_owned(),
+        setup: format!("ACLs on with a token of rules {token_rules}"),
+        min_ratio: 0.95,
+        rounds,
+        pairs,
+    })
+}
+
+/// Starts a registry over plain HTTP and one serving TLS (a CA and node certificates made
+/// here; peers call each other over https too) and compares them [`side_by_side`]. Each
+/// worker keeps one connection alive, as clients do, so handshakes are rare; the cost
+/// measured is that of encrypting requests and answers (and of Raft over TLS).
+pub async fn tls_overhead(
+    bin: &std::path::Path,
+    nodes: usize,
+    base: LoadConfig,
+    rounds: usize,
+) -> Result<Overhead> {
+    use crate::systems::Registry;
+    let mut plain = Registry::start(bin, nodes).await?;
+    let mut tls = Registry::start_tls(bin, nodes, &[]).await?;
+    let plain_leader = plain.wait_for_leader(None).await?;
+    let tls_leader = tls.wait_for_leader(None).await?;
+    let pairs = side_by_side(
+        "TLS",
+        [
+            &registry_target(&plain, plain_leader, None),
+            &registry_target(&tls, tls_leader, None),
+        ],
+        base,
+        rounds,
+    )
+    .await?;
+    drop((plain, tls));
+    Ok(Overhead {
+        feature: "TLS".to_owned(),
+        setup: "HTTPS (TLS 1.3, ECDSA P-256, kept-alive connections) against plain HTTP".to_owned(),
+        min_ratio: 0.70,
+        rounds,
         pairs,
     })
 }

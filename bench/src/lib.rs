@@ -3,6 +3,7 @@
 //! of local processes (`systems`), and a table plus JSON of the results (`report`).
 //! `scripts/bench.sh` builds and runs it; `src/main.rs` is the command line.
 
+pub mod certs;
 pub mod extras;
 pub mod load;
 pub mod report;

@@ -191,18 +191,29 @@ where
 /// An HTTP client for one worker: HTTP/1.1 only, at most one idle (kept-alive)
 /// connection, so a worker issuing one request at a time uses one persistent connection.
 pub fn worker_client(timeout: Duration) -> Result<reqwest::Client> {
-    worker_client_with_token(timeout, None)
+    worker_client_as(timeout, None, None)
 }
 
-/// [`worker_client`] whose every request carries `Authorization: Bearer <token>`.
-pub fn worker_client_with_token(timeout: Duration, token: Option<&str>) -> Result<reqwest::Client> {
+/// [`worker_client`] whose every request carries `Authorization: Bearer <token>`, and
+/// that trusts only the CA `ca_pem` when one is given (a registry serving TLS).
+pub fn worker_client_as(
+    timeout: Duration,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .context("token is not a header value")?;
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = ca_pem {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+    }
+    builder
         .default_headers(headers)
         .http1_only()
         .pool_max_idle_per_host(1)

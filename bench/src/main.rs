@@ -68,10 +68,13 @@ enum Extra {
     /// heartbeat-64 and resolve-linearizable-64 on a registry with ACLs off and one with
     /// ACLs on (a scoped token on every request), alternating, five rounds each.
     AclOverhead,
+    /// heartbeat-64 and resolve-linearizable-64 on a registry over plain HTTP and one
+    /// serving TLS, alternating, five rounds each.
+    TlsOverhead,
 }
 
-/// Rounds of the ACL overhead measurement (each runs both clusters).
-const ACL_ROUNDS: usize = 5;
+/// Rounds of the ACL and TLS overhead measurements (each runs both clusters).
+const OVERHEAD_ROUNDS: usize = 5;
 /// Watchers in the fan-out measurement.
 const WATCHERS: usize = 1000;
 /// Writers in the failover measurement.
@@ -216,6 +219,7 @@ async fn run_side(
         leader,
         spread: args.spread,
         token: None,
+        ca_pem: None,
     };
     for (row, &(workload, concurrency)) in rows.iter_mut().zip(plan) {
         let config = LoadConfig {
@@ -490,13 +494,23 @@ async fn bench(args: Args) -> Result<bool> {
             .then(|| Row::of_kind("memory", FILL_WORKERS, "memory", "bytes/instance")),
     };
     let mut ok = true;
-    let mut acl_overhead = None;
+    let mut overheads = Vec::new();
     if args.wants(Extra::AclOverhead) {
         eprintln!("ACL overhead: a registry with ACLs off and one with ACLs on, side by side");
-        match extras::acl_overhead(&server_bin, args.nodes, base, ACL_ROUNDS).await {
-            Ok(overhead) => acl_overhead = Some(overhead),
+        match extras::acl_overhead(&server_bin, args.nodes, base, OVERHEAD_ROUNDS).await {
+            Ok(overhead) => overheads.push(overhead),
             Err(e) => {
                 eprintln!("ACL overhead failed: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    if args.wants(Extra::TlsOverhead) {
+        eprintln!("TLS overhead: a registry over plain HTTP and one serving TLS, side by side");
+        match extras::tls_overhead(&server_bin, args.nodes, base, OVERHEAD_ROUNDS).await {
+            Ok(overhead) => overheads.push(overhead),
+            Err(e) => {
+                eprintln!("TLS overhead failed: {e:#}");
                 ok = false;
             }
         }
@@ -530,11 +544,11 @@ async fn bench(args: Args) -> Result<bool> {
     }
     report::annotate_ceilings(&mut rows);
     let mut targets = report::check_targets(&rows);
-    if let Some(overhead) = &acl_overhead {
+    for overhead in &overheads {
         targets.extend(overhead.targets());
     }
     print!("{}", report::table(&rows));
-    if let Some(overhead) = &acl_overhead {
+    for overhead in &overheads {
         print!("{}", overhead.text());
     }
     print!("{}", report::targets_text(&targets));
@@ -543,7 +557,7 @@ async fn bench(args: Args) -> Result<bool> {
             meta,
             results: rows,
             targets,
-            acl_overhead,
+            overheads,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

@@ -151,9 +151,9 @@ pub struct Report {
     pub meta: Meta,
     pub results: Vec<Row>,
     pub targets: Vec<TargetCheck>,
-    /// ACLs on against off (`--extra acl-overhead`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub acl_overhead: Option<crate::extras::AclOverhead>,
+    /// Features on against off (`--extra acl-overhead`, `--extra tls-overhead`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overheads: Vec<crate::extras::Overhead>,
 }
 
 /// The targets as text, one a line, after the table.

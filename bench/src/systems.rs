@@ -162,11 +162,14 @@ where
     }
 }
 
-fn probe_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(PROBE_TIMEOUT)
-        .build()
-        .context("build probe client")
+fn probe_client(ca_pem: Option<&str>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(PROBE_TIMEOUT);
+    if let Some(pem) = ca_pem {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+    }
+    builder.build().context("build probe client")
 }
 
 /// First line of `program --version`, for the results' metadata.
@@ -217,6 +220,8 @@ impl Members {
 #[derive(Debug)]
 pub struct Registry {
     members: Members,
+    /// The CA that signs the nodes' certificates, when they serve TLS.
+    ca_pem: Option<String>,
     /// Every node's data dir and log; removed after the processes are gone (declared last).
     dir: TempDir,
 }
@@ -231,10 +236,25 @@ impl Registry {
 
     /// [`Registry::start`] with `extra` flags on every node.
     pub async fn start_with(bin: &Path, n: usize, extra: &[&str]) -> Result<Registry> {
+        Registry::start_inner(bin, n, extra, false).await
+    }
+
+    /// [`Registry::start_with`] serving TLS: a CA and a certificate per node made here,
+    /// `--tls-cert`, `--tls-key` and `--tls-ca` on every node, `https://` URLs.
+    pub async fn start_tls(bin: &Path, n: usize, extra: &[&str]) -> Result<Registry> {
+        Registry::start_inner(bin, n, extra, true).await
+    }
+
+    async fn start_inner(bin: &Path, n: usize, extra: &[&str], tls: bool) -> Result<Registry> {
         ensure!(n >= 1, "a cluster needs at least one node");
         let dir = tempfile::Builder::new()
             .prefix("bench-registry-")
             .tempdir()?;
+        let ca = tls.then(crate::certs::Ca::new).transpose()?;
+        let ca_path = dir.path().join("ca.pem");
+        if let Some(ca) = &ca {
+            std::fs::write(&ca_path, ca.cert_pem())?;
+        }
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
         let bootstrap = ports
             .iter()
@@ -260,6 +280,20 @@ impl Registry {
                 ]);
             }
             args.extend(extra.iter().map(|a| (*a).to_owned()));
+            if let Some(ca) = &ca {
+                let (cert, key) = ca.member("127.0.0.1")?;
+                let cert_path = dir.path().join(format!("node-{id}.pem"));
+                let key_path = dir.path().join(format!("node-{id}.key"));
+                std::fs::write(&cert_path, cert)?;
+                std::fs::write(&key_path, key)?;
+                for (flag, path) in [
+                    ("--tls-cert", &cert_path),
+                    ("--tls-key", &key_path),
+                    ("--tls-ca", &ca_path),
+                ] {
+                    args.extend([flag.to_owned(), path.display().to_string()]);
+                }
+            }
             let log = dir.path().join(format!("node-{id}.log"));
             processes.push(Process::spawn(
                 format!("registry node {id}"),
@@ -268,12 +302,14 @@ impl Registry {
                 log,
             )?);
         }
+        let scheme = if tls { "https" } else { "http" };
         let urls = ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect();
         let mut registry = Registry {
             members: Members { urls, processes },
+            ca_pem: ca.map(|ca| ca.cert_pem().to_owned()),
             dir,
         };
         registry.wait_for_leader(None).await?;
@@ -285,6 +321,11 @@ impl Registry {
         &self.members.urls
     }
 
+    /// The CA (PEM) clients must trust, when the nodes serve TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
     /// Where the nodes' logs are.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -293,7 +334,7 @@ impl Registry {
     /// The index of the leader every running node agrees on (waiting for one), other than
     /// `excluding`.
     pub async fn wait_for_leader(&mut self, excluding: Option<usize>) -> Result<usize> {
-        let client = probe_client()?;
+        let client = probe_client(self.ca_pem.as_deref())?;
         let members = &mut self.members;
         wait_until(STARTUP_TIMEOUT, "a registry leader", || {
             let client = client.clone();
@@ -437,7 +478,7 @@ impl Etcd {
     /// The index of the leader every running member reports as healthy and agrees on
     /// (waiting for one), other than `excluding`.
     pub async fn wait_for_leader(&mut self, excluding: Option<usize>) -> Result<usize> {
-        let client = probe_client()?;
+        let client = probe_client(None)?;
         let members = &mut self.members;
         wait_until(STARTUP_TIMEOUT, "an etcd leader", || {
             let client = client.clone();

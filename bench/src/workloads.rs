@@ -131,6 +131,8 @@ pub struct Target {
     pub spread: bool,
     /// The token every request presents (a registry with ACLs on).
     pub token: Option<String>,
+    /// The CA the workers trust (a registry serving TLS).
+    pub ca_pem: Option<String>,
 }
 
 impl Target {
@@ -225,7 +227,11 @@ async fn prepare(
     ) {
         return Ok(());
     }
-    let http = load::worker_client_with_token(config.op_timeout, target.token.as_deref())?;
+    let http = load::worker_client_as(
+        config.op_timeout,
+        target.token.as_deref(),
+        target.ca_pem.as_deref(),
+    )?;
     let url = &target.urls[target.leader];
     match target.side {
         Side::Registry => {
@@ -263,8 +269,10 @@ pub async fn run(workload: Workload, target: &Target, config: LoadConfig) -> Res
         let url = target.url(index);
         let tag = tag.clone();
         let token = target.token.clone();
+        let ca_pem = target.ca_pem.clone();
         async move {
-            let http = load::worker_client_with_token(config.op_timeout, token.as_deref())?;
+            let http =
+                load::worker_client_as(config.op_timeout, token.as_deref(), ca_pem.as_deref())?;
             let lease = match (workload, side) {
                 (Workload::Register, Side::Etcd) => etcd_lease(&http, &url).await?,
                 (Workload::Heartbeat, Side::Registry) => {

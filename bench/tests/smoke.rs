@@ -31,9 +31,23 @@ fn server_binary() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_workloads_run_without_errors() {
-    let mut registry = Registry::start(&server_binary(), 1)
+    let registry = Registry::start(&server_binary(), 1)
         .await
         .expect("start a single-node registry");
+    run(registry, &[Workload::Register, Workload::LockUncontended]).await;
+}
+
+/// `--extra tls-overhead`'s registry: certificates made at run time, https workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_serving_tls_runs_workloads_without_errors() {
+    let registry = Registry::start_tls(&server_binary(), 1, &[])
+        .await
+        .expect("start a single-node registry serving TLS");
+    assert!(registry.urls()[0].starts_with("https://"));
+    run(registry, &[Workload::Heartbeat]).await;
+}
+
+async fn run(mut registry: Registry, plan: &[Workload]) {
     let leader = registry.wait_for_leader(None).await.expect("a leader");
     let target = Target {
         side: Side::Registry,
@@ -41,8 +55,9 @@ async fn registry_workloads_run_without_errors() {
         leader,
         spread: false,
         token: None,
+        ca_pem: registry.ca_pem().map(str::to_owned),
     };
-    for workload in [Workload::Register, Workload::LockUncontended] {
+    for &workload in plan {
         let config = LoadConfig {
             concurrency: 4,
             warmup: Duration::from_millis(100),
