@@ -435,8 +435,13 @@ pub struct ClusterStatus {
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLimits {
     /// Client and peer connections open now, and the most allowed (`--max-connections`).
+    /// With `--peer-listen`, the public listener's only.
     pub connections: u64,
     pub max_connections: u64,
+    /// Connections open on the peer listener (`--peer-listen`, which has its own
+    /// `--max-connections`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_connections: Option<u64>,
     /// Blocking queries waiting now, and the most allowed (`--max-blocking-queries`).
     pub blocking_queries: u64,
     pub max_blocking_queries: u64,

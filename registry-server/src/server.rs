@@ -129,6 +129,7 @@ pub async fn run(
         },
     };
     let connections = ConnectionCount::default();
+    let peer_connections = peer_listener.as_ref().map(|_| ConnectionCount::default());
     let wiring = Wiring {
         raft: raft.clone(),
         state,
@@ -137,6 +138,7 @@ pub async fn run(
         peers: peers.clone(),
         stamps,
         connections: connections.clone(),
+        peer_connections: peer_connections.clone(),
     };
     let app = App::new(config.node_id, wiring, app_config);
 
@@ -216,7 +218,7 @@ pub async fn run(
                 peer_listener,
                 crate::http::peer_router(app.clone(), config.cluster_secret.clone(), max_message),
                 limits,
-                ConnectionCount::default(),
+                peer_connections.unwrap_or_default(),
                 acceptor,
                 signal(stopped),
             );

@@ -375,6 +375,12 @@ async fn with_a_peer_listener_a_full_client_port_does_not_touch_raft() {
             .context("a follower")?;
         let status = cluster.status(follower).await?;
         let term = status.term;
+        // The peer listener's connections are counted apart (the leader's calls).
+        let peer_connections = status.limits.peer_connections;
+        ensure!(
+            peer_connections.is_some_and(|n| n >= 1),
+            "peer connections: {peer_connections:?}"
+        );
         // Members are known by their peer addresses.
         for member in &status.members {
             let peer = peer_ports.get(&member.id).context("a peer port")?;

@@ -65,6 +65,7 @@ impl Slots {
 pub struct LimitsInfo {
     pub connections: usize,
     pub max_connections: usize,
+    pub peer_connections: Option<usize>,
     pub blocking_queries: usize,
     pub max_blocking_queries: usize,
     pub parked_waiters: usize,
@@ -85,15 +86,21 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone)]
 pub(super) struct Limits {
     pub connections: ConnectionCount,
+    pub peer_connections: Option<ConnectionCount>,
     pub max_connections: usize,
     pub blocking: Slots,
     pub parked: Slots,
 }
 
 impl Limits {
-    pub fn new(config: LimitsConfig, connections: ConnectionCount) -> Self {
+    pub fn new(
+        config: LimitsConfig,
+        connections: ConnectionCount,
+        peer_connections: Option<ConnectionCount>,
+    ) -> Self {
         Limits {
             connections,
+            peer_connections,
             max_connections: config.max_connections,
             blocking: Slots::new(config.max_blocking_queries, "blocking queries"),
             parked: Slots::new(
@@ -112,6 +119,7 @@ impl App {
         LimitsInfo {
             connections: limits.connections.get(),
             max_connections: limits.max_connections,
+            peer_connections: limits.peer_connections.as_ref().map(ConnectionCount::get),
             blocking_queries: limits.blocking.used(),
             max_blocking_queries: limits.blocking.max(),
             parked_waiters: limits.parked.used(),

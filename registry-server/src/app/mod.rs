@@ -129,6 +129,8 @@ pub struct Wiring {
     pub stamps: StampSeen,
     /// Connections open on this node's listener.
     pub connections: crate::listener::ConnectionCount,
+    /// Connections open on its peer listener (`--peer-listen`).
+    pub peer_connections: Option<crate::listener::ConnectionCount>,
 }
 
 impl App {
@@ -141,6 +143,7 @@ impl App {
             peers,
             stamps,
             connections,
+            peer_connections,
         } = wiring;
         let leader_time = LeaderClock::new(state.clone(), stamps);
         let anonymous = Arc::new(config.authority.anonymous());
@@ -162,7 +165,7 @@ impl App {
                 authority: config.authority,
                 bootstrap_secret: config.bootstrap_secret,
                 peers_authenticated: config.peers_authenticated,
-                limits: limits::Limits::new(config.limits, connections),
+                limits: limits::Limits::new(config.limits, connections, peer_connections),
                 anonymous: anonymous.clone(),
             }),
             caller: anonymous.clone(),

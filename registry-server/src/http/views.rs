@@ -167,6 +167,7 @@ fn node_limits(l: crate::app::LimitsInfo) -> api_spec::NodeLimits {
     api_spec::NodeLimits {
         connections: n(l.connections),
         max_connections: n(l.max_connections),
+        peer_connections: l.peer_connections.map(n),
         blocking_queries: n(l.blocking_queries),
         max_blocking_queries: n(l.max_blocking_queries),
         parked_waiters: n(l.parked_waiters),
