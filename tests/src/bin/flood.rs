@@ -110,10 +110,11 @@ impl Outcomes {
             .map(|(s, n)| {
                 format!(
                     "{}: {n}",
-                    if *s == 0 {
-                        "error".to_owned()
-                    } else {
-                        s.to_string()
+                    match s {
+                        0 => "error".to_owned(),
+                        1 => "idle connections closed by the server".to_owned(),
+                        2 => "byte-at-a-time connections cut off".to_owned(),
+                        _ => s.to_string(),
                     }
                 )
             })
