@@ -112,6 +112,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         routes::list_tokens,
         routes::own_token,
         routes::revoke_token,
+        routes::metrics,
         routes::healthz,
         routes::readyz,
         routes::openapi_document,
@@ -128,6 +129,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         (name = "cluster", description = "Raft membership and status."),
         (name = "acl", description = "Access control: tokens with rules, and the one-time bootstrap."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
+        (name = "operations", description = "Metrics for Prometheus."),
         (name = "meta", description = "This document."),
     )
 )]
@@ -1284,6 +1286,22 @@ mod routes {
     )]
     fn revoke_token() {}
 
+    /// Prometheus metrics of this node, in the text exposition format: HTTP requests and
+    /// durations, Raft (term, role, indexes, batches, commit and fsync latency,
+    /// snapshots, last contact with each peer on the leader), the registry (leases,
+    /// expiries, keepalives, instances by status, services, storm protection, blocking
+    /// queries, locks, elections) and the process (memory, open files, threads). Needs
+    /// `cluster:read` when ACLs are on, unless the server runs with `--metrics-public`.
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "operations",
+        responses(
+            (status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4"),
+        )
+    )]
+    fn metrics() {}
+
     /// Liveness: the process is up and serving HTTP.
     #[utoipa::path(
         get,
@@ -1408,6 +1426,7 @@ mod tests {
             ("GET", "/v1/acl/tokens"),
             ("GET", "/v1/acl/tokens/self"),
             ("DELETE", "/v1/acl/tokens/{accessor}"),
+            ("GET", "/metrics"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
             ("GET", "/v1/openapi.json"),

@@ -197,6 +197,15 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_writes: u64,
 
+    /// Serve `GET /metrics` to everyone; without it, with --acl, scraping needs a token
+    /// with `cluster:read`.
+    #[arg(long, env = "REGISTRY_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
+    /// Log lines as plain text, or as one JSON object per line (for log collectors).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, env = "REGISTRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// Turn access control on: every request needs a token whose rules allow it
     /// (default deny), except what --acl-anonymous opens. Make the first token with
     /// `POST /v1/acl/bootstrap`. Give every server of a cluster the same ACL flags.
@@ -236,6 +245,13 @@ Examples:
   registry-server --node-id 4 --listen 127.0.0.1:7404 --data-dir n4 --join 127.0.0.1:7401
 
 Logging is controlled by RUST_LOG (default: info).";
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Whether `addr` (`host:port`) names this machine's loopback interface.
 pub fn is_loopback(addr: &str) -> bool {

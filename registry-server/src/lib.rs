@@ -18,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod leader;
 pub mod listener;
+pub mod metrics;
 pub mod raft;
 pub mod replicated;
 pub mod server;

@@ -2,18 +2,32 @@
 //! startup failure into one clear line on stderr.
 
 use clap::Parser;
-use registry_server::config::Config;
+use registry_server::config::{Config, LogFormat};
 use registry_server::server;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // openraft logs every failed replication call (twice a second per unreachable
+    // peer); the peer client logs a peer that stops answering once, and then once a
+    // minute (`raft::network`), so openraft's line is dropped.
+    let quiet_replication = filter_fn(|meta| {
+        !(meta.target().starts_with("openraft::replication")
+            && meta.fields().field("err").is_some())
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter).with_filter(quiet_replication))
         .init();
     match server::run(config, server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

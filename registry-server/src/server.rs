@@ -127,6 +127,7 @@ pub async fn run(
                 .unwrap_or(usize::MAX),
             max_parked_waiters: usize::try_from(config.max_parked_waiters).unwrap_or(usize::MAX),
         },
+        metrics_public: config.metrics_public,
     };
     let connections = ConnectionCount::default();
     let peer_connections = peer_listener.as_ref().map(|_| ConnectionCount::default());
@@ -141,6 +142,8 @@ pub async fn run(
         peer_connections: peer_connections.clone(),
     };
     let app = App::new(config.node_id, wiring, app_config);
+    crate::metrics::install();
+    crate::metrics::watch_leader_changes(&app);
 
     if !raft.is_initialized().await? {
         match (&config.join, &config.bootstrap) {

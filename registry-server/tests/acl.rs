@@ -209,6 +209,15 @@ fn cases(f: &Fixtures, own_addr: &str) -> Vec<Case> {
             &["service:read"],
             S::OK,
         ),
+        case(
+            Method::GET,
+            "/metrics",
+            "/metrics".into(),
+            None,
+            &["cluster:read"],
+            &["service:read"],
+            S::OK,
+        ),
         // Adding this server again changes nothing; the point is getting past the check.
         case(
             Method::POST,

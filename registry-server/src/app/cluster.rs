@@ -126,6 +126,15 @@ impl App {
         Ok(self.cluster_status())
     }
 
+    /// The Prometheus exposition of this node (`GET /metrics`): needs `cluster:read`
+    /// unless the server runs with `--metrics-public`.
+    pub fn metrics_text(&self) -> Result<String, AppError> {
+        if !self.inner.metrics_public {
+            self.require(Resource::Cluster, "", Access::Read)?;
+        }
+        Ok(crate::metrics::render(self))
+    }
+
     /// Adds a server: as a learner that catches up, then (unless `learner`) a voter.
     /// Runs on the leader; returns the index the last change committed at. Needs
     /// `cluster:write`; without a cluster secret only a loopback address may join (the

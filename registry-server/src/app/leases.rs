@@ -89,7 +89,10 @@ impl App {
         };
         match self.inner.clock.keepalive(&id) {
             Ok(remaining) => match self.inner.state.read().app.coordinator.lease(&id) {
-                Some(lease) => Ok((lease.clone(), remaining)),
+                Some(lease) => {
+                    crate::metrics::keepalive();
+                    Ok((lease.clone(), remaining))
+                }
                 None => Err(ended(false)),
             },
             Err(KeepaliveError::NotFound) => Err(ended(false)),

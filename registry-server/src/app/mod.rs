@@ -70,6 +70,8 @@ pub struct AppConfig {
     pub peers_authenticated: bool,
     /// How many blocking queries and waiting requests this node holds at most.
     pub limits: LimitsConfig,
+    /// `--metrics-public`: `/metrics` needs no `cluster:read`.
+    pub metrics_public: bool,
 }
 
 struct Inner {
@@ -89,6 +91,7 @@ struct Inner {
     authority: Authority,
     bootstrap_secret: Option<String>,
     peers_authenticated: bool,
+    metrics_public: bool,
     limits: limits::Limits,
     /// The caller without a token (everyone, with ACLs off): one shared value, so a
     /// request that presents no token allocates nothing for it.
@@ -165,6 +168,7 @@ impl App {
                 authority: config.authority,
                 bootstrap_secret: config.bootstrap_secret,
                 peers_authenticated: config.peers_authenticated,
+                metrics_public: config.metrics_public,
                 limits: limits::Limits::new(config.limits, connections, peer_connections),
                 anonymous: anonymous.clone(),
             }),
@@ -174,6 +178,16 @@ impl App {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Counts of the replicated state (for `/metrics`).
+    pub fn state_counts(&self) -> crate::metrics::StateCounts {
+        crate::metrics::StateCounts::of(&self.inner.state.read().app)
+    }
+
+    /// How long ago each peer last answered this node's Raft calls.
+    pub fn peer_contacts(&self) -> Vec<(NodeId, Option<Duration>)> {
+        self.inner.peers.contacts()
     }
 
     pub fn raft(&self) -> &Raft {

@@ -99,6 +99,7 @@ impl App {
         }
         match self.propose_here(ExpireLeases(expire.clone())).await {
             Ok((index, gone)) => {
+                crate::metrics::leases_expired(gone.len());
                 tracing::info!(index, expired = gone.len(), "leases expired");
             }
             Err(e) => {

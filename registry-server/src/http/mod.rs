@@ -201,6 +201,7 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             delete(acl::revoke_token),
             Caller,
         ),
+        (Method::GET, "/metrics", get(public::metrics), Caller),
         (Method::GET, "/healthz", get(public::healthz), Open),
         (Method::GET, "/readyz", get(public::readyz), Open),
         (Method::GET, "/v1/openapi.json", get(openapi_document), Open),
@@ -289,6 +290,7 @@ fn internal_routes(app: &App, cluster_secret: Option<String>, max_message: usize
 
 fn finish(routes: Router<App>, app: App) -> Router {
     routes
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::map_response_with_state(

@@ -80,6 +80,13 @@ pub async fn cluster(Acting(app): Acting) -> Result<Response, ApiError> {
     Ok(indexed(status.applied_index, status))
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(Acting(app): Acting) -> Result<Response, ApiError> {
+    let text = app.metrics_text()?;
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
 pub async fn add_member(
     Acting(app): Acting,
     Json(req): Json<AddMemberRequest>,

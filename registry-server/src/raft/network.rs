@@ -83,7 +83,26 @@ pub struct PeerClient {
     max_message: usize,
     /// `https` when the cluster runs TLS (`--tls-cert`), `http` otherwise.
     scheme: &'static str,
+    /// How each peer answered Raft calls lately: for the leader's last-contact metric,
+    /// and to log a peer that stops answering once, not at every retry.
+    contacts: std::sync::Arc<std::sync::Mutex<BTreeMap<NodeId, Contact>>>,
 }
+
+/// What this node knows of one peer's answers to its Raft calls.
+#[derive(Debug, Clone, Copy)]
+struct Contact {
+    /// The last call the peer answered.
+    answered: Option<std::time::Instant>,
+    /// Since when calls fail, if the last one did.
+    failing_since: Option<std::time::Instant>,
+    /// When a failure was last logged.
+    logged: std::time::Instant,
+    /// Calls failed since the last log line.
+    failures: u64,
+}
+
+/// How often a peer that keeps failing is logged again.
+const FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,7 +141,72 @@ impl PeerClient {
             routes: std::sync::Arc::new(routes),
             max_message,
             scheme,
+            contacts: Default::default(),
         })
+    }
+
+    /// How long ago each peer last answered a Raft call (`None`: never, since start).
+    pub fn contacts(&self) -> Vec<(NodeId, Option<Duration>)> {
+        let contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        contacts
+            .iter()
+            .map(|(id, c)| (*id, c.answered.map(|at| at.elapsed())))
+            .collect()
+    }
+
+    /// Notes that `peer` answered a Raft call; logs it if it had stopped answering.
+    fn answered(&self, peer: NodeId, addr: &str) {
+        let now = std::time::Instant::now();
+        let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        let contact = contacts.entry(peer).or_insert(Contact {
+            answered: None,
+            failing_since: None,
+            logged: now,
+            failures: 0,
+        });
+        if let Some(since) = contact.failing_since.take() {
+            tracing::info!(
+                peer, %addr,
+                "Raft calls to this peer succeed again, after {} of failures",
+                api_spec::format_duration(since.elapsed())
+            );
+        }
+        contact.answered = Some(now);
+        contact.failures = 0;
+    }
+
+    /// Notes that a Raft call to `peer` failed; logs it when the peer was answering
+    /// before, and then once a minute while it keeps failing (openraft's own line for each
+    /// failed call is filtered out, see `main.rs`).
+    fn failed(&self, peer: NodeId, addr: &str, error: &PeerError) {
+        let now = std::time::Instant::now();
+        let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        let contact = contacts.entry(peer).or_insert(Contact {
+            answered: None,
+            failing_since: None,
+            logged: now,
+            failures: 0,
+        });
+        contact.failures += 1;
+        match contact.failing_since {
+            None => {
+                contact.failing_since = Some(now);
+                contact.logged = now;
+                contact.failures = 0;
+                tracing::warn!(peer, %addr, %error, "Raft calls to this peer fail");
+            }
+            Some(since) if now.duration_since(contact.logged) >= FAILING_LOG_EVERY => {
+                tracing::warn!(
+                    peer, %addr, %error,
+                    failed_calls = contact.failures,
+                    "Raft calls to this peer still fail, for {}",
+                    api_spec::format_duration(since.elapsed())
+                );
+                contact.logged = now;
+                contact.failures = 0;
+            }
+            Some(_) => {}
+        }
     }
 
     /// The largest internal request body this node sends.
@@ -266,21 +350,25 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
+        let sent = self
             .client
             .send(&self.addr, path, bytes, option.hard_ttl())
-            .await
-            .map_err(|e| match (&e, entries) {
-                (PeerError::Rejected { status: 413, .. }, Some(n)) if n > 1 => {
-                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
-                }
-                // openraft backs off from unreachable peers instead of retrying at once;
-                // a peer that refuses our calls is no more useful than an unreachable one.
-                (PeerError::Unreachable { .. } | PeerError::Rejected { .. }, _) => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                (PeerError::Failed { .. }, _) => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            .await;
+        match &sent {
+            Ok(_) => self.client.answered(self.target, &self.addr),
+            Err(e) => self.client.failed(self.target, &self.addr, e),
+        }
+        let answer: Result<Resp, RaftError<NodeId, E>> = sent.map_err(|e| match (&e, entries) {
+            (PeerError::Rejected { status: 413, .. }, Some(n)) if n > 1 => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
+            }
+            // openraft backs off from unreachable peers instead of retrying at once;
+            // a peer that refuses our calls is no more useful than an unreachable one.
+            (PeerError::Unreachable { .. } | PeerError::Rejected { .. }, _) => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            (PeerError::Failed { .. }, _) => RPCError::Network(NetworkError::new(&e)),
+        })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -192,12 +192,14 @@ async fn drive(
         if let Some(term) = leading {
             time.lead(term, now, wall);
         }
+        let count = commands.len();
         let request = Request {
             now_ms: time.now_ms(now, wall),
             commands,
         };
         match raft.client_write(request).await {
             Ok(response) => {
+                crate::metrics::batch_committed(count, now.elapsed());
                 let index = response.log_id.index;
                 let mut outcomes = response.data.outcomes.into_iter();
                 for reply in replies {

@@ -256,6 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut batch = WriteBatch::default();
         let mut stamp = None;
         for entry in entries {
@@ -274,7 +275,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::task::spawn_blocking(move || {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
+            let synced = std::time::Instant::now();
             let result = db.write_opt(batch, &opts).map_err(std::io::Error::other);
+            crate::metrics::log_appended(started.elapsed(), synced.elapsed());
             // Release the database before reporting, so that nothing holds it once the
             // caller knows the write is done (a reopen in the same process would fail).
             drop(db);

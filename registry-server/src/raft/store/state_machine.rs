@@ -160,6 +160,8 @@ pub struct SnapshotBuilder {
     membership: StoredMembership<NodeId, Node>,
     snapshots: SnapshotDir,
     seq: u64,
+    /// When encoding the state began (the build's duration counts from there).
+    started: std::time::Instant,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -185,6 +187,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        crate::metrics::snapshot(false, self.started.elapsed(), file.len());
         if current {
             tracing::info!(snapshot = %meta.snapshot_id, bytes = file.len(), "snapshot built");
         } else {
@@ -267,6 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership,
             snapshots: self.snapshots.clone(),
             seq: self.snapshot_seq,
+            started,
         }
     }
 
@@ -282,6 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The bytes are the sender's snapshot file: check them (version, checksum) and
         // decode the state before anything is replaced.
         let bytes = snapshot.into_inner();
+        let (started, size) = (std::time::Instant::now(), bytes.len());
         let snapshots = self.snapshots.clone();
         let file_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
@@ -315,6 +320,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tracing::warn!(snapshot = %meta.snapshot_id, "installed snapshot not kept on disk: a newer one is current");
         }
         self.clock.reset(data.app.coordinator.leases());
+        crate::metrics::snapshot(true, started.elapsed(), size);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         *self.state.write() = StateData {
             last_applied: meta.last_log_id,
