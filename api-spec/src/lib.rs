@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod acl;
+pub mod backup;
 pub mod openapi;
 pub mod rules;
 

@@ -112,6 +112,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         routes::list_tokens,
         routes::own_token,
         routes::revoke_token,
+        routes::snapshot,
         routes::metrics,
         routes::healthz,
         routes::readyz,
@@ -129,7 +130,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         (name = "cluster", description = "Raft membership and status."),
         (name = "acl", description = "Access control: tokens with rules, and the one-time bootstrap."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
-        (name = "operations", description = "Metrics for Prometheus."),
+        (name = "operations", description = "Metrics for Prometheus, and backups."),
         (name = "meta", description = "This document."),
     )
 )]
@@ -1286,6 +1287,22 @@ mod routes {
     )]
     fn revoke_token() {}
 
+    /// A backup of the whole registry: the state at one applied index (after a
+    /// linearizable read, so every write acknowledged before the call is in it), as a
+    /// binary file with a format version, a JSON summary and a CRC-32 (`api_spec::backup`).
+    /// Save it with `regctl snapshot save FILE`; restore with `registry-server --restore
+    /// FILE --data-dir EMPTY_DIR`.
+    #[utoipa::path(
+        get,
+        path = "/v1/snapshot",
+        tag = "operations",
+        responses(
+            (status = 200, description = "The backup file.", body = Vec<u8>, content_type = "application/octet-stream"),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn snapshot() {}
+
     /// Prometheus metrics of this node, in the text exposition format: HTTP requests and
     /// durations, Raft (term, role, indexes, batches, commit and fsync latency,
     /// snapshots, last contact with each peer on the leader), the registry (leases,
@@ -1426,6 +1443,7 @@ mod tests {
             ("GET", "/v1/acl/tokens"),
             ("GET", "/v1/acl/tokens/self"),
             ("DELETE", "/v1/acl/tokens/{accessor}"),
+            ("GET", "/v1/snapshot"),
             ("GET", "/metrics"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),

@@ -81,6 +81,11 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+
+    /// A backup (`GET /v1/snapshot`) that arrived damaged: truncated, or not matching
+    /// its checksum.
+    #[error("the backup from {endpoint} {reason}")]
+    InvalidBackup { endpoint: String, reason: String },
 }
 
 /// Which of the builder's TLS inputs an [`Error::InvalidTls`] is about.

@@ -559,6 +559,31 @@ impl Client {
             .await
     }
 
+    /// A backup of the whole registry (`GET /v1/snapshot`, needs `cluster:write`): the
+    /// state at one applied index, including every write acknowledged before the call.
+    /// The bytes are checked here (header, length, checksum) before they are returned;
+    /// the summary is `api_spec::backup::decode(&bytes)`'s. Waits up to `timeout` (a
+    /// large registry's backup takes a while), on top of the client's.
+    pub async fn snapshot(&self, timeout: Duration) -> Result<Response<Vec<u8>>> {
+        let checked = |endpoint: &str, bytes: &[u8]| match api_spec::backup::decode(bytes) {
+            Ok(_) => Ok(bytes.to_vec()),
+            Err(e) => Err(Error::InvalidBackup {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            }),
+        };
+        let timeout = Some(self.inner.timeout + timeout);
+        self.call_decoding(
+            Method::GET,
+            "/v1/snapshot",
+            None::<&()>,
+            Retry::Idempotent,
+            timeout,
+            checked,
+        )
+        .await
+    }
+
     /// Adds a server to the cluster (`POST /v1/cluster/members`).
     pub async fn add_member(
         &self,
@@ -604,6 +629,27 @@ impl Client {
         retry: Retry,
         timeout: Option<Duration>,
     ) -> Result<Response<T>> {
+        let json = |endpoint: &str, bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+                endpoint: endpoint.to_owned(),
+                source,
+            })
+        };
+        self.call_decoding(method, path, body, retry, timeout, json)
+            .await
+    }
+
+    /// [`Client::call_with`] with the answer's body decoded by `decode` (JSON, or kept as
+    /// bytes).
+    async fn call_decoding<B: Serialize + ?Sized, T>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        retry: Retry,
+        timeout: Option<Duration>,
+        decode: impl Fn(&str, &[u8]) -> Result<T>,
+    ) -> Result<Response<T>> {
         let auth = self.auth()?;
         let endpoints = &self.inner.endpoints;
         let start = self.inner.preferred.load(Ordering::Relaxed) % endpoints.len();
@@ -623,6 +669,7 @@ impl Client {
                     body,
                     timeout,
                     auth.as_ref(),
+                    &decode,
                 )
                 .await
             {
@@ -670,7 +717,8 @@ impl Client {
     }
 
     /// One request to one endpoint, with `auth` (see [`Client::auth`]) if any.
-    async fn attempt<B: Serialize + ?Sized, T: DeserializeOwned>(
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<B: Serialize + ?Sized, T>(
         &self,
         endpoint: &str,
         method: Method,
@@ -678,6 +726,7 @@ impl Client {
         body: Option<&B>,
         timeout: Option<Duration>,
         auth: Option<&(HeaderName, HeaderValue)>,
+        decode: &impl Fn(&str, &[u8]) -> Result<T>,
     ) -> Result<Response<T>, Failure> {
         let url = self.inner.url(endpoint, path);
         let mut request = self.inner.http.request(method, url);
@@ -716,12 +765,7 @@ impl Client {
                 &bytes,
             )));
         }
-        let value = serde_json::from_slice(&bytes).map_err(|source| {
-            Failure::sent(Error::Decode {
-                endpoint: endpoint.to_owned(),
-                source,
-            })
-        })?;
+        let value = decode(endpoint, &bytes).map_err(Failure::sent)?;
         Ok(Response { value, index })
     }
 }

@@ -49,6 +49,13 @@ pub struct Config {
     #[arg(long, value_name = "1=ADDR,2=ADDR,3=ADDR", value_parser = parse_bootstrap, conflicts_with = "join")]
     pub bootstrap: Option<Bootstrap>,
 
+    /// Disaster recovery: start a new one-node cluster from a backup (`GET /v1/snapshot`,
+    /// `regctl snapshot save`) in an empty --data-dir; grow it with --join. Every lease
+    /// starts again at its full TTL; fencing tokens continue above the backup's. Ignored
+    /// once the data dir holds the restored cluster (a restart).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bootstrap", "join"])]
+    pub restore: Option<PathBuf>,
+
     /// Join an existing cluster: ask the server at ADDR (any member) to add this one.
     /// Ignored once this server is a member.
     #[arg(long, value_name = "ADDR")]

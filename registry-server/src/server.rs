@@ -65,6 +65,9 @@ pub async fn run(
     }
 
     let data_dir = &config.data_dir;
+    if let Some(file) = &config.restore {
+        restore(file, data_dir, config.node_id, &advertise)?;
+    }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     claim_data_dir(data_dir, config.node_id)?;
@@ -235,6 +238,33 @@ pub async fn run(
         .await
         .map_err(|e| anyhow!("stopping Raft: {e}"))?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Restores the backup at `file` into `data_dir` (`--restore`), unless the data dir
+/// already holds what an earlier start restored from it.
+fn restore(file: &Path, data_dir: &Path, node_id: NodeId, advertise: &str) -> anyhow::Result<()> {
+    use crate::raft::store::backup;
+    let restored_before = data_dir.join("node-id").exists()
+        && !backup::is_empty_dir(&data_dir.join("snapshot")).map_err(|e| anyhow!(e))?;
+    if restored_before {
+        tracing::info!(
+            file = %file.display(),
+            "--restore: the data dir already holds a cluster (restored earlier?); starting it as it is"
+        );
+        return Ok(());
+    }
+    let summary = backup::restore(file, data_dir, node_id, advertise).map_err(|e| anyhow!(e))?;
+    tracing::info!(
+        file = %file.display(),
+        index = summary.index,
+        services = summary.services,
+        instances = summary.instances,
+        leases = summary.leases,
+        locks = summary.locks,
+        last_fencing_token = summary.last_fencing_token,
+        "restored a backup: this server is a new one-node cluster; add servers with --join"
+    );
     Ok(())
 }
 

@@ -389,9 +389,15 @@ impl Cluster {
     /// single-node registry a developer gets without cluster flags. It is node 1 (the
     /// server's default id). Waits until `/readyz` passes.
     pub async fn start_single(extra_args: &[&str]) -> Result<Cluster> {
+        Cluster::start_single_with(extra_args, &[]).await
+    }
+
+    /// [`start_single`](Self::start_single) with `own_args` given to node 1 only (not to
+    /// nodes added later with [`start_joining`](Self::start_joining)), e.g. `--restore`.
+    pub async fn start_single_with(extra_args: &[&str], own_args: &[&str]) -> Result<Cluster> {
         let mut cluster = Cluster::empty(&[])?;
         cluster.common_args = extra_args.iter().map(|s| (*s).to_owned()).collect();
-        cluster.add_node(1, free_port()?, &[])?;
+        cluster.add_node(1, free_port()?, own_args)?;
         cluster.spawn(1)?;
         let addr = &cluster.addr(1);
         let node = &cluster;
@@ -890,6 +896,37 @@ pub fn faketime_env(offset: &str) -> Result<Vec<(String, String)>> {
         // Only the wall clock moves: `Instant` (lease countdowns, leader time) stays true.
         ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
     ])
+}
+
+/// Runs the server with `args` (and `--listen` on a free port, `--data-dir data_dir`)
+/// until it exits, which it must within 10 s and with a failure, and returns its stderr:
+/// for start-up errors.
+pub fn start_up_failure(data_dir: &std::path::Path, args: &[String]) -> Result<String> {
+    let port = free_port()?;
+    let mut child = Command::new(server_binary())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the server did not stop at start-up with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output()?;
+    ensure!(
+        !output.status.success(),
+        "exited successfully with {args:?}"
+    );
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// The status code of `GET http://{addr}{path}`, for probes that only care about it.

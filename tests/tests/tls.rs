@@ -272,36 +272,10 @@ fn hangup(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Runs the server with `args` (and a fresh data dir) until it exits, which it must
-/// within a few seconds, and returns its stderr.
+/// The server's stderr when it stops at start-up with `args` (a fresh data dir).
 fn start_up_error(args: &[String]) -> Result<String> {
     let data = tempfile::tempdir()?;
-    let port = tests::free_port()?;
-    let mut command = std::process::Command::new(tests::server_binary());
-    command
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data.path())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the server did not stop at start-up with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output()?;
-    ensure!(
-        !output.status.success(),
-        "exited successfully with {args:?}"
-    );
-    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    tests::start_up_failure(data.path(), args)
 }
 
 #[test]

@@ -135,6 +135,20 @@ impl App {
         Ok(crate::metrics::render(self))
     }
 
+    /// A backup of the state (`GET /v1/snapshot`, needs `cluster:write`): after a
+    /// linearizable read index, so it holds every write acknowledged before the call.
+    pub async fn backup(&self) -> Result<(api_spec::backup::BackupSummary, Vec<u8>), AppError> {
+        self.require(Resource::Cluster, "", Access::Write)?;
+        self.read_index(super::Consistency::Linearizable).await?;
+        let state = self.inner.state.clone();
+        let id = self.inner.id;
+        let now_ms = crate::raft::proposer::wall_clock_ms();
+        tokio::task::spawn_blocking(move || crate::raft::store::backup::backup(&state, id, now_ms))
+            .await
+            .map_err(|e| AppError::Internal(format!("backup: {e}")))?
+            .map_err(|e| AppError::Internal(format!("backup: {e}")))
+    }
+
     /// Adds a server: as a learner that catches up, then (unless `learner`) a voter.
     /// Runs on the leader; returns the index the last change committed at. Needs
     /// `cluster:write`; without a cluster secret only a loopback address may join (the

@@ -201,6 +201,7 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             delete(acl::revoke_token),
             Caller,
         ),
+        (Method::GET, "/v1/snapshot", get(public::snapshot), Caller),
         (Method::GET, "/metrics", get(public::metrics), Caller),
         (Method::GET, "/healthz", get(public::healthz), Open),
         (Method::GET, "/readyz", get(public::readyz), Open),

@@ -80,6 +80,23 @@ pub async fn cluster(Acting(app): Acting) -> Result<Response, ApiError> {
     Ok(indexed(status.applied_index, status))
 }
 
+/// `GET /v1/snapshot`: a backup file (`api_spec::backup`).
+pub async fn snapshot(Acting(app): Acting) -> Result<Response, ApiError> {
+    use axum::http::header;
+    let (summary, bytes) = app.backup().await?;
+    let disposition = format!("attachment; filename=\"registry-{}.backup\"", summary.index);
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::CONTENT_DISPOSITION, disposition),
+    ];
+    let mut response = (headers, bytes).into_response();
+    response.headers_mut().insert(
+        api_spec::INDEX_HEADER,
+        axum::http::HeaderValue::from(summary.index),
+    );
+    Ok(response)
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(Acting(app): Acting) -> Result<Response, ApiError> {
     let text = app.metrics_text()?;

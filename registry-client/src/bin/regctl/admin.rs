@@ -1,4 +1,5 @@
-//! Cluster and lease commands: `cluster status|add|remove`, `lease create|keepalive|revoke|get`.
+//! Cluster, lease and backup commands: `cluster status|add|remove`,
+//! `lease create|keepalive|revoke|get`, `snapshot save|inspect`.
 
 use std::time::Duration;
 
@@ -46,6 +47,97 @@ pub enum LeaseCommand {
         #[arg(long)]
         stale: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a backup of the whole registry to FILE (needs `cluster:write`): the state at
+    /// one index, holding every write acknowledged before the call. Restore it with
+    /// `registry-server --restore FILE --data-dir EMPTY_DIR`.
+    Save {
+        file: std::path::PathBuf,
+        /// How long the server may take to make it, on top of --timeout.
+        #[arg(long, value_parser = duration, default_value = "5m")]
+        wait: Duration,
+    },
+    /// Check a backup file and print its index, term, counts and size.
+    Inspect { file: std::path::PathBuf },
+}
+
+pub async fn snapshot(cx: &Context, command: SnapshotCommand) -> Result<u8, Failure> {
+    match command {
+        SnapshotCommand::Save { file, wait } => {
+            let bytes = cx.client.snapshot(wait).await?.value;
+            let summary = checked(&bytes, &file)?;
+            // Written beside the target, synced, then renamed over it: a crash never
+            // leaves half a backup under the name.
+            let tmp = file.with_extension("backup.tmp");
+            let write = || -> std::io::Result<()> {
+                use std::io::Write as _;
+                let mut out = std::fs::File::create(&tmp)?;
+                out.write_all(&bytes)?;
+                out.sync_all()?;
+                std::fs::rename(&tmp, &file)
+            };
+            write().map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Failure::new(format!("cannot write {}: {e}", file.display()))
+            })?;
+            print_summary(cx, &summary, bytes.len(), Some(&file))?;
+            Ok(0)
+        }
+        SnapshotCommand::Inspect { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
+            let summary = checked(&bytes, &file)?;
+            print_summary(cx, &summary, bytes.len(), None)?;
+            Ok(0)
+        }
+    }
+}
+
+fn checked(
+    bytes: &[u8],
+    file: &std::path::Path,
+) -> Result<api_spec::backup::BackupSummary, Failure> {
+    api_spec::backup::decode(bytes)
+        .map(|(summary, _)| summary)
+        .map_err(|e| Failure::new(format!("{} {e}", file.display())))
+}
+
+fn print_summary(
+    cx: &Context,
+    summary: &api_spec::backup::BackupSummary,
+    size: usize,
+    saved: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    if cx.json {
+        return output::json(summary);
+    }
+    if let Some(file) = saved {
+        output::line(format!("saved {} ({size} bytes)", file.display()))?;
+    }
+    output::line(format!(
+        "index {}, term {}, made by node {} {}",
+        summary.index,
+        summary.term,
+        summary.node_id,
+        output::ago(summary.created_at_ms)
+    ))?;
+    output::line(format!(
+        "{} services, {} instances, {} leases, {} locks, {} elections, {} ACL tokens; last fencing token {}",
+        summary.services,
+        summary.instances,
+        summary.leases,
+        summary.locks,
+        summary.elections,
+        summary.acl_tokens,
+        summary.last_fencing_token
+    ))?;
+    output::line(format!(
+        "{size} bytes (snapshot format {}, {} bytes, CRC-32 {:08x}: checked)",
+        summary.snapshot_format, summary.snapshot_bytes, summary.snapshot_crc32
+    ))
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -154,6 +154,9 @@ enum Command {
     /// Bootstrap ACLs; create, list, show and revoke tokens.
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Save a backup of the registry, or inspect one.
+    #[command(subcommand)]
+    Snapshot(admin::SnapshotCommand),
 }
 
 /// A token's secret, as `--token` or `REGISTRY_TOKEN` gave it; `Debug` leaves it out.
@@ -298,6 +301,7 @@ async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
         Command::Cluster(command) => admin::cluster(&cx, command).await,
         Command::Lease(command) => admin::lease(&cx, command).await,
         Command::Acl(command) => acl::acl(&cx, command).await,
+        Command::Snapshot(command) => admin::snapshot(&cx, command).await,
     }
 }
 
