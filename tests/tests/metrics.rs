@@ -121,7 +121,10 @@ fn registration(ttl: &str) -> RegisterRequest {
 
 #[tokio::test]
 async fn the_exposition_parses_and_follows_the_cluster() {
-    let cluster = Cluster::start(3, &[]).await.expect("start a cluster");
+    // Snapshots often, so that their build metrics exist too.
+    let cluster = Cluster::start(3, &["--snapshot-every", "5"])
+        .await
+        .expect("start a cluster");
     must_pass(async {
         let leader = cluster.leader_id().await?;
         let api = cluster.client_for(leader);
@@ -218,10 +221,53 @@ async fn the_exposition_parses_and_follows_the_cluster() {
             let v = value(&samples, name, &[]).unwrap_or(0.0);
             ensure!(v > 0.0, "{name} = {v}");
         }
+        // Every series the shipped Grafana dashboard queries exists (a snapshot install
+        // only happens on a follower that fell behind, so it may not have yet).
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana-dashboard.json"
+        ))?;
+        let families: std::collections::BTreeSet<&str> = samples
+            .iter()
+            .map(|(n, _, _)| family(n))
+            .chain(types.keys().map(String::as_str))
+            .collect();
+        for name in metric_names(&dashboard) {
+            if family(&name) == "registry_raft_snapshot_install_duration_seconds" {
+                continue;
+            }
+            ensure!(
+                families.contains(family(&name)),
+                "the dashboard queries {name}, which /metrics lacks"
+            );
+        }
         guard.release().await?;
         Ok(())
     })
     .await;
+}
+
+/// A sample's family: its name without a histogram's `_bucket`, `_sum` or `_count`.
+fn family(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// Every `registry_...` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("registry_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
 }
 
 const BOOT: &str = "bootstrap-secret-for-metrics-tests";
@@ -285,6 +331,53 @@ async fn json_logs_are_one_object_per_line() {
         ensure!(
             log.contains("\"message\":\"registry-server listening on"),
             "{log}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_peer_is_logged_once_not_at_every_retry() {
+    let cluster = Cluster::start(3, &[]).await.expect("start a cluster");
+    must_pass(async {
+        let leader = cluster.leader_id().await?;
+        let dead = cluster
+            .ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .context("a follower")?;
+        cluster.kill(dead).await?;
+        // openraft retries the dead peer several times a second; give it a few seconds.
+        wait_until(
+            Duration::from_secs(10),
+            "the dead peer in the leader's log",
+            || async {
+                let log = cluster.log_tail(leader, 400);
+                ensure!(log.contains("Raft calls to this peer fail"), "not yet");
+                Ok(())
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log = cluster.log_tail(leader, 400);
+        // The harness folds repeated lines into one and a "(the line above, N times)".
+        let lines: Vec<&str> = log.lines().collect();
+        let about: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains("Raft calls to this peer"))
+            .collect();
+        let repeated = about.iter().any(|&i| {
+            lines
+                .get(i + 1)
+                .is_some_and(|next| next.contains("(the line above"))
+        });
+        ensure!(
+            about.len() == 1 && !repeated,
+            "logged more than once:\n{log}"
+        );
+        ensure!(
+            !log.contains("RPCError"),
+            "openraft's per-retry line is back:\n{log}"
         );
         Ok(())
     })
