@@ -158,23 +158,28 @@ async fn a_backup_under_load_restores_into_a_new_cluster_that_grows() {
         );
         grant.release().await?;
 
-        // It grows with --join, and the new member gets the restored state.
-        fresh.start_joining(2, 1).await?;
-        let joined = fresh.client_for(2);
-        wait_until(
-            TIMEOUT,
-            "the joined member to hold the restored state",
-            || async {
-                let ids = instance_ids(&joined, Consistency::Stale).await?;
-                ensure!(
-                    before.iter().all(|id| ids.contains(id)),
-                    "{} instances",
-                    ids.len()
-                );
-                Ok(())
-            },
-        )
-        .await?;
+        // It grows back to three with --join, and the new members get the restored state.
+        for id in [2, 3] {
+            fresh.start_joining(id, 1).await?;
+            let joined = fresh.client_for(id);
+            wait_until(
+                TIMEOUT,
+                "a joined member to hold the restored state",
+                || async {
+                    let ids = instance_ids(&joined, Consistency::Stale).await?;
+                    ensure!(
+                        before.iter().all(|id| ids.contains(id)),
+                        "{} instances",
+                        ids.len()
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        let status = fresh.status(1).await?;
+        let voters = status.members.iter().filter(|m| m.voter).count();
+        ensure!(voters == 3, "{:?}", status.members);
         Ok(())
     })
     .await;
