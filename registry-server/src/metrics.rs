@@ -144,6 +144,7 @@ fn describe() {
         ("registry_expiry_storm_active", "1 if expiry storm protection holds back some service's expiries (leader)."),
         ("registry_expiry_storm_services", "Services whose expiries storm protection holds back (leader)."),
         ("registry_expiry_storm_deferred_leases", "Lease expiries held back since this node started (leader)."),
+        ("registry_expiry_storm_held_leases", "Leases whose expiry storm protection holds back now (leader)."),
         ("registry_connections", "Connections open on the client listener."),
         ("registry_peer_connections", "Connections open on the peer listener (--peer-listen)."),
         ("registry_blocking_queries", "Blocking queries waiting on this node."),
@@ -294,6 +295,8 @@ fn record_state(app: &App) {
     gauge!("registry_expiry_storm_active").set(f64::from(u8::from(!storm_services.is_empty())));
     gauge!("registry_expiry_storm_services").set(storm_services.len() as f64);
     gauge!("registry_expiry_storm_deferred_leases").set(deferred as f64);
+    let holding = if leading { app.storm_holding() } else { 0 };
+    gauge!("registry_expiry_storm_held_leases").set(holding as f64);
     let limits = cluster.limits;
     gauge!("registry_connections").set(limits.connections as f64);
     if let Some(peers) = limits.peer_connections {

@@ -76,6 +76,11 @@ impl App {
             .now_ms(Instant::now(), wall_clock_ms())
     }
 
+    /// Lease expiries storm protection holds back now (on the leader; 0 elsewhere).
+    pub fn storm_holding(&self) -> usize {
+        self.storm().holding()
+    }
+
     pub(super) fn storm(&self) -> std::sync::MutexGuard<'_, StormGuard> {
         self.inner.storm.lock().unwrap_or_else(|e| e.into_inner())
     }

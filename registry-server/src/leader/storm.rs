@@ -102,6 +102,12 @@ impl StormGuard {
         self.deferred_total
     }
 
+    /// Leases whose expiry the last decision held back: the instances they keep are
+    /// still passing only because of storm protection.
+    pub fn holding(&self) -> usize {
+        self.deferred.len()
+    }
+
     /// Splits due leases into those to expire now and those to defer.
     pub fn decide(&mut self, due: Vec<LeaseId>, catalog: &Catalog, now: Instant) -> Decision {
         if !self.config.enabled {
