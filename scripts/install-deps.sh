@@ -2,9 +2,10 @@
 # Installs what a fresh Debian machine lacks to build this workspace:
 # clang and libclang-dev (RocksDB's sys crate runs bindgen and compiles C++), and
 # cargo-nextest (the test runner); plus curl, jq and flock (util-linux), which the shell
-# examples in examples/ and their test use; and faketime (libfaketime), which
-# tests/tests/clock_skew.rs runs one server under to shift its wall clock. Safe to run
-# again: it only installs what is missing.
+# examples in examples/ and their test use; faketime (libfaketime), which
+# tests/tests/clock_skew.rs runs one server under to shift its wall clock; and chromium,
+# the headless browser tests/tests/dashboard.rs drives the web dashboard (/ui) in. Safe
+# to run again: it only installs what is missing.
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -10,6 +10,7 @@ mod locks;
 mod public;
 mod query;
 mod services;
+mod ui;
 mod views;
 
 use std::sync::{Arc, OnceLock};
@@ -266,6 +267,7 @@ fn public_routes_of(app: &App) -> Router<App> {
             router.route(path, handler)
         })
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_LIMIT))
+        .merge(ui::routes())
 }
 
 fn internal_routes(app: &App, cluster_secret: Option<String>, max_message: usize) -> Router<App> {
