@@ -459,11 +459,19 @@ pub struct NodeLimits {
 /// Expiry storm protection on the leader (`GET /v1/cluster`).
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpiryStormStatus {
+    /// Whether storm protection runs (`false` with `--no-expiry-storm-protection`: every
+    /// due lease expires at once).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
     /// Services whose expiries are being held back and released at a bounded rate.
     pub active_services: Vec<String>,
     /// Leases whose expiry was held back since this server started (a lease held back
     /// over several ticks counts once; each is expired later or revived by a heartbeat).
     pub deferred_total: u64,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// `POST /v1/cluster/members`.

@@ -141,6 +141,7 @@ fn describe() {
         ("registry_raft_snapshot_index", "Index the last snapshot covers (0: none)."),
         ("registry_raft_members", "Cluster members, learners included."),
         ("registry_raft_peer_last_contact_seconds", "Seconds since the peer last answered this leader's Raft calls (+Inf: never; NaN on followers)."),
+        ("registry_expiry_storm_enabled", "1 if expiry storm protection runs (0 with --no-expiry-storm-protection; 0 on followers)."),
         ("registry_expiry_storm_active", "1 if expiry storm protection holds back some service's expiries (leader)."),
         ("registry_expiry_storm_services", "Services whose expiries storm protection holds back (leader)."),
         ("registry_expiry_storm_deferred_leases", "Lease expiries held back since this node started (leader)."),
@@ -291,7 +292,9 @@ fn record_state(app: &App) {
         };
         gauge!("registry_raft_peer_last_contact_seconds", "peer" => peer.to_string()).set(seconds);
     }
-    let (storm_services, deferred) = cluster.expiry_storm.clone().unwrap_or_default();
+    let storm = cluster.expiry_storm.clone().unwrap_or_default();
+    let (storm_services, deferred) = (storm.active, storm.deferred_total);
+    gauge!("registry_expiry_storm_enabled").set(f64::from(u8::from(storm.enabled)));
     gauge!("registry_expiry_storm_active").set(f64::from(u8::from(!storm_services.is_empty())));
     gauge!("registry_expiry_storm_services").set(storm_services.len() as f64);
     gauge!("registry_expiry_storm_deferred_leases").set(deferred as f64);

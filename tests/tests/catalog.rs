@@ -1028,7 +1028,7 @@ async fn expiry_storm_protection_releases_a_wholly_silent_service_at_the_bounded
             .expiry_storm
             .ok_or_else(|| anyhow!("the leader's /v1/cluster has no expiry_storm"))?;
         ensure!(
-            storm.active_services == ["storm"] && storm.deferred_total > 0,
+            storm.enabled && storm.active_services == ["storm"] && storm.deferred_total > 0,
             "expiry_storm during the storm: {storm:?}"
         );
 

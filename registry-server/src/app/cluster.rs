@@ -25,6 +25,17 @@ pub struct MemberInfo {
     pub role: Role,
 }
 
+/// Expiry storm protection on the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StormInfo {
+    /// Off with `--no-expiry-storm-protection`.
+    pub enabled: bool,
+    /// The services whose expiries it holds back now.
+    pub active: Vec<String>,
+    /// Expiries it deferred since this node started.
+    pub deferred_total: u64,
+}
+
 /// The cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterInfo {
@@ -39,9 +50,8 @@ pub struct ClusterInfo {
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub members: Vec<MemberInfo>,
-    /// On the leader: the services whose expiries storm protection holds back, and how
-    /// many expiries it deferred in all.
-    pub expiry_storm: Option<(Vec<String>, u64)>,
+    /// On the leader: storm protection's state.
+    pub expiry_storm: Option<StormInfo>,
     /// What this node holds against its limits.
     pub limits: super::LimitsInfo,
 }
@@ -114,7 +124,11 @@ impl App {
             members,
             expiry_storm: (metrics.state == ServerState::Leader).then(|| {
                 let storm = self.storm();
-                (storm.active(), storm.deferred_total())
+                StormInfo {
+                    enabled: storm.enabled(),
+                    active: storm.active(),
+                    deferred_total: storm.deferred_total(),
+                }
             }),
             limits: self.limits(),
         }

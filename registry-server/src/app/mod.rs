@@ -33,7 +33,7 @@ mod tasks;
 
 pub use self::acl::{hash_secret, TokenSpec};
 pub use self::catalog::ServiceCounts;
-pub use self::cluster::{ClusterInfo, MemberInfo};
+pub use self::cluster::{ClusterInfo, MemberInfo, StormInfo};
 pub use self::coordination::{AcquireSpec, Granted};
 pub use self::error::AppError;
 pub use self::limits::{LimitsConfig, LimitsInfo};

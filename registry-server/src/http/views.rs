@@ -152,11 +152,10 @@ pub(super) fn cluster_status(info: ClusterInfo) -> ClusterStatus {
         snapshot_index: info.snapshot_index,
         purged_index: info.purged_index,
         members: info.members.into_iter().map(member).collect(),
-        expiry_storm: info.expiry_storm.map(|(active_services, deferred_total)| {
-            ExpiryStormStatus {
-                active_services,
-                deferred_total,
-            }
+        expiry_storm: info.expiry_storm.map(|storm| ExpiryStormStatus {
+            enabled: storm.enabled,
+            active_services: storm.active,
+            deferred_total: storm.deferred_total,
         }),
         limits: node_limits(info.limits),
     }

@@ -86,6 +86,11 @@ impl StormGuard {
         }
     }
 
+    /// Whether storm protection runs at all.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
     /// Services currently in a storm.
     pub fn active(&self) -> Vec<String> {
         let mut active: Vec<String> = self

@@ -455,6 +455,9 @@ function renderElections(body) {
 /** Expiry storm protection as the leader reports it (absent when a follower answers). */
 function stormText(storm) {
   if (!storm) return el("span", { className: "muted", text: "unknown (only the leader knows)" });
+  if (storm.enabled === false) {
+    return el("span", { className: "muted", text: "off (--no-expiry-storm-protection)" });
+  }
   if (storm.active_services.length === 0) {
     return el("span", {
       className: "good",
