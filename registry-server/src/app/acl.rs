@@ -314,17 +314,11 @@ impl App {
     /// Asks every other member to confirm it applied `index`; answers those that did not
     /// within [`REVOKE_CONFIRM_TIMEOUT`].
     async fn confirm_everywhere(&self, index: u64) -> Vec<NodeId> {
-        let members: Vec<(NodeId, String)> = {
-            let metrics = self.inner.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.inner.id)
-                .map(|(id, node)| (*id, node.addr.clone()))
-                .collect()
-        };
+        let members: Vec<(NodeId, String)> = self
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != self.inner.id)
+            .collect();
         let asks = members.iter().map(|(id, addr)| async move {
             let op = Forward::AwaitApplied(index);
             let ask = self.forward_to(addr, &op);

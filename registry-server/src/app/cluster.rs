@@ -199,16 +199,21 @@ impl App {
         }
     }
 
-    /// The address of every member (learners included), as this node last heard.
-    pub fn member_addrs(&self) -> Vec<String> {
+    /// Every member (learners included) with its address, as this node last heard.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         metrics
             .membership_config
             .membership()
             .nodes()
-            .map(|(_, node)| node.addr.clone())
+            .map(|(id, node)| (*id, node.addr.clone()))
             .collect()
+    }
+
+    /// The address of every member (learners included).
+    pub fn member_addrs(&self) -> Vec<String> {
+        self.members().into_iter().map(|(_, addr)| addr).collect()
     }
 
     /// Without a cluster secret, refuses a member the leader would reach over a network

@@ -154,8 +154,8 @@ impl PeerClient {
             .collect()
     }
 
-    /// Notes that `peer` answered a Raft call; logs it if it had stopped answering.
-    fn answered(&self, peer: NodeId, addr: &str) {
+    /// Runs `f` on what is known of `peer`'s answers.
+    fn with_contact(&self, peer: NodeId, f: impl FnOnce(&mut Contact, std::time::Instant)) {
         let now = std::time::Instant::now();
         let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
         let contact = contacts.entry(peer).or_insert(Contact {
@@ -164,49 +164,50 @@ impl PeerClient {
             logged: now,
             failures: 0,
         });
-        if let Some(since) = contact.failing_since.take() {
-            tracing::info!(
-                peer, %addr,
-                "Raft calls to this peer succeed again, after {} of failures",
-                api_spec::format_duration(since.elapsed())
-            );
-        }
-        contact.answered = Some(now);
-        contact.failures = 0;
+        f(contact, now);
+    }
+
+    /// Notes that `peer` answered a Raft call; logs it if it had stopped answering.
+    fn answered(&self, peer: NodeId, addr: &str) {
+        self.with_contact(peer, |contact, now| {
+            if let Some(since) = contact.failing_since.take() {
+                tracing::info!(
+                    peer, %addr,
+                    "Raft calls to this peer succeed again, after {} of failures",
+                    api_spec::format_duration(since.elapsed())
+                );
+            }
+            contact.answered = Some(now);
+            contact.failures = 0;
+        });
     }
 
     /// Notes that a Raft call to `peer` failed; logs it when the peer was answering
     /// before, and then once a minute while it keeps failing (openraft's own line for each
     /// failed call is filtered out, see `main.rs`).
     fn failed(&self, peer: NodeId, addr: &str, error: &PeerError) {
-        let now = std::time::Instant::now();
-        let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
-        let contact = contacts.entry(peer).or_insert(Contact {
-            answered: None,
-            failing_since: None,
-            logged: now,
-            failures: 0,
+        self.with_contact(peer, |contact, now| {
+            contact.failures += 1;
+            match contact.failing_since {
+                None => {
+                    contact.failing_since = Some(now);
+                    contact.logged = now;
+                    contact.failures = 0;
+                    tracing::warn!(peer, %addr, %error, "Raft calls to this peer fail");
+                }
+                Some(since) if now.duration_since(contact.logged) >= FAILING_LOG_EVERY => {
+                    tracing::warn!(
+                        peer, %addr, %error,
+                        failed_calls = contact.failures,
+                        "Raft calls to this peer still fail, for {}",
+                        api_spec::format_duration(since.elapsed())
+                    );
+                    contact.logged = now;
+                    contact.failures = 0;
+                }
+                Some(_) => {}
+            }
         });
-        contact.failures += 1;
-        match contact.failing_since {
-            None => {
-                contact.failing_since = Some(now);
-                contact.logged = now;
-                contact.failures = 0;
-                tracing::warn!(peer, %addr, %error, "Raft calls to this peer fail");
-            }
-            Some(since) if now.duration_since(contact.logged) >= FAILING_LOG_EVERY => {
-                tracing::warn!(
-                    peer, %addr, %error,
-                    failed_calls = contact.failures,
-                    "Raft calls to this peer still fail, for {}",
-                    api_spec::format_duration(since.elapsed())
-                );
-                contact.logged = now;
-                contact.failures = 0;
-            }
-            Some(_) => {}
-        }
     }
 
     /// The largest internal request body this node sends.
