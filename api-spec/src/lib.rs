@@ -474,6 +474,14 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// One target group of `GET /v1/sd/prometheus` (Prometheus' HTTP service discovery
+/// format): one instance, its `address:port`, and its labels.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrometheusTargetGroup {
+    pub targets: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 /// `POST /v1/cluster/members`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -112,6 +112,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         routes::list_tokens,
         routes::own_token,
         routes::revoke_token,
+        routes::prometheus_sd,
         routes::snapshot,
         routes::metrics,
         routes::healthz,
@@ -621,6 +622,7 @@ fn description(schema: &RefOr<Schema>) -> Option<String> {
 fn parameter_rule(path: &str, parameter: &Parameter) -> Option<Object> {
     let rule = match (&parameter.parameter_in, parameter.name.as_str()) {
         (ParameterIn::Path, "service" | "name") => rules::NAME,
+        (ParameterIn::Query, "service") if path == "/v1/sd/prometheus" => rules::NAME,
         (ParameterIn::Path, "id") if path.starts_with("/v1/services/") => rules::INSTANCE_ID,
         (ParameterIn::Query, "wait") => {
             return Some(duration_schema(rules::BLOCKING_WAIT, false, None))
@@ -745,15 +747,17 @@ mod routes {
     #![allow(dead_code)]
 
     use super::{
-        BlockingQuery, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery, ServicePath,
+        BlockingQuery, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery,
+        ServicePath, StatusFilter,
     };
     use crate::acl::{CreateTokenRequest, RevokeTokenResponse, TokenCreated, TokenInfo, TokenList};
     use crate::{
         AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
         CreateLeaseRequest, DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList,
         ErrorBody, HealthStatus, HeartbeatResponse, Instance, LeaseInfo, LockGrant, LockInfo,
-        LockList, MembershipResponse, ProclaimRequest, RegisterRequest, ReleaseRequest,
-        ReleaseResponse, RevokeLeaseResponse, ServiceInstances, ServiceList, SetStatusRequest,
+        LockList, MembershipResponse, ProclaimRequest, PrometheusTargetGroup, RegisterRequest,
+        ReleaseRequest, ReleaseResponse, RevokeLeaseResponse, ServiceInstances, ServiceList,
+        SetStatusRequest,
     };
 
     /// Register an instance, or update it.
@@ -1287,6 +1291,32 @@ mod routes {
     )]
     fn revoke_token() {}
 
+    /// Prometheus HTTP service discovery (`http_sd_configs`): one target group per
+    /// instance, passing ones only unless `status` says otherwise, across every service the
+    /// caller may read (or the one `service` names). Labels: `__meta_registry_service`,
+    /// `__meta_registry_instance`, `__meta_registry_status`, `__meta_registry_zone`,
+    /// `__meta_registry_region`, `__meta_registry_weight`, `__meta_registry_tags`
+    /// (`,a,b,`), `__meta_registry_meta_<key>`.
+    #[utoipa::path(
+        get,
+        path = "/v1/sd/prometheus",
+        tag = "operations",
+        params(
+            ("service" = Option<String>, Query, description = "Only this service."),
+            ("tag" = Option<Vec<String>>, Query, description = "Only instances with every one of these tags (repeat the parameter)."),
+            ("zone" = Option<String>, Query, description = "Only instances in this zone."),
+            ("region" = Option<String>, Query, description = "Only instances in this region."),
+            ("status" = Option<StatusFilter>, Query, description = "`passing` (default), `draining`, `critical` or `any`."),
+            ReadQuery,
+        ),
+        responses(
+            (status = 200, description = "The target groups.", body = Vec<PrometheusTargetGroup>),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn prometheus_sd() {}
+
     /// A backup of the whole registry: the state at one applied index (after a
     /// linearizable read, so every write acknowledged before the call is in it), as a
     /// binary file with a format version, a JSON summary and a CRC-32 (`api_spec::backup`).
@@ -1443,6 +1473,7 @@ mod tests {
             ("GET", "/v1/acl/tokens"),
             ("GET", "/v1/acl/tokens/self"),
             ("DELETE", "/v1/acl/tokens/{accessor}"),
+            ("GET", "/v1/sd/prometheus"),
             ("GET", "/v1/snapshot"),
             ("GET", "/metrics"),
             ("GET", "/healthz"),

@@ -211,6 +211,15 @@ fn cases(f: &Fixtures, own_addr: &str) -> Vec<Case> {
         ),
         case(
             Method::GET,
+            "/v1/sd/prometheus",
+            "/v1/sd/prometheus".into(),
+            None,
+            &["service:read"],
+            &["lock:read"],
+            S::OK,
+        ),
+        case(
+            Method::GET,
             "/v1/snapshot",
             "/v1/snapshot".into(),
             None,

@@ -88,6 +88,39 @@ impl App {
         Ok((state.last_applied.map_or(0, |l| l.index), services))
     }
 
+    /// The instances that pass `filter` across every service the caller may read (or
+    /// the one named `only`), as `(service, id, record)`: Prometheus HTTP discovery.
+    pub async fn instances_everywhere(
+        &self,
+        only: Option<&str>,
+        filter: &Filter,
+        consistency: Consistency,
+    ) -> Result<(u64, Vec<(String, String, InstanceRecord)>), AppError> {
+        match only {
+            Some(name) => self.require(Resource::Service, name, Access::Read)?,
+            None => self
+                .caller()
+                .require_some(Resource::Service, Access::Read)?,
+        }
+        self.read_index(consistency).await?;
+        let state = self.inner.state.read();
+        let instances = state
+            .app
+            .catalog
+            .services()
+            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
+            .filter(|(name, _)| self.permits(Resource::Service, name, Access::Read))
+            .flat_map(|(name, service)| {
+                service
+                    .instances
+                    .iter()
+                    .filter(|(_, record)| filter.matches(record))
+                    .map(move |(id, record)| (name.clone(), id.clone(), record.clone()))
+            })
+            .collect();
+        Ok((state.last_applied.map_or(0, |l| l.index), instances))
+    }
+
     /// One service's instances that pass `filter`, each turned into a `T` by `view` with
     /// the lease it is bound to (`None` once the lease has ended). The caller picks the
     /// form (the HTTP layer its wire view), so nothing is copied twice under the read lock.

@@ -9,6 +9,7 @@ mod internal;
 mod locks;
 mod public;
 mod query;
+mod sd;
 mod services;
 mod ui;
 mod views;
@@ -202,6 +203,7 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             delete(acl::revoke_token),
             Caller,
         ),
+        (Method::GET, "/v1/sd/prometheus", get(sd::prometheus), Caller),
         (Method::GET, "/v1/snapshot", get(public::snapshot), Caller),
         (Method::GET, "/metrics", get(public::metrics), Caller),
         (Method::GET, "/healthz", get(public::healthz), Open),

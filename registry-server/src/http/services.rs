@@ -139,7 +139,7 @@ pub async fn get_service(
     Ok(indexed(index, ServiceInstances { service, instances }))
 }
 
-fn status_filter(value: &str) -> Result<Option<InstanceStatus>, ApiError> {
+pub(super) fn status_filter(value: &str) -> Result<Option<InstanceStatus>, ApiError> {
     match value {
         "any" => Ok(None),
         "passing" | "healthy" => Ok(Some(InstanceStatus::Passing)),
