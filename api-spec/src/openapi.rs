@@ -113,6 +113,14 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         routes::own_token,
         routes::revoke_token,
         routes::prometheus_sd,
+        routes::consul_agent_self,
+        routes::consul_status_leader,
+        routes::consul_status_peers,
+        routes::consul_catalog_services,
+        routes::consul_catalog_nodes,
+        routes::consul_catalog_service,
+        routes::consul_health_service,
+        routes::consul_health_state,
         routes::snapshot,
         routes::metrics,
         routes::healthz,
@@ -121,7 +129,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
     ),
     // Schemas reached from request and response bodies are collected on their own; the
     // enums used only by query parameters are not, so they are listed here.
-    components(schemas(ReadConsistency, StatusFilter)),
+    components(schemas(ReadConsistency, StatusFilter, CheckState)),
     modifiers(&Security, &Limits, &CommonHeaders, &RequestRules),
     tags(
         (name = "services", description = "Register instances and discover them."),
@@ -131,6 +139,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         (name = "cluster", description = "Raft membership and status."),
         (name = "acl", description = "Access control: tokens with rules, and the one-time bootstrap."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
+        (name = "consul", description = "Consul-compatible reads, for tools that discover services through Consul."),
         (name = "operations", description = "Metrics for Prometheus, and backups."),
         (name = "meta", description = "This document."),
     )
@@ -727,6 +736,16 @@ pub struct InstanceFilter {
     pub status: Option<StatusFilter>,
 }
 
+/// The check state of `GET /v1/health/state/{state}` (Consul's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    Any,
+    Passing,
+    Warning,
+    Critical,
+}
+
 /// The `status` filter of a service query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -747,7 +766,7 @@ mod routes {
     #![allow(dead_code)]
 
     use super::{
-        BlockingQuery, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery,
+        BlockingQuery, CheckState, ElectionPath, InstanceFilter, InstancePath, LockPath, ReadQuery,
         ServicePath, StatusFilter,
     };
     use crate::acl::{CreateTokenRequest, RevokeTokenResponse, TokenCreated, TokenInfo, TokenList};
@@ -1291,6 +1310,138 @@ mod routes {
     )]
     fn revoke_token() {}
 
+    /// The answering server as a Consul agent: `Config.Datacenter` (`dc1`), `Config.NodeName`, `Member`. Needs `service:read` on some name. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/agent/self",
+        tag = "consul",
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_agent_self() {}
+
+    /// The leader's address as a JSON string (`""` when none is known). Needs `cluster:read`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/status/leader",
+        tag = "consul",
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_status_leader() {}
+
+    /// The voters' addresses. Needs `cluster:read`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/status/peers",
+        tag = "consul",
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_status_peers() {}
+
+    /// Every service the caller may read, with its instances' tags: `{"name": ["tag", ...]}`. Blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/catalog/services",
+        tag = "consul",
+        params(ReadQuery, BlockingQuery),
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_catalog_services() {}
+
+    /// One Consul node per instance (the instance id is the node name; zone and region are its `Meta`). Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/catalog/nodes",
+        tag = "consul",
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_catalog_nodes() {}
+
+    /// Every instance of the service in Consul's catalog form (`Node`, `Address`, `NodeMeta`, `ServiceID`, `ServiceAddress`, `ServicePort`, `ServiceTags`, `ServiceMeta`, `ServiceWeights`, ...). Takes `tag` (repeatable); blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/catalog/service/{name}",
+        tag = "consul",
+        params(("name" = String, Path, description = "The service name."), ReadQuery, BlockingQuery),
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_catalog_service() {}
+
+    /// The service's instances with their checks (`Node`, `Service`, `Checks`): `service:<id>` is passing while the lease lives and critical once it ended; a draining instance also has a critical `_service_maintenance:<id>`. `passing` keeps passing ones only; `tag` (repeatable); `filter` takes `Service.Tags contains "x"` and `Service.Meta.k == "v"` clauses joined by `and`. Blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/health/service/{name}",
+        tag = "consul",
+        params(("name" = String, Path, description = "The service name."), ReadQuery, BlockingQuery),
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_health_service() {}
+
+    /// The checks in a state (`any`, `passing`, `warning`, `critical`) across every service the caller may read. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
+    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
+    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
+    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    #[utoipa::path(
+        get,
+        path = "/v1/health/state/{state}",
+        tag = "consul",
+        params(("state" = CheckState, Path, description = "`any`, `passing`, `warning` or `critical`."), ReadQuery),
+        responses(
+            (status = 200, description = "Consul's JSON.", body = Object, content_type = "application/json"),
+            (status = 400, description = "`invalid_argument`: a malformed parameter.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_health_state() {}
+
     /// Prometheus HTTP service discovery (`http_sd_configs`): one target group per
     /// instance, passing ones only unless `status` says otherwise, across every service the
     /// caller may read (or the one `service` names). Labels: `__meta_registry_service`,
@@ -1474,6 +1625,14 @@ mod tests {
             ("GET", "/v1/acl/tokens/self"),
             ("DELETE", "/v1/acl/tokens/{accessor}"),
             ("GET", "/v1/sd/prometheus"),
+            ("GET", "/v1/agent/self"),
+            ("GET", "/v1/status/leader"),
+            ("GET", "/v1/status/peers"),
+            ("GET", "/v1/catalog/services"),
+            ("GET", "/v1/catalog/nodes"),
+            ("GET", "/v1/catalog/service/{name}"),
+            ("GET", "/v1/health/service/{name}"),
+            ("GET", "/v1/health/state/{state}"),
             ("GET", "/v1/snapshot"),
             ("GET", "/metrics"),
             ("GET", "/healthz"),

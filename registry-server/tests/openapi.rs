@@ -103,7 +103,8 @@ fn concrete(path: &str) -> String {
         .replace("{service}", "svc")
         .replace("{name}", "l1")
         .replace("{id}", &id)
-        .replace("{accessor}", &uuid::Uuid::new_v4().to_string());
+        .replace("{accessor}", &uuid::Uuid::new_v4().to_string())
+        .replace("{state}", "any");
     assert!(
         !concrete.contains('{'),
         "{path}: a path parameter this test does not know how to fill"

@@ -20,6 +20,10 @@ use crate::replicated::acl::Caller;
 /// The secret a request presents, if any: `Authorization: Bearer` wins over the header.
 /// Another `Authorization` scheme (a proxy's Basic credentials) is not a token: it is
 /// ignored when `X-Registry-Token` is given, and refused when it is all there is.
+/// The header Consul's clients send their token in (the Consul-compatible routes, and
+/// any other, accept it).
+const CONSUL_TOKEN_HEADER: &str = "x-consul-token";
+
 fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -36,7 +40,11 @@ fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
                 .map_err(|_| AppError::Unauthenticated(format!("{TOKEN_HEADER} is not a token")))
         })
         .transpose()?;
-    match bearer.or(header) {
+    let consul = headers
+        .get(CONSUL_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    match bearer.or(header).or(consul) {
         Some(secret) if secret.is_empty() || secret.len() > MAX_SECRET_LEN => Err(
             AppError::Unauthenticated("the presented token is not a token secret".into()),
         ),
@@ -45,6 +53,22 @@ fn presented_secret(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
         )),
         other => Ok(other),
     }
+}
+
+/// Consul's `?token=` on its compatible routes (`/v1/agent`, `/v1/catalog`,
+/// `/v1/health`, `/v1/status`), where its clients put it.
+fn consul_query_token(uri: &axum::http::Uri) -> Option<String> {
+    let consul_route = ["/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/"]
+        .iter()
+        .any(|prefix| uri.path().starts_with(prefix));
+    if !consul_route {
+        return None;
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query()?).ok()?;
+    pairs
+        .into_iter()
+        .find(|(key, value)| key == "token" && !value.is_empty())
+        .map(|(_, value)| value)
 }
 
 /// Resolves the request's caller and keeps it for [`Acting`]; answers 401 at once for a
@@ -64,7 +88,12 @@ pub async fn authenticate_quietly(
 }
 
 async fn authenticate_then(app: App, mut request: Request, next: Next, audited: bool) -> Response {
-    let caller = match presented_secret(request.headers()) {
+    let from_query = consul_query_token(request.uri());
+    let presented = match presented_secret(request.headers()) {
+        Ok(None) => Ok(from_query.as_deref()),
+        other => other,
+    };
+    let caller = match presented {
         Ok(secret) => app.authenticate(secret).await,
         Err(e) => Err(e),
     };

@@ -4,6 +4,7 @@
 
 mod acl;
 mod auth;
+mod consul;
 pub mod error;
 mod internal;
 mod locks;
@@ -203,7 +204,61 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             delete(acl::revoke_token),
             Caller,
         ),
-        (Method::GET, "/v1/sd/prometheus", get(sd::prometheus), Caller),
+        (
+            Method::GET,
+            "/v1/sd/prometheus",
+            get(sd::prometheus),
+            Caller,
+        ),
+        // Consul-compatible reads (`consul.rs`).
+        (
+            Method::GET,
+            "/v1/agent/self",
+            get(consul::agent_self),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/status/leader",
+            get(consul::status_leader),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/status/peers",
+            get(consul::status_peers),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/services",
+            get(consul::catalog_services),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/nodes",
+            get(consul::catalog_nodes),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/service/{name}",
+            get(consul::catalog_service),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/health/service/{name}",
+            get(consul::health_service),
+            Caller,
+        ),
+        (
+            Method::GET,
+            "/v1/health/state/{state}",
+            get(consul::health_state),
+            Caller,
+        ),
         (Method::GET, "/v1/snapshot", get(public::snapshot), Caller),
         (Method::GET, "/metrics", get(public::metrics), Caller),
         (Method::GET, "/healthz", get(public::healthz), Open),
