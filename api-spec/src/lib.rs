@@ -474,6 +474,54 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// `PUT /v1/agent/service/register`, in Consul's names (the server reads keys in any
+/// case, as Consul does).
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsulRegistration {
+    /// The service name.
+    pub name: String,
+    /// The instance id (default: the name).
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    /// Default: the caller's IP address.
+    pub address: Option<String>,
+    pub port: u16,
+    pub tags: Option<Vec<String>>,
+    pub meta: Option<BTreeMap<String, String>>,
+    pub weights: Option<ConsulWeights>,
+    pub check: Option<ConsulCheck>,
+    pub checks: Option<Vec<ConsulCheck>>,
+}
+
+/// Consul's service weights: `Passing` is the instance weight.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsulWeights {
+    pub passing: u32,
+    pub warning: Option<u32>,
+}
+
+/// A check of a Consul registration: only TTL checks are run.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsulCheck {
+    /// The lease TTL.
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+    /// How long the instance stays listed once critical (`deregister_after`).
+    pub deregister_critical_service_after: Option<String>,
+}
+
+/// `PUT /v1/agent/check/update/{check}`.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsulCheckUpdate {
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+    pub output: Option<String>,
+}
+
 /// One target group of `GET /v1/sd/prometheus` (Prometheus' HTTP service discovery
 /// format): one instance, its `address:port`, and its labels.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

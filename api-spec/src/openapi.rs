@@ -113,6 +113,13 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         routes::own_token,
         routes::revoke_token,
         routes::prometheus_sd,
+        routes::consul_register,
+        routes::consul_deregister,
+        routes::consul_maintenance,
+        routes::consul_check_pass,
+        routes::consul_check_warn,
+        routes::consul_check_fail,
+        routes::consul_check_update,
         routes::consul_agent_self,
         routes::consul_status_leader,
         routes::consul_status_peers,
@@ -476,6 +483,56 @@ fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
             duration_schema(rules::DEREGISTER_AFTER, true, d).into()
         }),
         ("RegisterRequest", "lease", |d| uuid_schema(d).into()),
+        ("ConsulRegistration", "Name", |d| {
+            string_schema(rules::NAME, false, d).into()
+        }),
+        ("ConsulRegistration", "ID", |d| {
+            string_schema(rules::INSTANCE_ID, true, d).into()
+        }),
+        ("ConsulRegistration", "Address", |d| {
+            string_schema(rules::ADDRESS, true, d).into()
+        }),
+        ("ConsulRegistration", "Port", |d| {
+            integer_schema(rules::MIN_PORT.into(), u16::MAX.into(), false, d).into()
+        }),
+        ("ConsulRegistration", "Tags", |d| {
+            ArrayBuilder::new()
+                .items(string_schema(rules::TAG, false, None))
+                .max_items(Some(rules::MAX_TAGS))
+                .description(d)
+                .build()
+                .into()
+        }),
+        ("ConsulRegistration", "Meta", |d| {
+            let mut meta = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+                    string_schema(rules::META_VALUE, false, None).into(),
+                ))))
+                .property_names(Some(string_schema(rules::NAME, false, None)))
+                .max_properties(Some(rules::MAX_META))
+                .description(d)
+                .build();
+            meta.properties.clear();
+            meta.into()
+        }),
+        ("ConsulWeights", "Passing", |d| {
+            integer_schema(0, rules::MAX_WEIGHT.into(), false, d).into()
+        }),
+        ("ConsulCheck", "TTL", |d| {
+            duration_schema(rules::LEASE_TTL, false, d).into()
+        }),
+        ("ConsulCheck", "DeregisterCriticalServiceAfter", |d| {
+            duration_schema(rules::DEREGISTER_AFTER, true, d).into()
+        }),
+        ("ConsulCheckUpdate", "Status", |d| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["passing", "warning", "critical"]))
+                .description(d)
+                .build()
+                .into()
+        }),
         ("SetStatusRequest", "status", |d| {
             ObjectBuilder::new()
                 .schema_type(Type::String)
@@ -632,6 +689,8 @@ fn parameter_rule(path: &str, parameter: &Parameter) -> Option<Object> {
     let rule = match (&parameter.parameter_in, parameter.name.as_str()) {
         (ParameterIn::Path, "service" | "name") => rules::NAME,
         (ParameterIn::Query, "service") if path == "/v1/sd/prometheus" => rules::NAME,
+        (ParameterIn::Path, "id") if path.starts_with("/v1/agent/service/") => rules::INSTANCE_ID,
+        (ParameterIn::Path, "check") => rules::CHECK_ID,
         (ParameterIn::Path, "id") if path.starts_with("/v1/services/") => rules::INSTANCE_ID,
         (ParameterIn::Query, "wait") => {
             return Some(duration_schema(rules::BLOCKING_WAIT, false, None))
@@ -778,6 +837,7 @@ mod routes {
         ReleaseRequest, ReleaseResponse, RevokeLeaseResponse, ServiceInstances, ServiceList,
         SetStatusRequest,
     };
+    use crate::{ConsulCheckUpdate, ConsulRegistration};
 
     /// Register an instance, or update it.
     ///
@@ -1310,6 +1370,111 @@ mod routes {
     )]
     fn revoke_token() {}
 
+    /// Registers (or updates) an instance the way Consul's agent registers a service: `ID` (default `Name`), `Name`, `Address` (default the caller's IP), `Port`, `Tags`, `Meta`, `Weights`, `Check`/`Checks`, keys in any case. A TTL check becomes the lease TTL; `DeregisterCriticalServiceAfter` the `deregister_after`; without a TTL check the lease is 24h. HTTP, TCP, gRPC and script checks are refused (400). Needs `service:write` on the name.
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/service/register",
+        tag = "consul",
+        request_body = ConsulRegistration,
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_register() {}
+
+    /// Deregisters the instance with this id (in every service that has it).
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/service/deregister/{id}",
+        tag = "consul",
+        params(("id" = String, Path, description = "The instance (Consul service) id.")),
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_deregister() {}
+
+    /// `enable=true` drains the instance (out of healthy discovery, a critical maintenance check in Consul's view); `enable=false` brings it back. `reason` is accepted.
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/service/maintenance/{id}",
+        tag = "consul",
+        params(("id" = String, Path, description = "The instance (Consul service) id."), ("enable" = bool, Query, description = "`true` drains, `false` brings back."), ("reason" = Option<String>, Query, description = "Ignored.")),
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_maintenance() {}
+
+    /// Renews the lease of the instance whose check is `service:<id>`.
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/check/pass/{check}",
+        tag = "consul",
+        params(("check" = String, Path, description = "`service:<id>`.")),
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_check_pass() {}
+
+    /// As `pass` (the registry has no warning state).
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/check/warn/{check}",
+        tag = "consul",
+        params(("check" = String, Path, description = "`service:<id>`.")),
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_check_warn() {}
+
+    /// Revokes the instance's lease: it turns critical (register it again to bring it back).
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/check/fail/{check}",
+        tag = "consul",
+        params(("check" = String, Path, description = "`service:<id>`.")),
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_check_fail() {}
+
+    /// `{"Status": "passing"|"warning"|"critical"}`: as pass, warn or fail.
+    #[utoipa::path(
+        put,
+        path = "/v1/agent/check/update/{check}",
+        tag = "consul",
+        params(("check" = String, Path, description = "`service:<id>`.")),
+        request_body = ConsulCheckUpdate,
+        responses(
+            (status = 200, description = "Done (an empty body, as Consul answers)."),
+            (status = 400, description = "`invalid_argument` or `invalid_json`: a malformed request, or an unsupported check.", body = ErrorBody),
+            (status = 404, description = "`instance_not_found`: no instance has this id.", body = ErrorBody),
+            (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
+        )
+    )]
+    fn consul_check_update() {}
+
     /// The answering server as a Consul agent: `Config.Datacenter` (`dc1`), `Config.NodeName`, `Member`. Needs `service:read` on some name. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
     /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
     /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
@@ -1625,6 +1790,13 @@ mod tests {
             ("GET", "/v1/acl/tokens/self"),
             ("DELETE", "/v1/acl/tokens/{accessor}"),
             ("GET", "/v1/sd/prometheus"),
+            ("PUT", "/v1/agent/service/register"),
+            ("PUT", "/v1/agent/service/deregister/{id}"),
+            ("PUT", "/v1/agent/service/maintenance/{id}"),
+            ("PUT", "/v1/agent/check/pass/{check}"),
+            ("PUT", "/v1/agent/check/warn/{check}"),
+            ("PUT", "/v1/agent/check/fail/{check}"),
+            ("PUT", "/v1/agent/check/update/{check}"),
             ("GET", "/v1/agent/self"),
             ("GET", "/v1/status/leader"),
             ("GET", "/v1/status/peers"),

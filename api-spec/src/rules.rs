@@ -112,6 +112,12 @@ pub const INSTANCE_ID: StringRule = StringRule {
     min_length: 1,
     max_length: Some(MAX_NAME_LEN),
 };
+/// A Consul check id of a service instance: `service:<instance id>`.
+pub const CHECK_ID: StringRule = StringRule {
+    pattern: Some("^service:[A-Za-z0-9][A-Za-z0-9._:@-]*$"),
+    min_length: 9,
+    max_length: Some(MAX_NAME_LEN + 8),
+};
 /// An instance's `address` ([`ADDRESS_PATTERN`]).
 pub const ADDRESS: StringRule = StringRule {
     pattern: Some(ADDRESS_PATTERN),

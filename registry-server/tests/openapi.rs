@@ -104,7 +104,8 @@ fn concrete(path: &str) -> String {
         .replace("{name}", "l1")
         .replace("{id}", &id)
         .replace("{accessor}", &uuid::Uuid::new_v4().to_string())
-        .replace("{state}", "any");
+        .replace("{state}", "any")
+        .replace("{check}", "service:i1");
     assert!(
         !concrete.contains('{'),
         "{path}: a path parameter this test does not know how to fill"

@@ -5,6 +5,7 @@
 mod acl;
 mod auth;
 mod consul;
+mod consul_agent;
 pub mod error;
 mod internal;
 mod locks;
@@ -208,6 +209,49 @@ fn public_table() -> Vec<(Method, &'static str, MethodRouter<App>, Auth)> {
             Method::GET,
             "/v1/sd/prometheus",
             get(sd::prometheus),
+            Caller,
+        ),
+        // Consul's agent API for registration (`consul_agent.rs`).
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            put(consul_agent::register),
+            Caller,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/deregister/{id}",
+            put(consul_agent::deregister),
+            Caller,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/maintenance/{id}",
+            put(consul_agent::maintenance),
+            Caller,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/pass/{check}",
+            put(consul_agent::check_pass),
+            Renewal,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/warn/{check}",
+            put(consul_agent::check_warn),
+            Renewal,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/fail/{check}",
+            put(consul_agent::check_fail),
+            Caller,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/update/{check}",
+            put(consul_agent::check_update),
             Caller,
         ),
         // Consul-compatible reads (`consul.rs`).
