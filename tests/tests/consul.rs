@@ -161,6 +161,16 @@ async fn consul_reads_keep_consul_s_shapes_blocking_and_filters() {
         ensure!(after > index, "X-Consul-Index {after} not above {index}");
         ensure!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         ensure!(body.as_array().map(Vec::len) == Some(3), "{body}");
+        // What is not implemented (KV, sessions, Connect) is a JSON 404, never a crash.
+        for (method, path) in [("GET", "/v1/kv/config"), ("PUT", "/v1/session/create"), ("GET", "/v1/connect/ca/roots")] {
+            let response = reqwest::Client::new()
+                .request(method.parse()?, format!("{base}{path}"))
+                .send()
+                .await?;
+            ensure!(response.status() == 404, "{method} {path}: {}", response.status());
+            let body: Value = response.json().await?;
+            ensure!(body["error"]["code"] == "not_found", "{method} {path}: {body}");
+        }
         // Unknown parameters are refused; Consul's own are accepted.
         let odd = reqwest::get(format!("{base}/v1/catalog/services?colour=red")).await?;
         ensure!(odd.status() == 400, "{}", odd.status());
