@@ -12,6 +12,10 @@ use crate::raft::types::NodeId;
 /// Default client and peer address of a server started with no flags.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
+/// The longest `--dns-ttl`: DNS answers are about health, and a resolver holds on to an
+/// answer that long after the instance failed.
+pub const MAX_DNS_TTL: Duration = Duration::from_secs(3600);
+
 /// A service registry and lock server on Raft. With no flags it runs a single-node
 /// registry on 127.0.0.1:7400 with its data in ./data; the same flags on three or five
 /// servers form a replicated cluster.
@@ -35,6 +39,23 @@ pub struct Config {
     /// one. Port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     pub peer_listen: Option<String>,
+
+    /// Answer DNS queries (UDP and TCP, same port) on this address: the passing
+    /// instances of each service as `<service>.service.<domain>` (A, AAAA, SRV), from
+    /// this node's memory. Off unless given. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_listen: Option<String>,
+
+    /// The DNS domain this server is the authority for, with --dns-listen: names under
+    /// it are answered, names outside it REFUSED. A trailing dot is optional.
+    #[arg(long, value_name = "DOMAIN", default_value = "registry.", value_parser = crate::dns::parse_domain, requires = "dns_listen")]
+    pub dns_domain: hickory_server::proto::rr::Name,
+
+    /// The TTL of every DNS record (and how long resolvers may cache a "no such name"),
+    /// with --dns-listen: whole seconds, at most 1h. 0s keeps resolvers from caching, so
+    /// an instance that fails drops out of the next answer.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, requires = "dns_listen")]
+    pub dns_ttl: Duration,
 
     /// Directory for the Raft log (RocksDB) and snapshots. Created if missing.
     #[arg(long, value_name = "DIR", default_value = "./data")]
@@ -398,6 +419,16 @@ impl Config {
         if let Some(peer) = &self.peer_listen {
             check_addr(peer).map_err(|e| format!("--peer-listen: {e}"))?;
         }
+        if let Some(dns) = &self.dns_listen {
+            check_addr(dns).map_err(|e| format!("--dns-listen: {e}"))?;
+        }
+        if self.dns_ttl.subsec_nanos() != 0 || self.dns_ttl > MAX_DNS_TTL {
+            return Err(format!(
+                "--dns-ttl ({}) must be whole seconds, at most {}",
+                api_spec::format_duration(self.dns_ttl),
+                api_spec::format_duration(MAX_DNS_TTL)
+            ));
+        }
         if let Some(secret) = &self.acl_bootstrap_token {
             api_spec::rules::secret(secret).map_err(|e| {
                 format!("--acl-bootstrap-token (REGISTRY_ACL_BOOTSTRAP_TOKEN): {e}")
@@ -502,6 +533,15 @@ impl Config {
         crate::replicated::acl::Authority {
             enabled: self.acl,
             anonymous: self.acl_anonymous.clone().into(),
+        }
+    }
+
+    /// The DNS zone these flags describe (served with --dns-listen).
+    pub fn dns_zone(&self) -> crate::dns::Zone {
+        crate::dns::Zone {
+            domain: self.dns_domain.clone(),
+            // validate() bounds it to MAX_DNS_TTL.
+            ttl: u32::try_from(self.dns_ttl.as_secs()).unwrap_or(u32::MAX),
         }
     }
 
@@ -693,6 +733,46 @@ mod tests {
         assert!(short.contains("16"), "{short}");
         assert!(parse(&["--acl", "--acl-bootstrap-token", "long-enough-secret-123"]).is_ok());
         assert!(!parse(&[]).unwrap().authority().enabled);
+    }
+
+    #[test]
+    fn dns_flags_are_checked() {
+        let off = parse(&[]).unwrap();
+        assert!(off.dns_listen.is_none());
+        assert_eq!(off.dns_zone().domain.to_ascii(), "registry.");
+        assert_eq!(off.dns_zone().ttl, 0);
+        let on = parse(&[
+            "--dns-listen",
+            "127.0.0.1:8600",
+            "--dns-domain",
+            "Disco.Example",
+            "--dns-ttl",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(on.dns_zone().domain.to_ascii(), "disco.example.");
+        assert_eq!(on.dns_zone().ttl, 30);
+        let dns = |extra: &[&str]| {
+            let args: Vec<&str> = ["--dns-listen", "127.0.0.1:8600"]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect();
+            parse(&args)
+        };
+        assert!(dns(&["--dns-domain", "not a name"]).is_err());
+        assert!(dns(&["--dns-domain", "."]).is_err());
+        let sub_second = dns(&["--dns-ttl", "1500ms"]).unwrap_err();
+        assert!(sub_second.contains("whole seconds"), "{sub_second}");
+        assert!(dns(&["--dns-ttl", "2h"]).is_err());
+        assert!(dns(&["--dns-ttl", "1h"]).is_ok());
+        assert!(parse(&["--dns-listen", "nope"])
+            .unwrap_err()
+            .contains("--dns-listen"));
+        assert!(
+            parse(&["--dns-domain", "consul"]).is_err(),
+            "needs --dns-listen"
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! - `app/` — the application: what each request does and where it runs;
 //! - `http/` — the HTTP edge: routes, handlers, wire views, errors;
 //! - `config`, `server` — flags and start-up; `validate` — client input checks;
-//!   `watch` — where blocking queries and parked requests wait.
+//!   `watch` — where blocking queries and parked requests wait; `dns` — the DNS face of
+//!   the catalog (`--dns-listen`).
 
 pub mod app;
 pub mod config;
+pub mod dns;
 pub mod http;
 pub mod leader;
 pub mod listener;

@@ -12,8 +12,9 @@ use tracing_subscriber::Layer;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=error"));
+    // hickory-server logs two info lines per DNS query (--dns-listen).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,hickory_server=warn"));
     // openraft logs every failed replication call (twice a second per unreachable
     // peer); the peer client logs a peer that stops answering once, and then once a
     // minute (`raft::network`), so openraft's line is dropped.

@@ -52,6 +52,14 @@ pub async fn run(
         ),
         None => None,
     };
+    let dns_sockets = match &config.dns_listen {
+        Some(addr) => Some(
+            crate::dns::DnsSockets::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --dns-listen {addr} (UDP and TCP)"))?,
+        ),
+        None => None,
+    };
     let member_bound = match &peer_listener {
         Some(peer) => peer.local_addr()?,
         None => bound,
@@ -167,6 +175,12 @@ pub async fn run(
     let (stop_tasks, stopped) = watch::channel(false);
     let expiry = tokio::spawn(app.clone().run_lease_expiry(config.lease_tick, stopped));
 
+    // The DNS interface, with --dns-listen: the server's own handle acts for the
+    // anonymous caller, so with ACLs DNS answers what --acl-anonymous may read.
+    let dns_bound = dns_sockets.as_ref().and_then(|s| s.local_addr().ok());
+    let dns = dns_sockets
+        .map(|sockets| crate::dns::DnsServer::start(sockets, app.clone(), config.dns_zone()));
+
     if let Some(tls) = &tls {
         crate::tls::reload_on_sighup(tls.clone(), advertise.clone());
     }
@@ -177,6 +191,7 @@ pub async fn run(
         tls = tls.is_some(),
         verify_clients = config.tls_verify_clients,
         peer_listen = ?peer_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        dns_listen = ?dns_bound,
         advertise = %advertise,
         data_dir = %data_dir.display(),
         "registry-server listening on {scheme}://{bound}"
@@ -232,6 +247,9 @@ pub async fn run(
         }
     }
 
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     let _ = stop_tasks.send(true);
     let _ = expiry.await;
     raft.shutdown()

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Context};
 use tests::{must_pass, Cluster};
 
 /// The Python of the repository's virtual environment.

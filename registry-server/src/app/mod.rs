@@ -24,6 +24,7 @@ mod acl;
 mod catalog;
 mod cluster;
 mod coordination;
+mod dns;
 mod error;
 mod leases;
 mod limits;
