@@ -46,6 +46,13 @@ fn no_body(
 fn cases() -> Vec<Case> {
     let unknown = "67e55044-10b1-426f-9247-bb680e5fe0c8";
     let mut cases = vec![
+        no_body(
+            "a blocking query of the cluster status",
+            Method::GET,
+            "/v1/cluster?index=3&wait=5m".into(),
+            400,
+            codes::INVALID_ARGUMENT,
+        ),
         create("malformed JSON", r#"{"ttl":"#, 400, codes::INVALID_JSON),
         create("not an object", "[]", 400, codes::INVALID_JSON),
         create(

@@ -75,7 +75,10 @@ pub async fn revoke_lease(
     ))
 }
 
-pub async fn cluster(Acting(app): Acting) -> Result<Response, ApiError> {
+pub async fn cluster(Acting(app): Acting, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    // This node's own view: `stale` and `consistency` change nothing, but anything else
+    // (a blocking `index`, a typo) is refused as on every other read.
+    query::parse(raw, Blocking::No, &[], query::none)?;
     let status = views::cluster_status(app.cluster()?);
     Ok(indexed(status.applied_index, status))
 }
