@@ -435,6 +435,31 @@ fn uuid_schema(description: Option<String>) -> Object {
 type Narrow = fn(Option<String>) -> Schema;
 
 /// Every request field with a rule beyond its type: (schema, field, its schema).
+/// An instance's `tags`: a bounded list of tag strings.
+fn tags_schema(description: Option<String>) -> Schema {
+    ArrayBuilder::new()
+        .items(string_schema(rules::TAG, false, None))
+        .max_items(Some(rules::MAX_TAGS))
+        .description(description)
+        .build()
+        .into()
+}
+
+/// An instance's `meta`: a bounded map of names to text.
+fn meta_schema(description: Option<String>) -> Schema {
+    let mut meta = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+            string_schema(rules::META_VALUE, false, None).into(),
+        ))))
+        .property_names(Some(string_schema(rules::NAME, false, None)))
+        .max_properties(Some(rules::MAX_META))
+        .description(description)
+        .build();
+    meta.properties.clear();
+    meta.into()
+}
+
 fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
     vec![
         ("CreateLeaseRequest", "ttl", |d| {
@@ -446,27 +471,8 @@ fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
         ("RegisterRequest", "port", |d| {
             integer_schema(rules::MIN_PORT.into(), u16::MAX.into(), false, d).into()
         }),
-        ("RegisterRequest", "tags", |d| {
-            ArrayBuilder::new()
-                .items(string_schema(rules::TAG, false, None))
-                .max_items(Some(rules::MAX_TAGS))
-                .description(d)
-                .build()
-                .into()
-        }),
-        ("RegisterRequest", "meta", |d| {
-            let mut meta = ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
-                    string_schema(rules::META_VALUE, false, None).into(),
-                ))))
-                .property_names(Some(string_schema(rules::NAME, false, None)))
-                .max_properties(Some(rules::MAX_META))
-                .description(d)
-                .build();
-            meta.properties.clear();
-            meta.into()
-        }),
+        ("RegisterRequest", "tags", tags_schema),
+        ("RegisterRequest", "meta", meta_schema),
         ("RegisterRequest", "zone", |d| {
             string_schema(rules::NAME, true, d).into()
         }),
@@ -495,27 +501,8 @@ fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
         ("ConsulRegistration", "Port", |d| {
             integer_schema(rules::MIN_PORT.into(), u16::MAX.into(), false, d).into()
         }),
-        ("ConsulRegistration", "Tags", |d| {
-            ArrayBuilder::new()
-                .items(string_schema(rules::TAG, false, None))
-                .max_items(Some(rules::MAX_TAGS))
-                .description(d)
-                .build()
-                .into()
-        }),
-        ("ConsulRegistration", "Meta", |d| {
-            let mut meta = ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
-                    string_schema(rules::META_VALUE, false, None).into(),
-                ))))
-                .property_names(Some(string_schema(rules::NAME, false, None)))
-                .max_properties(Some(rules::MAX_META))
-                .description(d)
-                .build();
-            meta.properties.clear();
-            meta.into()
-        }),
+        ("ConsulRegistration", "Tags", tags_schema),
+        ("ConsulRegistration", "Meta", meta_schema),
         ("ConsulWeights", "Passing", |d| {
             integer_schema(0, rules::MAX_WEIGHT.into(), false, d).into()
         }),

@@ -148,10 +148,7 @@ pub async fn catalog_services(
 ) -> Result<Response, ApiError> {
     let (consistency, block) = parse(raw, &[], query::none)?;
     let (index, _) = app.services(consistency, block).await?;
-    let any = Filter {
-        status: None,
-        ..Filter::healthy()
-    };
+    let any = any_status();
     let (_, instances) = app
         .instances_everywhere(None, &any, Consistency::Stale)
         .await?;
@@ -173,10 +170,7 @@ pub async fn catalog_nodes(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (consistency, _) = parse(raw, &[], query::none)?;
-    let any = Filter {
-        status: None,
-        ..Filter::healthy()
-    };
+    let any = any_status();
     let (index, instances) = app.instances_everywhere(None, &any, consistency).await?;
     let nodes: Vec<Value> = instances
         .iter()
@@ -192,10 +186,7 @@ pub async fn catalog_service(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     validate::service_name(&service)?;
-    let mut filter = Filter {
-        status: None,
-        ..Filter::healthy()
-    };
+    let mut filter = any_status();
     let (consistency, block) = parse(raw, &["tag"], |key, value| {
         match key {
             "tag" => filter.tags.push(value),
@@ -219,10 +210,7 @@ pub async fn health_service(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     validate::service_name(&service)?;
-    let mut filter = Filter {
-        status: None,
-        ..Filter::healthy()
-    };
+    let mut filter = any_status();
     let mut expression = None;
     let own = ["passing", "tag", "filter"];
     let (consistency, block) = parse(raw, &own, |key, value| {
@@ -271,10 +259,7 @@ pub async fn health_state(
         }
     };
     let (consistency, _) = parse(raw, &[], query::none)?;
-    let any = Filter {
-        status: None,
-        ..Filter::healthy()
-    };
+    let any = any_status();
     let (index, instances) = app.instances_everywhere(None, &any, consistency).await?;
     let checks: Vec<Value> = instances
         .iter()
@@ -282,6 +267,14 @@ pub async fn health_state(
         .filter(|check| wanted == "any" || check["Status"] == wanted.as_str())
         .collect();
     Ok(consul(&app, index, json!(checks)))
+}
+
+/// Every instance, whatever its health (Consul's catalog lists them all).
+fn any_status() -> Filter {
+    Filter {
+        status: None,
+        ..Filter::healthy()
+    }
 }
 
 fn node_meta(record: &InstanceRecord) -> Value {
