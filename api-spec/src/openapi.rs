@@ -146,7 +146,7 @@ permission_denied`: the token's rules do not allow it (the message says what is 
         (name = "cluster", description = "Raft membership and status."),
         (name = "acl", description = "Access control: tokens with rules, and the one-time bootstrap."),
         (name = "probes", description = "Liveness and readiness for orchestrators."),
-        (name = "consul", description = "Consul-compatible reads, for tools that discover services through Consul."),
+        (name = "consul", description = "Consul-compatible routes, for tools that discover and register services through Consul. The reads also accept (and ignore) `dc`, `cached`, `ns`, `partition`, `near` and `node-meta`, and take `stale` or `consistent`; a token comes as `X-Consul-Token`, `?token=` or `Authorization: Bearer`; answers carry `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`."),
         (name = "operations", description = "Metrics for Prometheus, and backups."),
         (name = "meta", description = "This document."),
     )
@@ -1462,10 +1462,7 @@ mod routes {
     )]
     fn consul_check_update() {}
 
-    /// The answering server as a Consul agent: `Config.Datacenter` (`dc1`), `Config.NodeName`, `Member`. Needs `service:read` on some name. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// The answering server as a Consul agent: `Config.Datacenter` (`dc1`), `Config.NodeName`, `Member`. Needs `service:read` on some name.
     #[utoipa::path(
         get,
         path = "/v1/agent/self",
@@ -1478,10 +1475,7 @@ mod routes {
     )]
     fn consul_agent_self() {}
 
-    /// The leader's address as a JSON string (`""` when none is known). Needs `cluster:read`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// The leader's address as a JSON string (`""` when none is known). Needs `cluster:read`.
     #[utoipa::path(
         get,
         path = "/v1/status/leader",
@@ -1494,10 +1488,7 @@ mod routes {
     )]
     fn consul_status_leader() {}
 
-    /// The voters' addresses. Needs `cluster:read`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// The voters' addresses. Needs `cluster:read`.
     #[utoipa::path(
         get,
         path = "/v1/status/peers",
@@ -1510,10 +1501,7 @@ mod routes {
     )]
     fn consul_status_peers() {}
 
-    /// Every service the caller may read, with its instances' tags: `{"name": ["tag", ...]}`. Blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// Every service the caller may read, with its instances' tags: `{"name": ["tag", ...]}`. Blocking with `index` and `wait`.
     #[utoipa::path(
         get,
         path = "/v1/catalog/services",
@@ -1527,10 +1515,7 @@ mod routes {
     )]
     fn consul_catalog_services() {}
 
-    /// One Consul node per instance (the instance id is the node name; zone and region are its `Meta`). Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// One Consul node per instance (the instance id is the node name; zone and region are its `Meta`).
     #[utoipa::path(
         get,
         path = "/v1/catalog/nodes",
@@ -1543,10 +1528,7 @@ mod routes {
     )]
     fn consul_catalog_nodes() {}
 
-    /// Every instance of the service in Consul's catalog form (`Node`, `Address`, `NodeMeta`, `ServiceID`, `ServiceAddress`, `ServicePort`, `ServiceTags`, `ServiceMeta`, `ServiceWeights`, ...). Takes `tag` (repeatable); blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// Every instance of the service in Consul's catalog form (`Node`, `Address`, `NodeMeta`, `ServiceID`, `ServiceAddress`, `ServicePort`, `ServiceTags`, `ServiceMeta`, `ServiceWeights`, ...). Takes `tag` (repeatable); blocking with `index` and `wait`.
     #[utoipa::path(
         get,
         path = "/v1/catalog/service/{name}",
@@ -1560,10 +1542,7 @@ mod routes {
     )]
     fn consul_catalog_service() {}
 
-    /// The service's instances with their checks (`Node`, `Service`, `Checks`): `service:<id>` is passing while the lease lives and critical once it ended; a draining instance also has a critical `_service_maintenance:<id>`. `passing` keeps passing ones only; `tag` (repeatable); `filter` takes `Service.Tags contains "x"` and `Service.Meta.k == "v"` clauses joined by `and`. Blocking with `index` and `wait`. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// The service's instances with their checks (`Node`, `Service`, `Checks`): `service:<id>` is passing while the lease lives and critical once it ended; a draining instance also has a critical `_service_maintenance:<id>`. `passing` keeps passing ones only; `tag` (repeatable); `filter` takes `Service.Tags contains "x"` and `Service.Meta.k == "v"` clauses joined by `and`. Blocking with `index` and `wait`.
     #[utoipa::path(
         get,
         path = "/v1/health/service/{name}",
@@ -1577,10 +1556,7 @@ mod routes {
     )]
     fn consul_health_service() {}
 
-    /// The checks in a state (`any`, `passing`, `warning`, `critical`) across every service the caller may read. Consul-compatible: also accepts (and ignores) `dc`, `cached`, `ns`,
-    /// `partition`, `near`, `node-meta`; `stale` or `consistent`; a token as
-    /// `X-Consul-Token`, `?token=` or `Authorization: Bearer`. Answers carry
-    /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    /// The checks in a state (`any`, `passing`, `warning`, `critical`) across every service the caller may read.
     #[utoipa::path(
         get,
         path = "/v1/health/state/{state}",

@@ -81,8 +81,6 @@ impl Tls {
     pub fn load(files: TlsFiles) -> Result<Tls, String> {
         let provider = provider();
         let keys = Arc::new(Keys {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
             current: RwLock::new(Arc::new(certified_key(&files.cert, &files.key)?)),
         });
         let roots = match &files.ca {
@@ -181,7 +179,7 @@ impl Tls {
     /// Reads the certificate and key again and uses them for new connections, if they
     /// load and (with `--tls-ca`) still suit `advertise`; otherwise keeps the ones in use.
     pub fn reload(&self, advertise: &str) -> Result<(), String> {
-        let fresh = certified_key(&self.keys.cert, &self.keys.key)?;
+        let fresh = certified_key(&self.files.cert, &self.files.key)?;
         if let Some(roots) = &self.roots {
             check_as_member(&fresh, roots, advertise).map_err(|reason| {
                 format!(
@@ -207,8 +205,6 @@ impl Tls {
 /// peer client resolve to it, so a reload takes effect for new connections of both.
 #[derive(Debug)]
 struct Keys {
-    cert: PathBuf,
-    key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
 }
 

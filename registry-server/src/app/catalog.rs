@@ -89,13 +89,15 @@ impl App {
     }
 
     /// The instances that pass `filter` across every service the caller may read (or
-    /// the one named `only`), as `(service, id, record)`: Prometheus HTTP discovery.
-    pub async fn instances_everywhere(
+    /// the one named `only`), each turned into a `T` by `view(service, id, record)` under
+    /// the read lock, as [`App::service`] does: Prometheus and Consul discovery.
+    pub async fn instances_everywhere<T>(
         &self,
         only: Option<&str>,
         filter: &Filter,
         consistency: Consistency,
-    ) -> Result<(u64, Vec<(String, String, InstanceRecord)>), AppError> {
+        view: impl Fn(&str, &str, &InstanceRecord) -> T,
+    ) -> Result<(u64, Vec<T>), AppError> {
         match only {
             Some(name) => self.require(Resource::Service, name, Access::Read)?,
             None => self
@@ -115,7 +117,7 @@ impl App {
                     .instances
                     .iter()
                     .filter(|(_, record)| filter.matches(record))
-                    .map(move |(id, record)| (name.clone(), id.clone(), record.clone()))
+                    .map(|(id, record)| view(name, id, record))
             })
             .collect();
         Ok((state.last_applied.map_or(0, |l| l.index), instances))

@@ -51,7 +51,7 @@ fn consul(app: &App, index: u64, body: Value) -> Response {
     let mut response = axum::Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert("x-consul-index", HeaderValue::from(index.max(1)));
-    let known = app.cluster_status().leader.is_some();
+    let known = app.leader().is_some();
     headers.insert(
         "x-consul-knownleader",
         HeaderValue::from_static(if known { "true" } else { "false" }),
@@ -150,14 +150,16 @@ pub async fn catalog_services(
     let (index, _) = app.services(consistency, block).await?;
     let any = any_status();
     let (_, instances) = app
-        .instances_everywhere(None, &any, Consistency::Stale)
+        .instances_everywhere(None, &any, Consistency::Stale, |service, _, record| {
+            (service.to_owned(), record.spec.tags.clone())
+        })
         .await?;
     let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (service, _, record) in &instances {
-        let tags = services.entry(service.clone()).or_default();
-        for tag in &record.spec.tags {
-            if !tags.contains(tag) {
-                tags.push(tag.clone());
+    for (service, instance_tags) in instances {
+        let tags = services.entry(service).or_default();
+        for tag in instance_tags {
+            if !tags.contains(&tag) {
+                tags.push(tag);
             }
         }
     }
@@ -171,11 +173,9 @@ pub async fn catalog_nodes(
 ) -> Result<Response, ApiError> {
     let (consistency, _) = parse(raw, &[], query::none)?;
     let any = any_status();
-    let (index, instances) = app.instances_everywhere(None, &any, consistency).await?;
-    let nodes: Vec<Value> = instances
-        .iter()
-        .map(|(_, id, record)| node(id, record))
-        .collect();
+    let (index, nodes) = app
+        .instances_everywhere(None, &any, consistency, |_, id, record| node(id, record))
+        .await?;
     Ok(consul(&app, index, json!(nodes)))
 }
 
@@ -215,16 +215,15 @@ pub async fn health_service(
     let own = ["passing", "tag", "filter"];
     let (consistency, block) = parse(raw, &own, |key, value| {
         match key {
-            "passing" => {
-                if !matches!(value.as_str(), "" | "true" | "1") && value != "false" {
+            "passing" => match value.as_str() {
+                "" | "true" | "1" => filter.status = Some(InstanceStatus::Passing),
+                "false" => {}
+                v => {
                     return Err(ApiError::invalid_argument(format!(
-                        "`passing` takes no value or true/false, not {value:?}"
-                    )));
+                        "`passing` takes no value or true/false, not {v:?}"
+                    )))
                 }
-                if value != "false" {
-                    filter.status = Some(InstanceStatus::Passing);
-                }
-            }
+            },
             "tag" => filter.tags.push(value),
             "filter" => expression = Some(parse_filter(&value)?),
             _ => return Ok(false),
@@ -260,10 +259,12 @@ pub async fn health_state(
     };
     let (consistency, _) = parse(raw, &[], query::none)?;
     let any = any_status();
-    let (index, instances) = app.instances_everywhere(None, &any, consistency).await?;
-    let checks: Vec<Value> = instances
-        .iter()
-        .flat_map(|(service, id, record)| checks(service, id, record))
+    let (index, per_instance) = app
+        .instances_everywhere(None, &any, consistency, checks)
+        .await?;
+    let checks: Vec<Value> = per_instance
+        .into_iter()
+        .flatten()
         .filter(|check| wanted == "any" || check["Status"] == wanted.as_str())
         .collect();
     Ok(consul(&app, index, json!(checks)))

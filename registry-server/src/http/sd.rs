@@ -40,13 +40,14 @@ pub async fn prometheus(
         }
         Ok(true)
     })?;
-    let (index, instances) = app
-        .instances_everywhere(service.as_deref(), &filter, query.consistency())
+    let (index, groups) = app
+        .instances_everywhere(
+            service.as_deref(),
+            &filter,
+            query.consistency(),
+            target_group,
+        )
         .await?;
-    let groups: Vec<PrometheusTargetGroup> = instances
-        .iter()
-        .map(|(service, id, record)| target_group(service, id, record))
-        .collect();
     Ok(indexed(index, groups))
 }
 
