@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 pub mod acl;
 pub mod backup;
+pub mod checks;
 pub mod openapi;
 pub mod rules;
 
@@ -139,6 +140,8 @@ pub mod codes {
     /// The instance's lease has ended, so it is `critical`: 404 on a heartbeat (register
     /// it again), 409 on a status change.
     pub const INSTANCE_CRITICAL: &str = "instance_critical";
+    /// A heartbeat for an instance without a lease (its active checks keep it).
+    pub const INSTANCE_UNLEASED: &str = "instance_unleased";
     /// 404: the cluster has no member with this id.
     pub const MEMBER_NOT_FOUND: &str = "member_not_found";
     /// 404: no route matches the path.
@@ -267,16 +270,24 @@ pub struct RegisterRequest {
     /// Relative share of traffic for weighted balancing: 0 (no traffic) to 1000, default 1.
     #[serde(default)]
     pub weight: Option<u32>,
-    /// TTL of the instance's own lease (default `"10s"`); not allowed with `lease`.
+    /// TTL of the instance's own lease (default `"10s"`, none when it has `checks`);
+    /// not allowed with `lease`.
     #[serde(default)]
     pub ttl: Option<String>,
-    /// How long the instance stays listed as `critical` after its lease ends before it
-    /// is deregistered (default `"1m"`).
+    /// How long the instance stays listed as `critical` (its lease ended or a check
+    /// failed) before it is deregistered (default `"1m"`; `"72h"` for an instance with
+    /// checks and no lease).
     #[serde(default)]
     pub deregister_after: Option<String>,
     /// Bind to this existing lease instead of getting a lease of its own.
     #[serde(default)]
     pub lease: Option<Uuid>,
+    /// Active health checks the cluster runs against the instance, at most 8. An
+    /// instance with checks and neither `ttl` nor `lease` has no lease: it needs no
+    /// heartbeats and stays registered until deregistered, or critical for
+    /// `deregister_after`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<checks::CheckDefinition>,
 }
 
 /// An instance's health.
@@ -287,7 +298,8 @@ pub enum InstanceStatus {
     Passing,
     /// It asked to be taken out of discovery (graceful shutdown); its lease still lives.
     Draining,
-    /// Its lease ended; listed only with `?status=any` until deregistered.
+    /// Its lease ended or one of its checks is critical; listed only with
+    /// `?status=any` until deregistered.
     Critical,
 }
 
@@ -312,13 +324,17 @@ pub struct Instance {
     pub region: Option<String>,
     pub weight: u32,
     pub status: InstanceStatus,
-    /// The lease keeping it alive (its own unless it registered with `lease`).
-    pub lease: Uuid,
+    /// The lease keeping it alive (its own unless it registered with `lease`); none
+    /// for an instance kept by its checks alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Uuid>,
     /// `true` when the lease was created for this instance (and ends with it).
     pub own_lease: bool,
     /// The lease's TTL.
-    pub ttl: String,
-    pub ttl_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
     pub deregister_after: String,
     pub deregister_after_ms: u64,
     /// Leader's wall clock when the instance was first registered (ms since the epoch).
@@ -328,6 +344,9 @@ pub struct Instance {
     /// When it turned critical (leader's wall clock, ms since the epoch), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical_since_ms: Option<u64>,
+    /// Its active checks and their status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<checks::CheckInfo>,
 }
 
 /// `PUT .../heartbeat`.
@@ -428,6 +447,10 @@ pub struct ClusterStatus {
     /// What the answering node holds now against its limits.
     #[serde(default)]
     pub limits: NodeLimits,
+    /// The servers that run active checks (node ids), as the answering node applied it:
+    /// the voters the leader heard "I probe" from lately.
+    #[serde(default)]
+    pub probers: Vec<u64>,
 }
 
 /// A node's limits and their use (`GET /v1/cluster`): past a limit, new connections get

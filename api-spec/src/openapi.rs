@@ -489,6 +489,16 @@ fn request_field_rules() -> Vec<(&'static str, &'static str, Narrow)> {
             duration_schema(rules::DEREGISTER_AFTER, true, d).into()
         }),
         ("RegisterRequest", "lease", |d| uuid_schema(d).into()),
+        ("RegisterRequest", "checks", |d| {
+            ArrayBuilder::new()
+                .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "CheckDefinition",
+                )))
+                .max_items(Some(crate::checks::MAX_CHECKS))
+                .description(d)
+                .build()
+                .into()
+        }),
         ("ConsulRegistration", "Name", |d| {
             string_schema(rules::NAME, false, d).into()
         }),
@@ -628,6 +638,19 @@ impl Modify for RequestRules {
                 .unwrap_or_else(|| panic!("{schema} has no field {field}"));
             *property = RefOr::T(narrow(description(property)));
         }
+        let checks = object(schemas, "RegisterRequest")
+            .properties
+            .get_mut("checks")
+            .expect("RegisterRequest has checks");
+        if let RefOr::T(Schema::Array(array)) = checks {
+            array
+                .extensions
+                .get_or_insert_with(Extensions::default)
+                .insert("x-unique-items-by".into(), "name".into());
+        }
+        for (name, schema) in check_schemas() {
+            schemas.insert(name.to_owned(), schema);
+        }
         for (schema, one_required) in LEASE_OR_TTL {
             // utoipa's `Object` has no field for these JSON Schema keywords; extensions
             // are written into the object as they are, which is where they belong.
@@ -645,6 +668,127 @@ impl Modify for RequestRules {
                 .insert(keyword.into(), value);
         }
     }
+}
+
+/// `CheckDefinition` as what the server accepts: one of an HTTP, a TCP and a gRPC check,
+/// each with only its own fields (the derived schema would allow any mix).
+fn check_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
+    use crate::checks::{
+        CHECK_METHODS, MAX_CHECK_HEADERS, MAX_CHECK_HEADER_VALUE_LEN, MAX_CHECK_TIMEOUT,
+        MAX_CHECK_URL_LEN, MAX_THRESHOLD, MIN_CHECK_TIMEOUT,
+    };
+    let schema = |object: Object| serde_json::to_value(Schema::Object(object)).unwrap_or_default();
+    let timeout = DurationRange {
+        min: MIN_CHECK_TIMEOUT,
+        max: Some(MAX_CHECK_TIMEOUT),
+    };
+    let threshold = |what: &str| {
+        schema(integer_schema(
+            1,
+            u64::from(MAX_THRESHOLD),
+            true,
+            Some(format!(
+                "Consecutive probes that {what}, 1 to {MAX_THRESHOLD}."
+            )),
+        ))
+    };
+    let common = serde_json::json!({
+        "name": schema(string_schema(rules::NAME, false, Some("Unique among the instance's checks.".into()))),
+        "interval": schema(duration_schema(rules::CHECK_INTERVAL, true, Some("Time between probes (default `\"10s\"`).".into()))),
+        "timeout": schema(duration_schema(timeout, true, Some("How long one probe may take (default: the smaller of `\"5s\"` and the interval). A probe still running when the next is due makes that one skip.".into()))),
+        "failures_before_critical": threshold("turn a passing check critical (default 3)"),
+        "successes_before_passing": threshold("turn a critical check passing (default 1)"),
+    });
+    let with = |own: serde_json::Value| {
+        let mut properties = common.clone();
+        if let (Some(all), Some(own)) = (properties.as_object_mut(), own.as_object()) {
+            all.extend(own.clone());
+        }
+        properties
+    };
+    let host_port = |what: &str| {
+        schema(string_schema(
+            StringRule {
+                pattern: Some(rules::HOST_PORT_PATTERN),
+                min_length: 3,
+                max_length: Some(rules::MAX_ADDRESS_LEN + 2),
+            },
+            false,
+            Some(format!("`host:port` {what}; the host must be the instance's `address` unless the token has `cluster:write`.")),
+        ))
+    };
+    let http = serde_json::json!({
+        "type": "object",
+        "description": "An HTTP check: passes when the answer's status is `expect_status`. Redirects are not followed; at most 4 KiB of the body is read.",
+        "required": ["name", "http"],
+        "additionalProperties": false,
+        "properties": with(serde_json::json!({
+            "http": schema(string_schema(
+                StringRule { pattern: Some(rules::CHECK_URL_PATTERN), min_length: 8, max_length: Some(MAX_CHECK_URL_LEN) },
+                false,
+                Some("An `http://` or `https://` URL; its host must be the instance's `address` unless the token has `cluster:write`. (The server accepts any such URL without user info; the pattern describes a safe part of them.)".into()),
+            )),
+            "method": {"type": ["string", "null"], "enum": CHECK_METHODS.iter().map(|m| serde_json::Value::from(*m)).chain([serde_json::Value::Null]).collect::<Vec<_>>(), "description": "Default `GET`."},
+            "header": {
+                "type": "object",
+                "description": "Request headers, each name with its values.",
+                "maxProperties": MAX_CHECK_HEADERS,
+                "propertyNames": schema(string_schema(StringRule { pattern: Some(rules::HEADER_NAME_PATTERN), min_length: 1, max_length: Some(rules::MAX_NAME_LEN) }, false, None)),
+                "additionalProperties": {
+                    "type": "array",
+                    "maxItems": MAX_CHECK_HEADERS,
+                    "items": schema(string_schema(StringRule { pattern: Some(rules::HEADER_VALUE_PATTERN), min_length: 0, max_length: Some(MAX_CHECK_HEADER_VALUE_LEN) }, false, None)),
+                },
+            },
+            "expect_status": schema(string_schema(
+                StringRule { pattern: Some(rules::EXPECT_STATUS_PATTERN), min_length: 3, max_length: Some(3) },
+                true,
+                Some("A class such as `\"2xx\"` (the default) or one code such as `\"204\"`.".into()),
+            )),
+        })),
+    });
+    let tcp = serde_json::json!({
+        "type": "object",
+        "description": "A TCP check: passes when a connection opens.",
+        "required": ["name", "tcp"],
+        "additionalProperties": false,
+        "properties": with(serde_json::json!({"tcp": host_port("to connect to")})),
+    });
+    let grpc = serde_json::json!({
+        "type": "object",
+        "description": "A gRPC check: `grpc.health.v1.Health/Check` over plaintext HTTP/2; passes on `SERVING`.",
+        "required": ["name", "grpc"],
+        "additionalProperties": false,
+        "properties": with(serde_json::json!({
+            "grpc": host_port("of the gRPC server"),
+            "grpc_service": schema(string_schema(
+                StringRule { pattern: Some(rules::TEXT_PATTERN), min_length: 0, max_length: Some(256) },
+                true,
+                Some("The service asked about (default `\"\"`: the server as a whole).".into()),
+            )),
+        })),
+    });
+    let definition = serde_json::json!({
+        "description": "One active health check of a registration: an HTTP, a TCP or a gRPC check.",
+        "oneOf": [
+            {"$ref": "#/components/schemas/HttpCheck"},
+            {"$ref": "#/components/schemas/TcpCheck"},
+            {"$ref": "#/components/schemas/GrpcCheck"},
+        ],
+    });
+    [
+        ("CheckDefinition", definition),
+        ("HttpCheck", http),
+        ("TcpCheck", tcp),
+        ("GrpcCheck", grpc),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        let schema = serde_json::from_value(value)
+            .unwrap_or_else(|e| panic!("the {name} schema does not read back: {e}"));
+        (name, schema)
+    })
+    .collect()
 }
 
 /// The object schema `name` of the document's components.
@@ -833,6 +977,11 @@ mod routes {
     /// existing lease, the instance gets a lease of its own with TTL `ttl`, kept alive by
     /// `PUT .../heartbeat`; when the lease ends the instance turns `critical`, and is
     /// deregistered `deregister_after` later.
+    ///
+    /// `checks` are active health checks the cluster runs (HTTP, TCP, gRPC health): one
+    /// server probes each and only transitions are written. An instance with checks and
+    /// neither `ttl` nor `lease` has no lease and needs no heartbeats. A check may only
+    /// probe the instance's own `address` unless the token has `cluster:write`.
     #[utoipa::path(
         put,
         path = "/v1/services/{service}/instances/{id}",
@@ -879,6 +1028,7 @@ mod routes {
             (status = 200, description = "The lease was renewed.", body = HeartbeatResponse),
             (status = 400, description = "`invalid_argument`: the service name or id is not valid.", body = ErrorBody),
             (status = 404, description = "`instance_not_found`: no such instance; `instance_critical`: its lease already ended. Either way, register it again.", body = ErrorBody),
+            (status = 409, description = "`instance_unleased`: the instance has no lease (its active checks keep it registered); it needs no heartbeats.", body = ErrorBody),
             (status = 503, description = "`no_leader` or `unavailable`: retry later.", body = ErrorBody),
         )
     )]

@@ -69,6 +69,31 @@ pub const ADDRESS_PATTERN: &str = concat!(
     ")$"
 );
 
+/// A TCP or gRPC check's target as the document describes it: a host name (labels as in
+/// [`ADDRESS_PATTERN`]) and a port 1 to 65535. [`host_port`] also takes an IPv6 address
+/// in brackets.
+pub const HOST_PORT_PATTERN: &str = concat!(
+    "^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+    ":(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+);
+
+/// An HTTP check's URL as the document describes it: `http` or `https`, a host name whose
+/// labels start with a letter (or a dotted IPv4 address), an optional port, path and
+/// query. The server takes any `http(s)` URL without user info; this is the part a
+/// pattern can say safely.
+pub const CHECK_URL_PATTERN: &str = concat!(
+    "^https?://(?:",
+    "[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+    "|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    ")(?::[1-9][0-9]{0,3})?(?:/[A-Za-z0-9._~/-]*)?(?:\\?[A-Za-z0-9._~=&-]*)?$"
+);
+
+/// An HTTP header name: a token (RFC 9110).
+pub const HEADER_NAME_PATTERN: &str = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
+
+/// An HTTP header value: printable ASCII and spaces.
+pub const HEADER_VALUE_PATTERN: &str = "^[ -~]*$";
+
 /// The unit names a duration may use (humantime's), longest first.
 pub const DURATION_UNITS: [&str; 40] = [
     "nanos", "nsec", "ns", "usec", "us", "µs", "millis", "msec", "ms", "seconds", "second", "secs",
@@ -414,6 +439,130 @@ pub fn lease_or_ttl(lease: bool, ttl: bool, one_required: bool) -> Result<(), In
         )),
         _ => Ok(()),
     }
+}
+
+/// A check's `interval`.
+pub const CHECK_INTERVAL: DurationRange = DurationRange {
+    min: crate::checks::MIN_CHECK_INTERVAL,
+    max: Some(crate::checks::MAX_CHECK_INTERVAL),
+};
+
+/// An HTTP check's `expect_status`: a class (`2xx`) or one code (`204`).
+pub const EXPECT_STATUS_PATTERN: &str = "^[1-5](?:xx|[0-9][0-9])$";
+
+/// What an HTTP check's answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExpectStatus {
+    /// Any code of this hundred (2 for `2xx`).
+    Class(u16),
+    Code(u16),
+}
+
+impl ExpectStatus {
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            ExpectStatus::Class(class) => code / 100 == class,
+            ExpectStatus::Code(want) => code == want,
+        }
+    }
+}
+
+/// A check's `expect_status` ([`EXPECT_STATUS_PATTERN`]); `None` is `2xx`.
+pub fn expect_status(value: Option<&str>) -> Result<ExpectStatus, Invalid> {
+    let Some(text) = value else {
+        return Ok(ExpectStatus::Class(2));
+    };
+    let bad = || {
+        arg(format!(
+            "expect_status {text:?} must be a class such as \"2xx\" or a code such as \"204\""
+        ))
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() != 3 || !(b'1'..=b'5').contains(&bytes[0]) {
+        return Err(bad());
+    }
+    let first = u16::from(bytes[0] - b'0');
+    match &bytes[1..] {
+        b"xx" => Ok(ExpectStatus::Class(first)),
+        [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => Ok(ExpectStatus::Code(
+            first * 100 + u16::from(a - b'0') * 10 + u16::from(b - b'0'),
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// A check's `failures_before_critical` or `successes_before_passing`: 1 to
+/// [`crate::checks::MAX_THRESHOLD`].
+pub fn check_threshold(what: &str, value: u32) -> Result<(), Invalid> {
+    let max = crate::checks::MAX_THRESHOLD;
+    if value == 0 || value > max {
+        return Err(arg(format!("{what} must be 1 to {max}, not {value}")));
+    }
+    Ok(())
+}
+
+/// An HTTP check's `method`: one of [`crate::checks::CHECK_METHODS`].
+pub fn check_method(value: &str) -> Result<(), Invalid> {
+    if crate::checks::CHECK_METHODS.contains(&value) {
+        return Ok(());
+    }
+    Err(arg(format!(
+        "method {value:?} must be one of {}",
+        crate::checks::CHECK_METHODS.join(", ")
+    )))
+}
+
+/// A TCP or gRPC check's target: `host:port`, the host an [`address`] (an IPv6 one in
+/// brackets) and the port 1 to 65535. Returns the host (without brackets) and the port.
+pub fn host_port<'a>(what: &str, value: &'a str) -> Result<(&'a str, u16), Invalid> {
+    let bad = || {
+        arg(format!(
+            "{what} {value:?} must be host:port, e.g. \"10.0.0.7:8080\""
+        ))
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(bad)?,
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    address(host).map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port < MIN_PORT {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// A check's HTTP headers: at most [`crate::checks::MAX_CHECK_HEADERS`] names, each a
+/// token ([`HEADER_NAME_PATTERN`]) with at most as many values of printable ASCII
+/// ([`HEADER_VALUE_PATTERN`]).
+pub fn check_headers(headers: &BTreeMap<String, Vec<String>>) -> Result<(), Invalid> {
+    let max = crate::checks::MAX_CHECK_HEADERS;
+    if headers.len() > max {
+        return Err(arg(format!("a check may send at most {max} headers")));
+    }
+    for (name, values) in headers {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(token) {
+            return Err(arg(format!("header name {name:?} is not an HTTP token")));
+        }
+        if values.len() > max {
+            return Err(arg(format!(
+                "header {name:?} may have at most {max} values"
+            )));
+        }
+        for value in values {
+            let long = value.len() > crate::checks::MAX_CHECK_HEADER_VALUE_LEN;
+            if long || !value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+                return Err(arg(format!(
+                    "header {name:?}: values are at most {} characters of printable ASCII",
+                    crate::checks::MAX_CHECK_HEADER_VALUE_LEN
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A cluster member's node id: at least [`MIN_NODE_ID`].

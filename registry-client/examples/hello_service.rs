@@ -127,6 +127,7 @@ async fn run(args: Args) -> Result<(), String> {
         ttl: Some(args.ttl.clone()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     };
     let registration = client
         .register_instance(&args.name, &args.id, request)

@@ -310,6 +310,7 @@ async fn registration_heartbeats_and_deregistration_send_the_token() {
         ttl: Some("1s".into()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     };
     let registration = client
         .register_instance("web", "w1", request)

@@ -458,15 +458,16 @@ mod tests {
             region: None,
             weight: 1,
             status: InstanceStatus::Passing,
-            lease: uuid::Uuid::nil(),
+            lease: Some(uuid::Uuid::nil()),
             own_lease: true,
-            ttl: "10s".into(),
-            ttl_ms: 10_000,
+            ttl: Some("10s".into()),
+            ttl_ms: Some(10_000),
             deregister_after: "1m".into(),
             deregister_after_ms: 60_000,
             registered_at_ms: 0,
             modify_index: 1,
             critical_since_ms: None,
+            checks: Vec::new(),
         }
     }
 

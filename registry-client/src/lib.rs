@@ -11,7 +11,9 @@
 //!   hashing).
 //! - **Registration** ([`Client::register_instance`]): a guard that heartbeats in the
 //!   background, registers again if the registry forgot the instance, and deregisters on
-//!   shutdown.
+//!   shutdown. A registration may carry active health checks ([`CheckDefinition`]: HTTP,
+//!   TCP, gRPC) that the cluster runs; one with checks and no `ttl` or `lease` has no
+//!   lease, and its guard sends no heartbeats.
 //! - **Locks and elections** ([`Client::lock`], [`Client::elect`], [`Client::observe`]):
 //!   guards with the fencing token that renew their lease and say when the lock may be
 //!   lost ([`LockGuard::lost`]) before the server could have given it to someone else.
@@ -78,6 +80,7 @@ pub use api_spec::acl::{
     Access, CreateTokenRequest, Resource, RevokeTokenResponse, Rule, TokenCreated, TokenInfo,
     TokenList,
 };
+pub use api_spec::checks::{CheckDefinition, CheckInfo, CheckKind, CheckStatus};
 pub use api_spec::{
     AcquireRequest, AddMemberRequest, CampaignRequest, CampaignResponse, ClusterStatus,
     DeregisterResponse, ElectionInfo, ElectionLeader, ElectionList, HeartbeatResponse, Instance,

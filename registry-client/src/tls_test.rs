@@ -269,6 +269,7 @@ async fn background_tasks_use_tls_too() {
         ttl: Some("1s".into()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     };
     let registration = client
         .register_instance("web", "w1", request)

@@ -225,6 +225,17 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_writes: u64,
 
+    /// Run no active-check probes on this server: the leader leaves it out of the servers
+    /// that own checks (for a server with no network path to the services, or kept free
+    /// of probe traffic). With every server so, checks are not probed at all.
+    #[arg(long, env = "REGISTRY_NO_PROBES")]
+    pub no_probes: bool,
+
+    /// Most active-check probes this server runs at once (HTTP, TCP and gRPC checks of
+    /// the instances it owns); more wait for a slot, which shows as probe lag.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub check_concurrency: u64,
+
     /// Serve `GET /metrics` to everyone; without it, with --acl, scraping needs a token
     /// with `cluster:read`.
     #[arg(long, env = "REGISTRY_METRICS_PUBLIC")]

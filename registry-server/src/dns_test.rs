@@ -48,6 +48,7 @@ fn spec(address: &str, port: u16) -> InstanceSpec {
         region: None,
         weight: 1,
         deregister_after_ms: 60_000,
+        checks: Vec::new(),
     }
 }
 

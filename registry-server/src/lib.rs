@@ -17,6 +17,7 @@
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod health;
 pub mod http;
 pub mod leader;
 pub mod listener;

@@ -127,6 +127,32 @@ fn describe() {
         "Size of snapshots built and installed."
     );
     describe_counter!(names::LEADER_CHANGES, "Times this node saw a new leader.");
+    describe_counter!(
+        names::CHECK_PROBES,
+        "Active check probes this node ran, by kind and result (passing, critical)."
+    );
+    describe_histogram!(
+        names::CHECK_PROBE_LAG,
+        Unit::Seconds,
+        "How late a probe started against its schedule (waiting for a concurrency slot included)."
+    );
+    describe_histogram!(
+        names::CHECK_PROBE_DURATION,
+        Unit::Seconds,
+        "Time a probe took, by kind."
+    );
+    describe_counter!(
+        names::CHECK_TRANSITIONS,
+        "Check transitions this node's probes put in the log, by new status."
+    );
+    describe_counter!(
+        names::CHECK_UNCONFIRMED,
+        "Critical transitions this node's probes called for that a second server did not confirm."
+    );
+    describe_gauge!(
+        names::CHECKS_OWNED,
+        "Active checks this node probes (it owns them by rendezvous hashing over the probers)."
+    );
     describe_counter!(names::LEASE_EXPIRIES, "Leases this node expired as leader.");
     describe_counter!(
         names::LEASE_KEEPALIVES,
@@ -181,6 +207,12 @@ pub mod names {
     pub const LEADER_CHANGES: &str = "registry_raft_leader_changes_total";
     pub const LEASE_EXPIRIES: &str = "registry_lease_expiries_total";
     pub const LEASE_KEEPALIVES: &str = "registry_lease_keepalives_total";
+    pub const CHECK_PROBES: &str = "registry_check_probes_total";
+    pub const CHECK_PROBE_LAG: &str = "registry_check_probe_lag_seconds";
+    pub const CHECK_PROBE_DURATION: &str = "registry_check_probe_duration_seconds";
+    pub const CHECK_TRANSITIONS: &str = "registry_check_transitions_total";
+    pub const CHECK_UNCONFIRMED: &str = "registry_check_unconfirmed_total";
+    pub const CHECKS_OWNED: &str = "registry_checks_owned";
 }
 
 /// Records one request: its count by method, route template and status, and (unless it
@@ -239,6 +271,29 @@ pub fn snapshot(installed: bool, took: Duration, bytes: usize) {
     histogram!(name).record(took.as_secs_f64());
     let kind = if installed { "install" } else { "build" };
     histogram!(names::SNAPSHOT_SIZE, "kind" => kind).record(bytes as f64);
+}
+
+/// One probe this node ran: how late it started and how long it took.
+pub fn check_probe(kind: &'static str, passing: bool, lag: Duration, took: Duration) {
+    let result = if passing { "passing" } else { "critical" };
+    counter!(names::CHECK_PROBES, "kind" => kind, "result" => result).increment(1);
+    histogram!(names::CHECK_PROBE_LAG).record(lag.as_secs_f64());
+    histogram!(names::CHECK_PROBE_DURATION, "kind" => kind).record(took.as_secs_f64());
+}
+
+/// Check transitions this node's probes put in the log.
+pub fn check_transitions(status: &'static str, n: usize) {
+    counter!(names::CHECK_TRANSITIONS, "status" => status).increment(n as u64);
+}
+
+/// A critical transition a second server did not confirm.
+pub fn check_unconfirmed() {
+    counter!(names::CHECK_UNCONFIRMED).increment(1);
+}
+
+/// How many checks this node owns now.
+pub fn checks_owned(n: usize) {
+    gauge!(names::CHECKS_OWNED).set(n as f64);
 }
 
 /// Leases this leader expired.

@@ -139,6 +139,11 @@ pub async fn run(
             max_parked_waiters: usize::try_from(config.max_parked_waiters).unwrap_or(usize::MAX),
         },
         metrics_public: config.metrics_public,
+        checks: crate::app::ChecksConfig {
+            probes: check_probes(&config)?,
+            concurrency: usize::try_from(config.check_concurrency).unwrap_or(usize::MAX),
+            enabled: !config.no_probes,
+        },
     };
     let connections = ConnectionCount::default();
     let peer_connections = peer_listener.as_ref().map(|_| ConnectionCount::default());
@@ -173,7 +178,11 @@ pub async fn run(
     }
 
     let (stop_tasks, stopped) = watch::channel(false);
-    let expiry = tokio::spawn(app.clone().run_lease_expiry(config.lease_tick, stopped));
+    let expiry = tokio::spawn(
+        app.clone()
+            .run_lease_expiry(config.lease_tick, stopped.clone()),
+    );
+    let checks = tokio::spawn(app.clone().run_checks(stopped));
 
     // The DNS interface, with --dns-listen: the server's own handle acts for the
     // anonymous caller, so with ACLs DNS answers what --acl-anonymous may read.
@@ -252,11 +261,27 @@ pub async fn run(
     }
     let _ = stop_tasks.send(true);
     let _ = expiry.await;
+    let _ = checks.await;
     raft.shutdown()
         .await
         .map_err(|e| anyhow!("stopping Raft: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The active checks' probe runners: https checks trust the Mozilla roots and, with
+/// `--tls-ca`, that bundle too (so targets with certificates of the cluster's own CA
+/// verify).
+fn check_probes(config: &Config) -> anyhow::Result<crate::health::probe::Probes> {
+    let ca = match &config.tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("--tls-ca {}: cannot read it", path.display()))?,
+        ),
+        None => None,
+    };
+    crate::health::probe::Probes::new(ca.as_deref())
+        .map_err(|e| anyhow!("the active checks' HTTP client: {e}"))
 }
 
 /// Restores the backup at `file` into `data_dir` (`--restore`), unless the data dir

@@ -15,6 +15,7 @@ use locks::LeaseId;
 use crate::app::AcquireSpec;
 use crate::replicated::acl::AclCommand;
 use crate::replicated::catalog::InstanceSpec;
+use crate::replicated::checks::{CheckSpec, Probe};
 use crate::replicated::state::{Binding, Command};
 
 pub use api_spec::rules::{
@@ -52,13 +53,17 @@ pub fn registration(
     }
     let weight = req.weight.unwrap_or(rules::DEFAULT_WEIGHT);
     rules::weight(weight)?;
+    let checks = checks(&req.checks)?;
+    rules::lease_or_ttl(req.lease.is_some(), req.ttl.is_some(), false)?;
+    let unleased = !checks.is_empty() && req.lease.is_none() && req.ttl.is_none();
     let deregister_after = match &req.deregister_after {
         Some(text) => rules::duration("deregister_after", text, rules::DEREGISTER_AFTER)?,
+        None if unleased => api_spec::checks::DEFAULT_CHECKED_DEREGISTER_AFTER,
         None => DEFAULT_DEREGISTER_AFTER,
     };
-    rules::lease_or_ttl(req.lease.is_some(), req.ttl.is_some(), false)?;
     let binding = match (req.lease, &req.ttl) {
         (Some(lease), _) => Binding::Existing(lease),
+        (None, None) if unleased => Binding::Unleased,
         (None, ttl) => {
             let ttl = match ttl {
                 Some(text) => rules::duration("ttl", text, rules::LEASE_TTL)?,
@@ -79,8 +84,154 @@ pub fn registration(
         region: req.region,
         weight,
         deregister_after_ms: millis(deregister_after),
+        checks,
     };
     Ok((spec, binding))
+}
+
+/// Checks a registration's `checks` and turns them into what the catalog stores.
+pub fn checks(defs: &[api_spec::checks::CheckDefinition]) -> Result<Vec<CheckSpec>, Invalid> {
+    use api_spec::checks::MAX_CHECKS;
+    if defs.len() > MAX_CHECKS {
+        return Err(Invalid::Argument(format!(
+            "an instance may have at most {MAX_CHECKS} checks, not {}",
+            defs.len()
+        )));
+    }
+    let mut specs: Vec<CheckSpec> = Vec::with_capacity(defs.len());
+    for def in defs {
+        let spec = check(def).map_err(|e| match e {
+            Invalid::Argument(m) => Invalid::Argument(format!("check {:?}: {m}", def.name)),
+            Invalid::Duration(m) => Invalid::Duration(format!("check {:?}: {m}", def.name)),
+        })?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(Invalid::Argument(format!(
+                "two checks are named {:?}: check names must be unique",
+                spec.name
+            )));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// One check definition: a name, exactly one of `http`, `tcp` and `grpc` (with only its
+/// own options), interval, timeout and thresholds in range.
+fn check(def: &api_spec::checks::CheckDefinition) -> Result<CheckSpec, Invalid> {
+    use api_spec::checks::{
+        DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FAILURES_BEFORE_CRITICAL,
+        DEFAULT_SUCCESSES_BEFORE_PASSING, MIN_CHECK_TIMEOUT,
+    };
+    let arg = |m: &str| Invalid::Argument(m.to_owned());
+    rules::service_name(&def.name).map_err(|_| {
+        Invalid::Argument(format!(
+            "name {:?} must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-', starting with a letter or digit",
+            def.name
+        ))
+    })?;
+    let http_only = def.method.is_some() || !def.header.is_empty() || def.expect_status.is_some();
+    let probe = match (&def.http, &def.tcp, &def.grpc) {
+        (Some(url), None, None) => {
+            let method = def.method.clone().unwrap_or_else(|| "GET".to_owned());
+            rules::check_method(&method)?;
+            rules::check_headers(&def.header)?;
+            let headers = def
+                .header
+                .iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.clone(), v.clone())))
+                .collect();
+            Probe::Http {
+                url: http_url(url)?,
+                method,
+                headers,
+                expect: rules::expect_status(def.expect_status.as_deref())?,
+            }
+        }
+        (None, Some(target), None) if !http_only => {
+            let (host, port) = rules::host_port("tcp", target)?;
+            Probe::Tcp {
+                host: host.to_owned(),
+                port,
+            }
+        }
+        (None, None, Some(target)) if !http_only => {
+            let (host, port) = rules::host_port("grpc", target)?;
+            Probe::Grpc {
+                host: host.to_owned(),
+                port,
+                service: def.grpc_service.clone().unwrap_or_default(),
+            }
+        }
+        (None, None, None) => return Err(arg("give one of `http`, `tcp` or `grpc`")),
+        (None, _, _) if http_only => {
+            return Err(arg(
+                "`method`, `header` and `expect_status` belong to `http` checks",
+            ))
+        }
+        _ => return Err(arg("give only one of `http`, `tcp` or `grpc`")),
+    };
+    if def.grpc_service.is_some() && def.grpc.is_none() {
+        return Err(arg("`grpc_service` belongs to `grpc` checks"));
+    }
+    if let Some(service) = &def.grpc_service {
+        if service.chars().count() > 256 || service.chars().any(char::is_control) {
+            return Err(arg(
+                "grpc_service must be at most 256 characters without control characters",
+            ));
+        }
+    }
+    let interval = match &def.interval {
+        Some(text) => rules::duration("interval", text, rules::CHECK_INTERVAL)?,
+        None => DEFAULT_CHECK_INTERVAL,
+    };
+    let timeout = match &def.timeout {
+        Some(text) => duration(
+            "timeout",
+            text,
+            MIN_CHECK_TIMEOUT,
+            api_spec::checks::MAX_CHECK_TIMEOUT,
+        )?,
+        None => DEFAULT_CHECK_TIMEOUT.min(interval),
+    };
+    let failures = def
+        .failures_before_critical
+        .unwrap_or(DEFAULT_FAILURES_BEFORE_CRITICAL);
+    rules::check_threshold("failures_before_critical", failures)?;
+    let successes = def
+        .successes_before_passing
+        .unwrap_or(DEFAULT_SUCCESSES_BEFORE_PASSING);
+    rules::check_threshold("successes_before_passing", successes)?;
+    Ok(CheckSpec {
+        name: def.name.clone(),
+        probe,
+        interval_ms: millis(interval),
+        timeout_ms: millis(timeout),
+        failures_before_critical: failures,
+        successes_before_passing: successes,
+    })
+}
+
+/// An HTTP check's URL: `http` or `https`, a host, no user info; kept in its normal form
+/// (so the host the probe connects to is the host the target check compares).
+fn http_url(text: &str) -> Result<String, Invalid> {
+    let max = api_spec::checks::MAX_CHECK_URL_LEN;
+    let bad = |why: &str| Invalid::Argument(format!("http {text:?} {why}"));
+    if text.len() > max {
+        return Err(bad(&format!("is longer than {max} bytes")));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must start with http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "must not hold a user name or password (send an Authorization header)",
+        ));
+    }
+    Ok(url.into())
 }
 
 /// The lease an acquire or campaign binds to: `lease` or `ttl`, exactly one.
@@ -197,9 +348,14 @@ pub fn command(command: &Command) -> Result<(), Invalid> {
                 spec.deregister_after_ms,
                 rules::DEREGISTER_AFTER,
             )?;
+            checks_again(&spec.checks)?;
             match binding {
                 Binding::Own { ttl_ms, .. } => ttl(*ttl_ms),
                 Binding::Existing(_) => Ok(()),
+                Binding::Unleased if spec.checks.is_empty() => Err(Invalid::Argument(
+                    "an instance without checks needs a lease: give `ttl` or `lease`".into(),
+                )),
+                Binding::Unleased => Ok(()),
             }
         }
         Command::Deregister { key } | Command::SetStatus { key, .. } => {
@@ -219,8 +375,62 @@ pub fn command(command: &Command) -> Result<(), Invalid> {
         }
         Command::Acl(AclCommand::RevokeToken(_) | AclCommand::Purge(_))
         | Command::Reap { .. }
-        | Command::Owned { .. } => Ok(()),
+        | Command::Owned { .. }
+        | Command::CheckResults { .. }
+        | Command::SetProbers { .. } => Ok(()),
     }
+}
+
+/// Checks validated check specs again: each must be what [`checks`] makes of the
+/// definition it stands for.
+fn checks_again(specs: &[CheckSpec]) -> Result<(), Invalid> {
+    let defs: Vec<api_spec::checks::CheckDefinition> = specs.iter().map(definition).collect();
+    if checks(&defs)? == specs {
+        Ok(())
+    } else {
+        Err(Invalid::Argument(
+            "a check is not in the form the rules make of it".into(),
+        ))
+    }
+}
+
+/// The definition a check spec was made from (durations in milliseconds).
+fn definition(spec: &CheckSpec) -> api_spec::checks::CheckDefinition {
+    let mut def = api_spec::checks::CheckDefinition {
+        name: spec.name.clone(),
+        interval: Some(format!("{}ms", spec.interval_ms)),
+        timeout: Some(format!("{}ms", spec.timeout_ms)),
+        failures_before_critical: Some(spec.failures_before_critical),
+        successes_before_passing: Some(spec.successes_before_passing),
+        ..Default::default()
+    };
+    match &spec.probe {
+        Probe::Http {
+            url,
+            method,
+            headers,
+            expect,
+        } => {
+            def.http = Some(url.clone());
+            def.method = Some(method.clone());
+            for (name, value) in headers {
+                def.header
+                    .entry(name.clone())
+                    .or_default()
+                    .push(value.clone());
+            }
+            def.expect_status = Some(match expect {
+                rules::ExpectStatus::Class(class) => format!("{class}xx"),
+                rules::ExpectStatus::Code(code) => code.to_string(),
+            });
+        }
+        Probe::Tcp { .. } => def.tcp = Some(spec.probe.target()),
+        Probe::Grpc { service, .. } => {
+            def.grpc = Some(spec.probe.target());
+            def.grpc_service = Some(service.clone());
+        }
+    }
+    def
 }
 
 /// A duration in milliseconds within `range`.
@@ -256,6 +466,7 @@ mod tests {
             ttl: None,
             deregister_after: None,
             lease: None,
+            checks: Vec::new(),
         }
     }
 

@@ -124,6 +124,7 @@ async fn tokens_and_lease_owners_survive_a_full_restart_and_a_snapshot_install()
                         ttl: Some("1h".into()),
                         deregister_after: None,
                         lease: None,
+                        checks: Vec::new(),
                     },
                 )
                 .await?;

@@ -130,7 +130,13 @@ async fn a_backup_under_load_restores_into_a_new_cluster_that_grows() {
             web.index,
             summary.index
         );
-        let lease = web.value.instances.first().context("web-1 restored")?.lease;
+        let lease = web
+            .value
+            .instances
+            .first()
+            .context("web-1 restored")?
+            .lease
+            .context("web-1 has a lease")?;
         // Known once the new leader's lease clock runs (its first tick after leading).
         let remaining = wait_until(
             TIMEOUT,

@@ -308,6 +308,7 @@ fn registration(port: u16, ttl: &str, deregister_after: &str) -> RegisterRequest
         ttl: Some(ttl.into()),
         deregister_after: Some(deregister_after.into()),
         lease: None,
+        checks: Vec::new(),
     }
 }
 
@@ -1201,7 +1202,7 @@ async fn draining_leaves_healthy_discovery_and_deregistration_and_unknowns_are_4
         // A draining instance's lease lives: heartbeats still succeed.
         let beat = api.heartbeat(service, "d0").await?;
         ensure!(
-            beat.ttl_ms == 10_000 && beat.remaining_ms > 9_000 && beat.lease == drained.lease,
+            beat.ttl_ms == 10_000 && beat.remaining_ms > 9_000 && Some(beat.lease) == drained.lease,
             "heartbeat while draining: {beat:?}"
         );
 
@@ -1327,7 +1328,7 @@ async fn discovery_filters_on_tags_zone_region_meta_and_status_and_reregistering
         api.register(service, "f2", &f2).await?;
         let registered = api.register(service, "f3", &f3).await?;
         ensure!(
-            registered.weight == 7 && registered.own_lease && registered.ttl_ms == 3_600_000,
+            registered.weight == 7 && registered.own_lease && registered.ttl_ms == Some(3_600_000),
             "registration answer: {registered:?}"
         );
 
@@ -1387,7 +1388,7 @@ async fn discovery_filters_on_tags_zone_region_meta_and_status_and_reregistering
                 && after.tags == ["v3"]
                 && after.modify_index > before.modify_index
                 && updated.lease == before.lease,
-            "f1 before {before:?}, after {after:?}, answer lease {}",
+            "f1 before {before:?}, after {after:?}, answer lease {:?}",
             updated.lease
         );
         let v1 = api.instances(service, "tag=v1&status=any").await?.value;
@@ -1659,7 +1660,7 @@ async fn bad_service_requests_get_4xx_json_errors_and_the_server_keeps_serving()
         req.lease = Some(lease);
         let bound = api.register("web", "i1", &req).await?;
         ensure!(
-            bound.lease == lease && !bound.own_lease && bound.ttl_ms == 60_000,
+            bound.lease == Some(lease) && !bound.own_lease && bound.ttl_ms == Some(60_000),
             "registration bound to lease {lease}: {bound:?}"
         );
         let listed = api.instances("web", "").await?.value;

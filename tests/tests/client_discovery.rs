@@ -40,6 +40,7 @@ fn request(port: u16) -> RegisterRequest {
         ttl: Some("1h".into()),
         deregister_after: Some("1h".into()),
         lease: None,
+        checks: Vec::new(),
     }
 }
 
@@ -347,7 +348,7 @@ async fn leader_kill_is_invisible_to_resolves_and_heartbeats() {
             a1.status == InstanceStatus::Passing && a1.critical_since_ms.is_none(),
             "{a1:?}"
         );
-        ensure!(a1.lease == lease, "lease {} became {}", lease, a1.lease);
+        ensure!(a1.lease == lease, "lease {:?} became {:?}", lease, a1.lease);
         let state = registration.state();
         ensure!(state.registrations == 1, "{state:?}");
 

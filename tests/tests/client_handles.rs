@@ -44,6 +44,7 @@ fn register_request(ttl: &str) -> RegisterRequest {
         ttl: Some(ttl.into()),
         deregister_after: Some("1m".into()),
         lease: None,
+        checks: Vec::new(),
     }
 }
 
@@ -112,7 +113,9 @@ async fn registration_heartbeats_comes_back_and_deregisters() {
             .await?;
         let first = reg.instance();
         ensure!(
-            first.ttl_ms == 1000 && first.status == InstanceStatus::Passing && first.own_lease,
+            first.ttl_ms == Some(1000)
+                && first.status == InstanceStatus::Passing
+                && first.own_lease,
             "{first:?}"
         );
 

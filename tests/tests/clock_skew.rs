@@ -94,6 +94,7 @@ fn register_request(ttl: &str) -> RegisterRequest {
         ttl: Some(ttl.into()),
         deregister_after: Some(DELAY_TEXT.into()),
         lease: None,
+        checks: Vec::new(),
     }
 }
 

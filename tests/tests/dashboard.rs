@@ -548,6 +548,7 @@ fn instance(port: u16, zone: &str, tags: &[&str], meta: &[(&str, &str)]) -> Regi
         ttl: Some("1h".into()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     }
 }
 

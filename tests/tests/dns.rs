@@ -39,6 +39,7 @@ fn instance(address: &str, port: u16) -> RegisterRequest {
         ttl: Some(LONG_TTL.into()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     }
 }
 

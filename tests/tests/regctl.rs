@@ -245,7 +245,7 @@ async fn register_resolve_watch_and_deregister_in_text_and_json() {
                 instance.port,
                 instance.weight,
                 instance.ttl_ms
-            ) == ("web-2", 8081, 5, 30_000),
+            ) == ("web-2", 8081, 5, Some(30_000)),
             "{instance:?}"
         );
         ensure!(instance.status == InstanceStatus::Passing, "{instance:?}");
@@ -429,7 +429,7 @@ async fn register_heartbeat_outlives_its_ttl_re_registers_and_deregisters_on_sig
 
         // Its lease revoked behind its back: the next heartbeat gets a 404 and regctl
         // registers it again, under a new lease.
-        client.revoke_lease(first.lease).await?;
+        client.revoke_lease(first.lease.context("a lease")?).await?;
         wait_until(CHANGE_TIMEOUT, "hb-1 registered again", || async {
             let answer = client
                 .service("hb", &any, ReadOptions::default())

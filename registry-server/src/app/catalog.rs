@@ -18,13 +18,18 @@ pub struct ServiceCounts {
 }
 
 impl App {
+    /// The servers that run active checks, as this node last applied them.
+    pub fn probers(&self) -> Vec<u64> {
+        self.inner.state.read().app.probers.clone()
+    }
+
     /// Registers or updates an instance.
     pub async fn register(
         &self,
         key: InstanceKey,
         spec: InstanceSpec,
         binding: Binding,
-    ) -> Result<(u64, InstanceRecord, Lease), AppError> {
+    ) -> Result<(u64, InstanceRecord, Option<Lease>), AppError> {
         match self.propose_op(Register { key, spec, binding }).await? {
             (index, Ok((record, lease))) => Ok((index, record, lease)),
             (_, Err(RegisterRefused::LeaseNotFound(id))) => Err(AppError::LeaseNotFound(id)),
@@ -46,14 +51,11 @@ impl App {
     ) -> Result<(u64, InstanceRecord, Option<Lease>), AppError> {
         let (index, result) = self.propose_op(SetStatus { key, draining }).await?;
         let record = result?;
-        let lease = self
-            .inner
-            .state
-            .read()
-            .app
-            .coordinator
-            .lease(&record.lease)
-            .cloned();
+        let state = self.inner.state.read();
+        let lease = record
+            .lease
+            .and_then(|id| state.app.coordinator.lease(&id).cloned());
+        drop(state);
         Ok((index, record, lease))
     }
 
@@ -124,7 +126,8 @@ impl App {
     }
 
     /// One service's instances that pass `filter`, each turned into a `T` by `view` with
-    /// the lease it is bound to (`None` once the lease has ended). The caller picks the
+    /// the lease it is bound to (`None` once the lease has ended, or for an instance
+    /// without one) and the servers that run active checks. The caller picks the
     /// form (the HTTP layer its wire view), so nothing is copied twice under the read lock.
     pub async fn service<T>(
         &self,
@@ -132,7 +135,7 @@ impl App {
         filter: &Filter,
         consistency: Consistency,
         block: Option<Block>,
-        view: impl Fn(&str, &InstanceRecord, Option<&Lease>) -> T,
+        view: impl Fn(&str, &InstanceRecord, Option<&Lease>, &[u64]) -> T,
     ) -> Result<(u64, Vec<T>), AppError> {
         self.require(Resource::Service, name, Access::Read)?;
         let watch = self.inner.watches.service(name);
@@ -147,7 +150,10 @@ impl App {
             .into_iter()
             .flat_map(|s| s.instances.iter())
             .filter(|(_, record)| filter.matches(record))
-            .map(|(id, record)| view(id, record, state.app.coordinator.lease(&record.lease)))
+            .map(|(id, record)| {
+                let lease = record.lease.and_then(|l| state.app.coordinator.lease(&l));
+                view(id, record, lease, &state.app.probers)
+            })
             .collect();
         Ok((state.last_applied.map_or(0, |l| l.index), instances))
     }

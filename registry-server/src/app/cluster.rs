@@ -54,6 +54,8 @@ pub struct ClusterInfo {
     pub expiry_storm: Option<StormInfo>,
     /// What this node holds against its limits.
     pub limits: super::LimitsInfo,
+    /// The servers that run active checks.
+    pub probers: Vec<NodeId>,
 }
 
 impl App {
@@ -131,6 +133,7 @@ impl App {
                 }
             }),
             limits: self.limits(),
+            probers: self.probers(),
         }
     }
 

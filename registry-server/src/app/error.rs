@@ -27,6 +27,9 @@ pub enum AppError {
     InstanceNotFound,
     #[error("the instance's lease has ended (it is critical); register it again")]
     InstanceCritical,
+    /// A heartbeat for an instance that has no lease: its checks keep it registered.
+    #[error("the instance has no lease to renew: it is kept registered by its active checks, which the cluster runs; it needs no heartbeats")]
+    InstanceUnleased,
     #[error("member {0} is not part of the cluster")]
     MemberNotFound(NodeId),
     #[error("{0}")]

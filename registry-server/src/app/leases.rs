@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use api_spec::InstanceStatus;
 use locks::{Lease, LeaseId};
 
 use super::routing::KeepaliveTarget;
@@ -74,10 +73,8 @@ impl App {
             KeepaliveTarget::Instance(key) => {
                 match self.inner.state.read().app.catalog.instance(key) {
                     None => return Err(AppError::InstanceNotFound),
-                    Some(r) if r.status == InstanceStatus::Critical => {
-                        return Err(AppError::InstanceCritical)
-                    }
-                    Some(r) => r.lease,
+                    Some(r) if r.lease_ended => return Err(AppError::InstanceCritical),
+                    Some(r) => r.lease.ok_or(AppError::InstanceUnleased)?,
                 }
             }
         };

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod acl;
 mod catalog;
+mod checks;
 mod cluster;
 mod coordination;
 mod dns;
@@ -34,6 +35,7 @@ mod tasks;
 
 pub use self::acl::{hash_secret, TokenSpec};
 pub use self::catalog::ServiceCounts;
+pub use self::checks::{ChecksConfig, PROBER_TIMEOUT};
 pub use self::cluster::{ClusterInfo, MemberInfo, StormInfo};
 pub use self::coordination::{AcquireSpec, Granted};
 pub use self::error::AppError;
@@ -73,6 +75,8 @@ pub struct AppConfig {
     pub limits: LimitsConfig,
     /// `--metrics-public`: `/metrics` needs no `cluster:read`.
     pub metrics_public: bool,
+    /// Active checks: the probe runners and how many run at once.
+    pub checks: ChecksConfig,
 }
 
 struct Inner {
@@ -94,6 +98,10 @@ struct Inner {
     peers_authenticated: bool,
     metrics_public: bool,
     limits: limits::Limits,
+    checks: ChecksConfig,
+    /// When the leader last looked at the prober set. `std::sync::Mutex`: held only to
+    /// read and set two fields.
+    keeper: std::sync::Mutex<checks::ProberKeeper>,
     /// The caller without a token (everyone, with ACLs off): one shared value, so a
     /// request that presents no token allocates nothing for it.
     anonymous: Arc<Caller>,
@@ -171,6 +179,8 @@ impl App {
                 peers_authenticated: config.peers_authenticated,
                 metrics_public: config.metrics_public,
                 limits: limits::Limits::new(config.limits, connections, peer_connections),
+                checks: config.checks,
+                keeper: std::sync::Mutex::default(),
                 anonymous: anonymous.clone(),
             }),
             caller: anonymous.clone(),

@@ -66,12 +66,26 @@ pub enum Forward {
     /// On any member: answer once this node has applied the index (a token revoke waits
     /// for every member this way).
     AwaitApplied(u64),
+    /// On any member: probe this check once, for its owner's second opinion before a
+    /// critical transition (the check must be in this member's applied state).
+    Probe {
+        key: InstanceKey,
+        check: String,
+        generation: u64,
+    },
+    /// Propose check transitions a prober saw (from the server that owns the checks).
+    CheckResults(Vec<crate::replicated::checks::CheckResult>),
+    /// A server that runs probes says so (every second): the leader keeps the ones it
+    /// heard from lately in the prober set.
+    ProberAlive(NodeId),
 }
 
 impl Forward {
     fn timeout(&self) -> Duration {
         match self {
             Forward::AddMember { .. } | Forward::RemoveMember(_) => MEMBERSHIP_TIMEOUT,
+            // The probe's own timeout is at most a minute.
+            Forward::Probe { .. } => api_spec::checks::MAX_CHECK_TIMEOUT + FORWARD_TIMEOUT,
             _ => FORWARD_TIMEOUT,
         }
     }
@@ -84,11 +98,16 @@ impl Forward {
             Forward::AddMember { .. } => "add member",
             Forward::RemoveMember(_) => "remove member",
             Forward::AwaitApplied(_) => "await applied",
+            Forward::Probe { .. } => "probe",
+            Forward::CheckResults(_) => "check results",
+            Forward::ProberAlive(_) => "prober alive",
         }
     }
 }
 
 /// What the leader answers to a [`Forward`], one variant per operation.
+// One value per call, moved once: boxing the large outcome would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
     /// Committed and applied at `index`.
@@ -101,6 +120,10 @@ pub enum Forwarded {
     Membership { index: u64 },
     /// This node has applied at least this index.
     AppliedHere(u64),
+    /// What a probe for a second opinion saw.
+    Probed { passing: bool, output: String },
+    /// The leader took note.
+    Noted,
 }
 
 /// The internal call's answer.
@@ -196,7 +219,8 @@ impl App {
     }
 
     /// Runs `op` on this node, which must be the leader (else it answers
-    /// [`AppError::NotLeader`] and does nothing; [`Forward::AwaitApplied`] runs anywhere).
+    /// [`AppError::NotLeader`] and does nothing; [`Forward::AwaitApplied`] and
+    /// [`Forward::Probe`] run anywhere).
     /// Serves `/internal/forward`.
     pub async fn serve_forwarded(&self, op: Forward) -> ForwardAnswer {
         match op {
@@ -225,6 +249,13 @@ impl App {
                 self.wait_applied(index).await?;
                 Ok(Forwarded::AppliedHere(index))
             }
+            Forward::Probe {
+                key,
+                check,
+                generation,
+            } => self.probe_here(key, check, generation).await,
+            Forward::CheckResults(results) => self.check_results_here(results).await,
+            Forward::ProberAlive(id) => self.prober_alive_here(id),
         }
     }
 

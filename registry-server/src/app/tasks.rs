@@ -1,7 +1,8 @@
 //! The leader's background work: following role changes, expiring leases whose deadline
 //! passed (minus what expiry storm protection holds back), deregistering critical
 //! instances whose `deregister_after` passed, ending lock-delays, bootstrapping ACLs with
-//! a configured secret, and purging expired tokens.
+//! a configured secret, purging expired tokens, and keeping the set of servers that run
+//! active checks (`super::checks`).
 //!
 //! **Invariant:** only a leader proposes from here, and every step is retried at the next
 //! tick when its proposal did not commit: nothing here is lost by a failed round.
@@ -66,6 +67,7 @@ impl App {
             self.end_lock_delays().await;
             self.bootstrap_from_config().await;
             self.purge_expired_tokens(self.leader_time_ms()).await;
+            self.keep_probers().await;
         }
     }
 

@@ -195,7 +195,7 @@ pub async fn catalog_service(
         Ok(true)
     })?;
     let (index, entries) = app
-        .service(&service, &filter, consistency, block, |id, record, _| {
+        .service(&service, &filter, consistency, block, |id, record, _, _| {
             catalog_entry(&service, id, record)
         })
         .await?;
@@ -231,7 +231,7 @@ pub async fn health_service(
         Ok(true)
     })?;
     let (index, entries) = app
-        .service(&service, &filter, consistency, block, |id, record, _| {
+        .service(&service, &filter, consistency, block, |id, record, _, _| {
             let keep = expression
                 .as_ref()
                 .is_none_or(|clauses: &Vec<Clause>| clauses.iter().all(|c| c.matches(record)));
@@ -350,9 +350,10 @@ fn health_entry(service: &str, id: &str, record: &InstanceRecord) -> Value {
     })
 }
 
-/// An instance's checks: its lease, and maintenance while draining.
+/// An instance's checks: its lease (if it has one), each active check, and maintenance
+/// while draining.
 fn checks(service: &str, id: &str, record: &InstanceRecord) -> Vec<Value> {
-    let check = |check_id: String, name: &str, status: &str, output: &str| {
+    let check = |check_id: String, name: &str, status: &str, output: &str, kind: &str| {
         json!({
             "Node": id,
             "CheckID": check_id,
@@ -363,27 +364,50 @@ fn checks(service: &str, id: &str, record: &InstanceRecord) -> Vec<Value> {
             "ServiceID": id,
             "ServiceName": service,
             "ServiceTags": record.spec.tags,
-            "Type": "ttl",
+            "Type": kind,
             "CreateIndex": record.modify_index,
             "ModifyIndex": record.modify_index,
         })
     };
-    let (status, output) = match record.status {
-        InstanceStatus::Critical => ("critical", "the instance's lease ended"),
-        _ => ("passing", "the instance's lease is alive"),
-    };
-    let mut checks = vec![check(
-        format!("service:{id}"),
-        &format!("Service '{service}' check"),
-        status,
-        output,
-    )];
-    if record.status == InstanceStatus::Draining {
+    let mut checks = Vec::new();
+    if record.lease.is_some() {
+        let (status, output) = match record.lease_ended {
+            true => ("critical", "the instance's lease ended"),
+            false => ("passing", "the instance's lease is alive"),
+        };
+        checks.push(check(
+            format!("service:{id}"),
+            &format!("Service '{service}' check"),
+            status,
+            output,
+            "ttl",
+        ));
+    }
+    for (spec, state) in record.spec.checks.iter().zip(&record.checks) {
+        let status = match state.status {
+            api_spec::checks::CheckStatus::Passing => "passing",
+            api_spec::checks::CheckStatus::Critical => "critical",
+        };
+        let kind = match spec.probe.kind() {
+            api_spec::checks::CheckKind::Http => "http",
+            api_spec::checks::CheckKind::Tcp => "tcp",
+            api_spec::checks::CheckKind::Grpc => "grpc",
+        };
+        checks.push(check(
+            format!("check:{id}:{}", spec.name),
+            &spec.name,
+            status,
+            &state.output,
+            kind,
+        ));
+    }
+    if record.draining {
         checks.push(check(
             format!("_service_maintenance:{id}"),
             "Service Maintenance Mode",
             "critical",
             "the instance is draining",
+            "maintenance",
         ));
     }
     checks

@@ -5,9 +5,12 @@
 //!   (default: the caller's IP), `Port`, `Tags`, `Meta`, `Weights` and `Check`/`Checks`.
 //!   Keys are read case-insensitively, as Consul's decoder does. A TTL check becomes the
 //!   instance's lease TTL (the shortest, if several); `DeregisterCriticalServiceAfter`
-//!   its `deregister_after`. Without a TTL check the lease is 24 h (register again to keep
-//!   it). HTTP, TCP, gRPC and script checks are refused with a 400 until the registry runs
-//!   active checks.
+//!   its `deregister_after`. `HTTP`, `TCP` and `GRPC` checks become the registry's active
+//!   checks (`Interval`, `Timeout`, `Method`, `Header`, `FailuresBeforeCritical`,
+//!   `SuccessBeforePassing`; Consul's default of critical at the first failure); with
+//!   them and no TTL check the instance has no lease. With no check at all the lease is
+//!   24 h (register again to keep it). Script, Docker, H2PING, UDP and OS service checks
+//!   are refused with a 400.
 //! - `PUT /v1/agent/service/deregister/{id}`.
 //! - `PUT /v1/agent/check/pass|warn|fail/{check}` and `PUT /v1/agent/check/update/{check}`
 //!   with `service:<id>` check ids (as Consul names a service's check): pass and warn
@@ -21,7 +24,8 @@
 
 use std::net::SocketAddr;
 
-use api_spec::{codes, InstanceStatus, RegisterRequest};
+use api_spec::checks::CheckDefinition;
+use api_spec::{codes, RegisterRequest};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery};
 use axum::http::StatusCode;
@@ -65,8 +69,17 @@ fn invalid_json(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_JSON, message)
 }
 
-/// The checks of a registration: the TTL and `deregister_after` they give.
-fn checks(service: &Map<String, Value>) -> Result<(Option<String>, Option<String>), ApiError> {
+/// What a registration's checks say: the TTL (the shortest TTL check's),
+/// `deregister_after`, and the active checks the cluster runs.
+#[derive(Debug, Default)]
+struct Checks {
+    ttl: Option<String>,
+    deregister_after: Option<String>,
+    active: Vec<CheckDefinition>,
+}
+
+/// The checks of a registration (`Check` and `Checks`).
+fn checks(service: &Map<String, Value>) -> Result<Checks, ApiError> {
     let mut all: Vec<&Map<String, Value>> = Vec::new();
     if let Some(check) = field(service, "Check") {
         all.push(
@@ -87,13 +100,10 @@ fn checks(service: &Map<String, Value>) -> Result<(Option<String>, Option<String
             );
         }
     }
-    let (mut ttl, mut deregister_after): (Option<(std::time::Duration, String)>, Option<String>) =
-        (None, None);
+    let mut shortest: Option<std::time::Duration> = None;
+    let mut out = Checks::default();
     for check in all {
-        for active in [
-            "HTTP",
-            "TCP",
-            "GRPC",
+        for unsupported in [
             "Args",
             "Script",
             "DockerContainerID",
@@ -101,25 +111,109 @@ fn checks(service: &Map<String, Value>) -> Result<(Option<String>, Option<String
             "UDP",
             "OSService",
         ] {
-            if field(check, active).is_some() {
+            if field(check, unsupported).is_some() {
                 return Err(ApiError::invalid_argument(format!(
-                    "{active} checks are not supported yet: this registry's instances stay \
-                     healthy by TTL (use a `TTL` check and `PUT /v1/agent/check/pass/service:<id>`)"
+                    "{unsupported} checks are not supported: the registry runs TTL, HTTP, TCP and gRPC checks"
                 )));
             }
         }
         if let Some(text) = text(check, "TTL")? {
             let parsed = api_spec::parse_duration(&text)
                 .map_err(|e| ApiError::invalid_argument(format!("check `TTL`: {e}")))?;
-            if ttl.as_ref().is_none_or(|(shortest, _)| parsed < *shortest) {
-                ttl = Some((parsed, text));
+            if shortest.is_none_or(|s| parsed < s) {
+                shortest = Some(parsed);
+                out.ttl = Some(text);
             }
+        } else if let Some(active) = active_check(check, out.active.len())? {
+            out.active.push(active);
         }
         if let Some(text) = text(check, "DeregisterCriticalServiceAfter")? {
-            deregister_after = Some(text);
+            out.deregister_after = Some(text);
         }
     }
-    Ok((ttl.map(|(_, text)| text), deregister_after))
+    Ok(out)
+}
+
+/// A Consul HTTP, TCP or gRPC check as the registry's check definition; `None` for a
+/// check of none of these kinds. The registry's rules (`validate::checks`) judge the
+/// result, so a bad value is refused with the registry's message.
+fn active_check(
+    check: &Map<String, Value>,
+    earlier: usize,
+) -> Result<Option<CheckDefinition>, ApiError> {
+    let mut def = CheckDefinition::default();
+    if let Some(url) = text(check, "HTTP")? {
+        def.http = Some(url);
+        def.method = text(check, "Method")?;
+        if let Some(header) = field(check, "Header") {
+            def.header = serde_json::from_value(header.clone()).map_err(|_| {
+                ApiError::invalid_argument("`Header` must map names to arrays of strings")
+            })?;
+        }
+    } else if let Some(target) = text(check, "TCP")? {
+        def.tcp = Some(target);
+    } else if let Some(target) = text(check, "GRPC")? {
+        // Consul writes the service after a slash: `host:port/service`.
+        let (addr, service) = match target.split_once('/') {
+            Some((addr, service)) => (addr.to_owned(), Some(service.to_owned())),
+            None => (target, None),
+        };
+        def.grpc = Some(addr);
+        def.grpc_service = service;
+        if field(check, "GRPCUseTLS").and_then(Value::as_bool) == Some(true) {
+            return Err(ApiError::invalid_argument(
+                "`GRPCUseTLS` is not supported: gRPC checks speak plaintext HTTP/2",
+            ));
+        }
+    } else {
+        return Ok(None);
+    }
+    let kind = if def.http.is_some() {
+        "http"
+    } else if def.tcp.is_some() {
+        "tcp"
+    } else {
+        "grpc"
+    };
+    let given = text(check, "CheckID")?.or(text(check, "Name")?);
+    def.name = check_name(given.as_deref(), kind, earlier);
+    def.interval = text(check, "Interval")?;
+    def.timeout = text(check, "Timeout")?;
+    let count = |key: &str| -> Result<Option<u32>, ApiError> {
+        match field(check, key) {
+            None => Ok(None),
+            // Consul's 0 means "at once", the registry's 1.
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n.max(1)).ok())
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid_argument(format!("`{key}` must be a number"))),
+        }
+    };
+    // Consul turns a check critical at the first failure unless told otherwise.
+    def.failures_before_critical = Some(count("FailuresBeforeCritical")?.unwrap_or(1));
+    def.successes_before_passing = count("SuccessBeforePassing")?;
+    Ok(Some(def))
+}
+
+/// A registry check name from a Consul check's id or name: characters outside letters,
+/// digits, `.`, `_` and `-` become `-`; none usable gives the kind and its position.
+fn check_name(given: Option<&str>, kind: &str, earlier: usize) -> String {
+    let cleaned: String = given
+        .unwrap_or("")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .take(api_spec::rules::MAX_NAME_LEN)
+        .collect();
+    let cleaned = cleaned.trim_start_matches(['.', '_', '-']);
+    if cleaned.is_empty() {
+        format!("{kind}-{}", earlier + 1)
+    } else {
+        cleaned.to_owned()
+    }
 }
 
 /// `PUT /v1/agent/service/register`.
@@ -174,7 +268,14 @@ pub async fn register(
             })
             .transpose()?,
     };
-    let (ttl, deregister_after) = checks(service)?;
+    let checks = checks(service)?;
+    // An instance with active checks and no TTL check needs no lease; one with neither
+    // gets a long one.
+    let ttl = match (checks.ttl, checks.active.is_empty()) {
+        (Some(ttl), _) => Some(ttl),
+        (None, true) => Some(NO_CHECK_TTL.to_owned()),
+        (None, false) => None,
+    };
     let request = RegisterRequest {
         address,
         port,
@@ -183,9 +284,10 @@ pub async fn register(
         zone: None,
         region: None,
         weight,
-        ttl: Some(ttl.unwrap_or_else(|| NO_CHECK_TTL.to_owned())),
-        deregister_after,
+        ttl,
+        deregister_after: checks.deregister_after,
         lease: None,
+        checks: checks.active,
     };
     let (spec, binding) = validate::registration(request, LeaseId::new_v4())?;
     app.register((name, id), spec, binding).await?;
@@ -263,8 +365,8 @@ async fn set_check(app: &App, check: &str, status: CheckStatus) -> Result<Respon
                     .app
                     .catalog
                     .instance(&key)
-                    .filter(|r| r.status != InstanceStatus::Critical)
-                    .map(|r| r.lease);
+                    .filter(|r| !r.lease_ended)
+                    .and_then(|r| r.lease);
                 if let Some(lease) = lease {
                     app.revoke_lease(lease).await?;
                 }

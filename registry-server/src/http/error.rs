@@ -83,6 +83,7 @@ impl From<AppError> for ApiError {
             AppError::InstanceNotFound => (StatusCode::NOT_FOUND, codes::INSTANCE_NOT_FOUND),
             // A heartbeat's answer; a status change answers 409 instead (see its handler).
             AppError::InstanceCritical => (StatusCode::NOT_FOUND, codes::INSTANCE_CRITICAL),
+            AppError::InstanceUnleased => (StatusCode::CONFLICT, codes::INSTANCE_UNLEASED),
             AppError::MemberNotFound(_) => (StatusCode::NOT_FOUND, codes::MEMBER_NOT_FOUND),
             AppError::MembershipConflict(_) => (StatusCode::CONFLICT, codes::MEMBERSHIP_CONFLICT),
             AppError::LockHeld { key, state } => {

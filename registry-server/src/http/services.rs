@@ -34,7 +34,7 @@ pub async fn register(
     let (index, record, lease) = app.register(key.clone(), spec, binding).await?;
     Ok(indexed(
         index,
-        views::instance(&key.0, &key.1, &record, Some(&lease)),
+        views::instance(&key.0, &key.1, &record, lease.as_ref(), &app.probers()),
     ))
 }
 
@@ -90,7 +90,7 @@ pub async fn set_status(
             })?;
     Ok(indexed(
         index,
-        views::instance(&key.0, &key.1, &record, lease.as_ref()),
+        views::instance(&key.0, &key.1, &record, lease.as_ref(), &app.probers()),
     ))
 }
 
@@ -133,7 +133,7 @@ pub async fn get_service(
             &filter,
             query.consistency(),
             query.block(),
-            |id, record, lease| views::instance(&service, id, record, lease),
+            |id, record, lease, probers| views::instance(&service, id, record, lease, probers),
         )
         .await?;
     Ok(indexed(index, ServiceInstances { service, instances }))

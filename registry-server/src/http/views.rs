@@ -40,15 +40,37 @@ pub(super) fn lease_info(lease: &Lease, remaining: Option<Duration>) -> LeaseInf
 }
 
 /// An instance. `lease` is `None` once the lease has ended; the TTL is then unknown and
-/// shown as 0.
+/// shown as 0 (and absent for an instance without a lease). `probers` say who runs its
+/// checks.
 pub(super) fn instance(
     service: &str,
     id: &str,
     record: &InstanceRecord,
     lease: Option<&Lease>,
+    probers: &[u64],
 ) -> api_spec::Instance {
-    let ttl_ms = lease.map_or(0, |l| l.ttl_ms);
+    let ttl_ms = record.lease.map(|_| lease.map_or(0, |l| l.ttl_ms));
     let spec = &record.spec;
+    let key = (service.to_owned(), id.to_owned());
+    let checks = spec
+        .checks
+        .iter()
+        .zip(&record.checks)
+        .map(|(check, state)| api_spec::checks::CheckInfo {
+            name: check.name.clone(),
+            kind: check.probe.kind(),
+            target: check.probe.target(),
+            interval: duration_text(check.interval_ms),
+            interval_ms: check.interval_ms,
+            timeout_ms: check.timeout_ms,
+            failures_before_critical: check.failures_before_critical,
+            successes_before_passing: check.successes_before_passing,
+            status: state.status,
+            output: state.output.clone(),
+            changed_at_ms: state.changed_at_ms,
+            owner: crate::replicated::checks::owner(probers, &key, &check.name),
+        })
+        .collect();
     api_spec::Instance {
         service: service.to_owned(),
         id: id.to_owned(),
@@ -62,13 +84,14 @@ pub(super) fn instance(
         status: record.status,
         lease: record.lease,
         own_lease: record.own_lease,
-        ttl: duration_text(ttl_ms),
+        ttl: ttl_ms.map(duration_text),
         ttl_ms,
         deregister_after: duration_text(spec.deregister_after_ms),
         deregister_after_ms: spec.deregister_after_ms,
         registered_at_ms: record.registered_at_ms,
         modify_index: record.modify_index,
         critical_since_ms: record.critical_since.map(|(ms, _)| ms),
+        checks,
     }
 }
 
@@ -158,6 +181,7 @@ pub(super) fn cluster_status(info: ClusterInfo) -> ClusterStatus {
             deferred_total: storm.deferred_total,
         }),
         limits: node_limits(info.limits),
+        probers: info.probers,
     }
 }
 

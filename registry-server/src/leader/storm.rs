@@ -254,7 +254,7 @@ mod tests {
                 catalog.upsert(
                     (service.into(), format!("i{i}")),
                     test_spec(),
-                    lease,
+                    Some(lease),
                     true,
                     1,
                     0,
@@ -324,7 +324,7 @@ mod tests {
             catalog.upsert(
                 ("web".into(), format!("s{i}")),
                 test_spec(),
-                shared,
+                Some(shared),
                 false,
                 1,
                 0,

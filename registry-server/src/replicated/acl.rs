@@ -332,6 +332,9 @@ pub enum Need {
     AnyWrite,
     /// The command is the leader's own housekeeping: no request may send it.
     Internal,
+    /// `cluster:write`, to run check `check` against `host`, which is not the instance's
+    /// own address (so a registration cannot aim probes at any host it likes).
+    CheckTarget { check: String, host: String },
 }
 
 /// A refusal: 401 for a caller without a token, 403 for a token.
@@ -364,6 +367,9 @@ fn describe(need: &Need, anonymous: bool) -> String {
         }
         Need::AnyWrite => "write access to something (to make a lease)".to_owned(),
         Need::Internal => "to be the leader (this command is internal)".to_owned(),
+        Need::CheckTarget { check, host } => format!(
+            "cluster:write access, which check {check:?} needs to probe {host:?}: a check may only probe the instance's own address otherwise"
+        ),
     };
     if anonymous {
         format!("a token is required: this needs {what}; send Authorization: Bearer <secret>")
@@ -450,11 +456,19 @@ impl Authority {
                     Err(caller.denied(Need::Internal))
                 }
             },
-            Command::Register { key, binding, .. } => {
+            Command::Register { key, binding, spec } => {
                 caller.require(Resource::Service, &key.0, write)?;
+                if let Some(check) = spec.checks.iter().find(|c| !c.probe.targets(&spec.address)) {
+                    if caller.require(Resource::Cluster, "", write).is_err() {
+                        return Err(caller.denied(Need::CheckTarget {
+                            check: check.name.clone(),
+                            host: check.probe.host().to_owned(),
+                        }));
+                    }
+                }
                 match binding {
                     Binding::Existing(id) => caller.require_lease(acl, id, write),
-                    Binding::Own { .. } => Ok(()),
+                    Binding::Own { .. } | Binding::Unleased => Ok(()),
                 }
             }
             Command::Deregister { key } | Command::SetStatus { key, .. } => {
@@ -465,9 +479,11 @@ impl Authority {
             Command::Acl(AclCommand::CreateToken(_) | AclCommand::RevokeToken(_)) => {
                 caller.require(Resource::Acl, "", write)
             }
-            Command::Acl(AclCommand::Purge(_)) | Command::Reap { .. } | Command::Owned { .. } => {
-                Err(caller.denied(Need::Internal))
-            }
+            Command::Acl(AclCommand::Purge(_))
+            | Command::Reap { .. }
+            | Command::Owned { .. }
+            | Command::CheckResults { .. }
+            | Command::SetProbers { .. } => Err(caller.denied(Need::Internal)),
         }
     }
 }

@@ -9,9 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use api_spec::checks::CheckStatus;
 use api_spec::InstanceStatus;
 use locks::LeaseId;
 use serde::{Deserialize, Serialize};
+
+use crate::replicated::checks::{CheckResult, CheckSpec, CheckState};
 
 /// (service, instance id).
 pub type InstanceKey = (String, String);
@@ -27,17 +30,31 @@ pub struct InstanceSpec {
     pub region: Option<String>,
     pub weight: u32,
     pub deregister_after_ms: u64,
+    /// Active checks the cluster runs against it (empty for most instances).
+    pub checks: Vec<CheckSpec>,
 }
 
 /// A registered instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub spec: InstanceSpec,
-    /// `Passing`/`Draining` while the lease lives, `Critical` after.
+    /// The worst of its lease, its checks and its own drain request: `Critical` once the
+    /// lease ended or while a check is critical, else `Draining` if it asked to drain,
+    /// else `Passing` ([`InstanceRecord::worst`]). Stored, so filters read one field.
     pub status: InstanceStatus,
-    pub lease: LeaseId,
+    /// The lease keeping it registered; `None` for an instance kept by its checks alone.
+    pub lease: Option<LeaseId>,
     /// The lease was made for this instance: it is revoked when the instance goes.
     pub own_lease: bool,
+    /// Its lease ended (only a new registration revives it).
+    pub lease_ended: bool,
+    /// It asked to be taken out of discovery.
+    pub draining: bool,
+    /// What the log last heard about each of `spec.checks`, in the same order.
+    pub checks: Vec<CheckState>,
+    /// Index of the registration that defined its checks as they are: a prober's result
+    /// for another definition is dropped ([`CheckResult::generation`]).
+    pub checks_index: u64,
     pub registered_at_ms: u64,
     pub modify_index: u64,
     /// When (leader's wall clock, ms) and at which index it turned critical.
@@ -49,6 +66,21 @@ pub struct InstanceRecord {
 pub const MAX_DEREGISTER_AFTER_MS: u64 = api_spec::MAX_DEREGISTER_AFTER.as_millis() as u64;
 
 impl InstanceRecord {
+    /// The status its lease, checks and drain request add up to.
+    fn worst(&self) -> InstanceStatus {
+        let failing = self
+            .checks
+            .iter()
+            .any(|c| c.status == CheckStatus::Critical);
+        if self.lease_ended || failing {
+            InstanceStatus::Critical
+        } else if self.draining {
+            InstanceStatus::Draining
+        } else {
+            InstanceStatus::Passing
+        }
+    }
+
     /// When a critical instance is due to be deregistered (its key in the reap queue):
     /// `deregister_after` (at most [`MAX_DEREGISTER_AFTER_MS`]) after it turned critical.
     fn reap_at(&self) -> Option<u64> {
@@ -120,6 +152,8 @@ pub struct Catalog {
     by_lease: HashMap<LeaseId, Bound>,
     /// Critical instances by the time (ms) they are due to be deregistered.
     reap_queue: BTreeSet<(u64, InstanceKey)>,
+    /// The instances with active checks: what probers walk, without scanning the rest.
+    checked: BTreeSet<InstanceKey>,
     /// Log index of the last change anywhere in the catalog: the index of
     /// `GET /v1/services`, and of any service that does not exist (so a watcher of a
     /// service that was just removed is woken by its removal).
@@ -135,67 +169,96 @@ pub enum CatalogError {
 }
 
 impl Catalog {
-    /// Registers or updates an instance bound to `lease`. Returns the lease the instance
-    /// was bound to before, if it was another one of its own (the caller revokes it).
+    /// Registers or updates an instance bound to `lease` (none: kept by its checks).
+    /// Returns the lease the instance was bound to before, if it was another one of its
+    /// own (the caller revokes it).
     pub fn upsert(
         &mut self,
         key: InstanceKey,
         spec: InstanceSpec,
-        lease: LeaseId,
+        lease: Option<LeaseId>,
         own_lease: bool,
         index: u64,
         now_ms: u64,
     ) -> Option<LeaseId> {
-        // What the new record keeps of the old one; copied out rather than cloning the
-        // whole record (its strings and maps) on every re-registration.
-        let previous = self.instance(&key).map(|old| {
-            (
-                old.registered_at_ms,
-                old.status,
-                old.lease,
-                old.own_lease,
-                old.reap_at(),
-            )
-        });
-        let mut registered_at_ms = now_ms;
-        let mut status = InstanceStatus::Passing;
-        let mut replaced_own_lease = None;
-        if let Some((old_registered_at, old_status, old_lease, old_own, old_reap_at)) = previous {
-            registered_at_ms = old_registered_at;
-            if old_status == InstanceStatus::Draining && old_lease == lease {
-                // Re-registering on the same lease does not undo a drain request.
-                status = InstanceStatus::Draining;
-            }
-            if old_lease != lease {
-                self.unbind(&key, old_lease);
-                if old_own {
-                    replaced_own_lease = Some(old_lease);
-                }
-            }
-            if let Some(at) = old_reap_at {
-                self.reap_queue.remove(&(at, key.clone()));
-            }
-        }
-        match self.by_lease.get_mut(&lease) {
-            Some(bound) => bound.insert(key.clone()),
-            None => {
-                self.by_lease.insert(lease, Bound::One(key.clone()));
-            }
-        }
-        let record = InstanceRecord {
+        let mut record = InstanceRecord {
+            checks: spec
+                .checks
+                .iter()
+                .map(|_| CheckState::new(now_ms))
+                .collect(),
             spec,
-            status,
+            status: InstanceStatus::Passing,
             lease,
             own_lease,
-            registered_at_ms,
+            lease_ended: false,
+            draining: false,
+            registered_at_ms: now_ms,
             modify_index: index,
             critical_since: None,
+            checks_index: index,
         };
+        let mut replaced_own_lease = None;
+        if let Some(old) = self.take(&key) {
+            record.registered_at_ms = old.registered_at_ms;
+            // Re-registering on the same lease does not undo a drain request.
+            record.draining = old.draining && old.lease == lease;
+            if old.lease != lease {
+                if let Some(old_lease) = old.lease {
+                    self.unbind(&key, old_lease);
+                    if old.own_lease {
+                        replaced_own_lease = Some(old_lease);
+                    }
+                }
+            }
+            // Checks defined as before keep what the log knows about them, so a
+            // re-registration neither resets them to "not probed yet" nor writes a
+            // transition; results in flight for them still apply.
+            if old.spec.checks == record.spec.checks {
+                record.checks = old.checks;
+                record.checks_index = old.checks_index;
+            }
+            record.status = record.worst();
+            // Still critical (a check still failing): the same episode, the same reap.
+            if record.status == InstanceStatus::Critical {
+                record.critical_since = old.critical_since;
+            }
+        }
+        if let Some(lease) = lease {
+            match self.by_lease.get_mut(&lease) {
+                Some(bound) => bound.insert(key.clone()),
+                None => {
+                    self.by_lease.insert(lease, Bound::One(key.clone()));
+                }
+            }
+        }
+        if record.spec.checks.is_empty() {
+            self.checked.remove(&key);
+        } else {
+            self.checked.insert(key.clone());
+        }
+        record.status = record.worst();
+        if record.status == InstanceStatus::Critical && record.critical_since.is_none() {
+            record.critical_since = Some((now_ms, index));
+        }
+        if let Some(at) = record.reap_at() {
+            self.reap_queue.insert((at, key.clone()));
+        }
         let service = self.services.entry(key.0.clone()).or_default();
         service.instances.insert(key.1, record);
         service.modify_index = index;
         self.catalog_index = index;
         replaced_own_lease
+    }
+
+    /// Takes an instance out of the services map and the reap queue (not out of its
+    /// lease's bound set), leaving an empty service in place for the caller to refill.
+    fn take(&mut self, key: &InstanceKey) -> Option<InstanceRecord> {
+        let old = self.services.get_mut(&key.0)?.instances.remove(&key.1)?;
+        if let Some(at) = old.reap_at() {
+            self.reap_queue.remove(&(at, key.clone()));
+        }
+        Some(old)
     }
 
     /// Removes an instance. Returns it (the caller revokes its own lease).
@@ -216,44 +279,122 @@ impl Catalog {
         if service.instances.is_empty() {
             self.services.remove(&key.0);
         }
-        self.unbind(key, record.lease);
+        if let Some(lease) = record.lease {
+            self.unbind(key, lease);
+        }
         if let Some(at) = record.reap_at() {
             self.reap_queue.remove(&(at, key.clone()));
         }
+        self.checked.remove(key);
         self.catalog_index = index;
         Ok(record)
     }
 
-    /// Sets `passing` or `draining`. Critical instances cannot be revived this way.
+    /// Sets or clears an instance's drain request. An instance whose lease ended cannot
+    /// be revived this way; one that is critical because of a check may drain (it shows
+    /// once the check passes again).
     pub fn set_status(
         &mut self,
         key: &InstanceKey,
         draining: bool,
         index: u64,
+        now_ms: u64,
     ) -> Result<InstanceRecord, CatalogError> {
-        let service = self
-            .services
-            .get_mut(&key.0)
-            .ok_or(CatalogError::InstanceNotFound)?;
-        let record = service
-            .instances
-            .get_mut(&key.1)
-            .ok_or(CatalogError::InstanceNotFound)?;
-        if record.status == InstanceStatus::Critical {
+        let record = self.instance(key).ok_or(CatalogError::InstanceNotFound)?;
+        if record.lease_ended {
             return Err(CatalogError::InstanceCritical);
         }
-        let status = if draining {
-            InstanceStatus::Draining
-        } else {
-            InstanceStatus::Passing
-        };
-        if record.status != status {
-            record.status = status;
-            record.modify_index = index;
-            service.modify_index = index;
-            self.catalog_index = index;
+        if record.draining != draining {
+            self.settle(key, index, now_ms, |r| r.draining = draining);
         }
-        Ok(record.clone())
+        self.instance(key)
+            .cloned()
+            .ok_or(CatalogError::InstanceNotFound)
+    }
+
+    /// Changes an existing instance with `change`, then brings its status, its critical
+    /// episode and its place in the reap queue in line, and stamps the change at `index`.
+    fn settle(
+        &mut self,
+        key: &InstanceKey,
+        index: u64,
+        now_ms: u64,
+        change: impl FnOnce(&mut InstanceRecord),
+    ) -> bool {
+        let Some(service) = self.services.get_mut(&key.0) else {
+            return false;
+        };
+        let Some(record) = service.instances.get_mut(&key.1) else {
+            return false;
+        };
+        let reap_before = record.reap_at();
+        change(record);
+        record.status = record.worst();
+        match (
+            record.status == InstanceStatus::Critical,
+            record.critical_since,
+        ) {
+            (true, None) => record.critical_since = Some((now_ms, index)),
+            (false, Some(_)) => record.critical_since = None,
+            _ => {}
+        }
+        let reap_after = record.reap_at();
+        record.modify_index = index;
+        service.modify_index = index;
+        self.catalog_index = index;
+        if reap_before != reap_after {
+            if let Some(at) = reap_before {
+                self.reap_queue.remove(&(at, key.clone()));
+            }
+            if let Some(at) = reap_after {
+                self.reap_queue.insert((at, key.clone()));
+            }
+        }
+        true
+    }
+
+    /// Applies probers' results: each changes its check's status (and output and time)
+    /// unless the instance is gone, the check was redefined since ([`CheckResult::
+    /// generation`]), or the check already has that status (the first result of a check
+    /// never probed is taken anyway, for its output). Returns the services that
+    /// changed.
+    pub fn check_results(
+        &mut self,
+        results: Vec<CheckResult>,
+        index: u64,
+        now_ms: u64,
+    ) -> Vec<String> {
+        let mut changed = Vec::new();
+        for result in results {
+            let Some(record) = self.instance(&result.key) else {
+                continue;
+            };
+            if record.checks_index != result.generation {
+                continue;
+            }
+            let Some(at) = record
+                .spec
+                .checks
+                .iter()
+                .position(|c| c.name == result.check)
+            else {
+                continue;
+            };
+            let first = record.checks[at].output == CheckState::NOT_PROBED;
+            if record.checks[at].status == result.status && !first {
+                continue;
+            }
+            let state = CheckState {
+                status: result.status,
+                output: result.output,
+                changed_at_ms: now_ms,
+            };
+            self.settle(&result.key, index, now_ms, |r| r.checks[at] = state);
+            changed.push(result.key.0);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
     }
 
     /// A lease ended: every instance bound to it turns critical and is queued for
@@ -264,23 +405,9 @@ impl Catalog {
         };
         let mut changed = Vec::new();
         for key in bound.into_keys() {
-            let Some(service) = self.services.get_mut(&key.0) else {
-                continue;
-            };
-            let Some(record) = service.instances.get_mut(&key.1) else {
-                continue;
-            };
-            record.status = InstanceStatus::Critical;
-            record.critical_since = Some((now_ms, index));
-            record.modify_index = index;
-            service.modify_index = index;
-            if let Some(at) = record.reap_at() {
-                self.reap_queue.insert((at, key.clone()));
+            if self.settle(&key, index, now_ms, |r| r.lease_ended = true) {
+                changed.push(key.0);
             }
-            changed.push(key.0);
-        }
-        if !changed.is_empty() {
-            self.catalog_index = index;
         }
         changed.dedup();
         changed
@@ -351,6 +478,11 @@ impl Catalog {
         self.catalog_index
     }
 
+    /// The instances that have active checks.
+    pub fn checked(&self) -> impl Iterator<Item = &InstanceKey> {
+        self.checked.iter()
+    }
+
     /// The instances a lease keeps alive.
     pub fn bound_to(&self, lease: &LeaseId) -> impl Iterator<Item = &InstanceKey> {
         self.by_lease.get(lease).into_iter().flat_map(Bound::keys)
@@ -374,6 +506,7 @@ pub(crate) fn test_spec() -> InstanceSpec {
         region: None,
         weight: 1,
         deregister_after_ms: 60_000,
+        checks: Vec::new(),
     }
 }
 
@@ -438,11 +571,11 @@ mod tests {
     fn register_is_an_idempotent_upsert_that_keeps_registration_time() {
         let mut c = Catalog::default();
         assert_eq!(
-            c.upsert(key("a", "1"), spec(80), lease(1), true, 5, 1_000),
+            c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 5, 1_000),
             None
         );
         assert_eq!(
-            c.upsert(key("a", "1"), spec(81), lease(1), true, 6, 2_000),
+            c.upsert(key("a", "1"), spec(81), Some(lease(1)), true, 6, 2_000),
             None
         );
         let r = c.instance(&key("a", "1")).unwrap();
@@ -457,9 +590,9 @@ mod tests {
     #[test]
     fn rebinding_to_another_lease_reports_the_old_own_lease() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 1, 0);
         assert_eq!(
-            c.upsert(key("a", "1"), spec(80), lease(2), false, 2, 0),
+            c.upsert(key("a", "1"), spec(80), Some(lease(2)), false, 2, 0),
             Some(lease(1))
         );
         assert_eq!(c.bound_to(&lease(1)).count(), 0);
@@ -475,9 +608,9 @@ mod tests {
     #[test]
     fn lease_end_turns_bound_instances_critical_and_queues_them() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), false, 1, 0);
-        c.upsert(key("a", "2"), spec(80), lease(1), false, 2, 0);
-        c.upsert(key("b", "1"), spec(80), lease(2), false, 3, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), false, 1, 0);
+        c.upsert(key("a", "2"), spec(80), Some(lease(1)), false, 2, 0);
+        c.upsert(key("b", "1"), spec(80), Some(lease(2)), false, 3, 0);
         assert_eq!(c.lease_ended(&lease(1), 4, 10_000), vec!["a".to_owned()]);
         assert_eq!(
             c.instance(&key("a", "1")).unwrap().status,
@@ -509,7 +642,7 @@ mod tests {
             deregister_after_ms: u64::MAX,
             ..spec(80)
         };
-        c.upsert(key("a", "1"), long, lease(1), true, 1, 0);
+        c.upsert(key("a", "1"), long, Some(lease(1)), true, 1, 0);
         c.lease_ended(&lease(1), 2, 1_000);
         let due = 1_000 + MAX_DEREGISTER_AFTER_MS;
         assert!(c.due_reaps(due - 1, 10).is_empty());
@@ -524,9 +657,9 @@ mod tests {
     #[test]
     fn reregistering_a_critical_instance_revives_it_and_cancels_its_reap() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 1, 0);
         c.lease_ended(&lease(1), 2, 0);
-        c.upsert(key("a", "1"), spec(80), lease(2), true, 3, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(2)), true, 3, 0);
         assert_eq!(
             c.instance(&key("a", "1")).unwrap().status,
             InstanceStatus::Passing
@@ -542,28 +675,28 @@ mod tests {
     #[test]
     fn drain_and_back_and_critical_cannot_be_revived_by_status() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 1, 0);
         assert_eq!(
-            c.set_status(&key("a", "1"), true, 2).unwrap().status,
+            c.set_status(&key("a", "1"), true, 2, 0).unwrap().status,
             InstanceStatus::Draining
         );
         // Re-registering on the same lease keeps the drain.
-        c.upsert(key("a", "1"), spec(80), lease(1), true, 3, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 3, 0);
         assert_eq!(
             c.instance(&key("a", "1")).unwrap().status,
             InstanceStatus::Draining
         );
         assert_eq!(
-            c.set_status(&key("a", "1"), false, 4).unwrap().status,
+            c.set_status(&key("a", "1"), false, 4, 0).unwrap().status,
             InstanceStatus::Passing
         );
         c.lease_ended(&lease(1), 5, 0);
         assert_eq!(
-            c.set_status(&key("a", "1"), false, 6),
+            c.set_status(&key("a", "1"), false, 6, 0),
             Err(CatalogError::InstanceCritical)
         );
         assert_eq!(
-            c.set_status(&key("a", "9"), false, 6),
+            c.set_status(&key("a", "9"), false, 6, 0),
             Err(CatalogError::InstanceNotFound)
         );
     }
@@ -571,7 +704,7 @@ mod tests {
     #[test]
     fn remove_unbinds_and_reports_not_found_twice() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), true, 1, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), true, 1, 0);
         let gone = c.remove(&key("a", "1"), 2).unwrap();
         assert!(gone.own_lease);
         assert_eq!(c.bound_to(&lease(1)).count(), 0);
@@ -590,8 +723,8 @@ mod tests {
         s1.zone = Some("eu-1a".into());
         s1.region = Some("eu".into());
         s1.meta = BTreeMap::from([("team".into(), "web".into())]);
-        c.upsert(key("a", "1"), s1, lease(1), true, 1, 0);
-        c.upsert(key("a", "2"), spec(80), lease(2), true, 2, 0);
+        c.upsert(key("a", "1"), s1, Some(lease(1)), true, 1, 0);
+        c.upsert(key("a", "2"), spec(80), Some(lease(2)), true, 2, 0);
         let pick = |c: &Catalog, f: Filter| -> Vec<String> {
             let service = c.service("a").unwrap();
             service
@@ -670,10 +803,10 @@ mod tests {
     #[test]
     fn a_lease_keeps_one_or_many_instances() {
         let mut c = Catalog::default();
-        c.upsert(key("a", "1"), spec(80), lease(1), false, 1, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(1)), false, 1, 0);
         assert!(matches!(c.by_lease.get(&lease(1)), Some(Bound::One(_))));
-        c.upsert(key("a", "2"), spec(80), lease(1), false, 2, 0);
-        c.upsert(key("b", "1"), spec(80), lease(1), false, 3, 0);
+        c.upsert(key("a", "2"), spec(80), Some(lease(1)), false, 2, 0);
+        c.upsert(key("b", "1"), spec(80), Some(lease(1)), false, 3, 0);
         assert_eq!(c.bound_to(&lease(1)).count(), 3);
         c.remove(&key("a", "2"), 4).unwrap();
         assert_eq!(
@@ -684,9 +817,150 @@ mod tests {
         c.remove(&key("b", "1"), 6).unwrap();
         assert!(c.by_lease.is_empty());
         // Removing a key a single-instance lease does not hold changes nothing.
-        c.upsert(key("a", "1"), spec(80), lease(2), false, 7, 0);
+        c.upsert(key("a", "1"), spec(80), Some(lease(2)), false, 7, 0);
         let mut bound = c.by_lease[&lease(2)].clone();
         assert!(!bound.remove(&key("z", "9")));
         assert_eq!(bound.keys().count(), 1);
+    }
+
+    fn checked_spec(names: &[&str]) -> InstanceSpec {
+        use crate::replicated::checks::Probe;
+        InstanceSpec {
+            checks: names
+                .iter()
+                .map(|name| CheckSpec {
+                    name: (*name).to_owned(),
+                    probe: Probe::Tcp {
+                        host: "10.0.0.1".into(),
+                        port: 80,
+                    },
+                    interval_ms: 1_000,
+                    timeout_ms: 500,
+                    failures_before_critical: 1,
+                    successes_before_passing: 1,
+                })
+                .collect(),
+            deregister_after_ms: 10_000,
+            ..spec(80)
+        }
+    }
+
+    fn result(k: &InstanceKey, check: &str, generation: u64, status: CheckStatus) -> CheckResult {
+        CheckResult {
+            key: k.clone(),
+            check: check.into(),
+            generation,
+            status,
+            output: format!("{status:?}"),
+        }
+    }
+
+    #[test]
+    fn checks_start_critical_and_their_results_decide_the_status() {
+        let mut c = Catalog::default();
+        let k = key("db", "1");
+        c.upsert(k.clone(), checked_spec(&["a", "b"]), None, false, 1, 1_000);
+        let r = c.instance(&k).unwrap();
+        assert_eq!(
+            (r.status, r.lease, r.checks_index),
+            (InstanceStatus::Critical, None, 1)
+        );
+        assert_eq!(r.checks[0].output, CheckState::NOT_PROBED);
+        assert_eq!(c.checked().collect::<Vec<_>>(), vec![&k]);
+        // Never probed counts as critical, so its reap is due from registration.
+        assert_eq!(c.due_reaps(11_000, 10), vec![(k.clone(), 1)]);
+
+        let pass = |check| result(&k, check, 1, CheckStatus::Passing);
+        assert_eq!(
+            c.check_results(vec![pass("a")], 2, 2_000),
+            vec!["db".to_owned()]
+        );
+        assert_eq!(
+            c.instance(&k).unwrap().status,
+            InstanceStatus::Critical,
+            "b is not probed yet"
+        );
+        c.check_results(vec![pass("b")], 3, 3_000);
+        let r = c.instance(&k).unwrap();
+        assert_eq!(
+            (r.status, r.critical_since, r.modify_index),
+            (InstanceStatus::Passing, None, 3)
+        );
+        assert_eq!(r.checks[1].changed_at_ms, 3_000);
+        assert!(c.due_reaps(u64::MAX, 10).is_empty(), "passing: no reap");
+
+        // The same status again, an old generation, an unknown check: nothing changes.
+        assert!(c.check_results(vec![pass("a")], 4, 4_000).is_empty());
+        let stale = result(&k, "a", 0, CheckStatus::Critical);
+        let unknown = result(&k, "zz", 1, CheckStatus::Critical);
+        assert!(c.check_results(vec![stale, unknown], 5, 5_000).is_empty());
+        assert_eq!(c.service_index("db"), 3);
+
+        // One critical check makes the instance critical and queues its reap.
+        c.check_results(vec![result(&k, "b", 1, CheckStatus::Critical)], 6, 6_000);
+        let r = c.instance(&k).unwrap();
+        assert_eq!(
+            (r.status, r.critical_since),
+            (InstanceStatus::Critical, Some((6_000, 6)))
+        );
+        assert_eq!(c.due_reaps(16_000, 10), vec![(k.clone(), 6)]);
+        // Draining while critical is allowed and shows once the check passes again.
+        assert_eq!(
+            c.set_status(&k, true, 7, 7_000).unwrap().status,
+            InstanceStatus::Critical
+        );
+        c.check_results(vec![result(&k, "b", 1, CheckStatus::Passing)], 8, 8_000);
+        assert_eq!(c.instance(&k).unwrap().status, InstanceStatus::Draining);
+        assert!(c.due_reaps(u64::MAX, 10).is_empty());
+        assert!(c.reap(&k, 6, 9).is_none(), "the critical episode ended");
+    }
+
+    #[test]
+    fn reregistering_keeps_unchanged_checks_and_resets_redefined_ones() {
+        let mut c = Catalog::default();
+        let k = key("db", "1");
+        c.upsert(k.clone(), checked_spec(&["a"]), None, false, 1, 0);
+        c.check_results(vec![result(&k, "a", 1, CheckStatus::Passing)], 2, 0);
+        // The same definition again: still passing, same generation, no reap queued.
+        c.upsert(k.clone(), checked_spec(&["a"]), None, false, 3, 0);
+        let r = c.instance(&k).unwrap();
+        assert_eq!((r.status, r.checks_index), (InstanceStatus::Passing, 1));
+        // A new definition starts again from "not probed".
+        c.upsert(k.clone(), checked_spec(&["a", "b"]), None, false, 4, 0);
+        let r = c.instance(&k).unwrap();
+        assert_eq!((r.status, r.checks_index), (InstanceStatus::Critical, 4));
+        // Registering it without checks, on a lease, leaves the checked set.
+        c.upsert(k.clone(), spec(80), Some(lease(1)), true, 5, 0);
+        assert_eq!(c.checked().count(), 0);
+        assert_eq!(c.instance(&k).unwrap().status, InstanceStatus::Passing);
+        assert!(c.due_reaps(u64::MAX, 10).is_empty());
+        // And removing an instance with checks takes it out of the checked set.
+        c.upsert(k.clone(), checked_spec(&["a"]), None, false, 6, 0);
+        c.remove(&k, 7).unwrap();
+        assert_eq!(c.checked().count(), 0);
+    }
+
+    #[test]
+    fn a_lease_and_checks_together_give_the_worse_status() {
+        let mut c = Catalog::default();
+        let k = key("web", "1");
+        c.upsert(k.clone(), checked_spec(&["a"]), Some(lease(1)), true, 1, 0);
+        c.check_results(vec![result(&k, "a", 1, CheckStatus::Passing)], 2, 0);
+        assert_eq!(c.instance(&k).unwrap().status, InstanceStatus::Passing);
+        c.lease_ended(&lease(1), 3, 100);
+        let r = c.instance(&k).unwrap();
+        assert_eq!((r.status, r.lease_ended), (InstanceStatus::Critical, true));
+        // Its checks passing does not revive an ended lease.
+        assert!(
+            c.check_results(vec![result(&k, "a", 1, CheckStatus::Critical)], 4, 0)
+                .len()
+                == 1
+        );
+        c.check_results(vec![result(&k, "a", 1, CheckStatus::Passing)], 5, 0);
+        assert_eq!(c.instance(&k).unwrap().status, InstanceStatus::Critical);
+        assert_eq!(
+            c.set_status(&k, true, 6, 0),
+            Err(CatalogError::InstanceCritical)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The pure replicated core: the state every replica builds from the same log.
 //! [`state::AppState`] joins the service [`catalog`] and the `locks` coordination core
-//! (leases, locks, elections) and applies each command of a log entry; [`ops`] pairs
+//! (leases, locks, elections) and applies each command of a log entry; [`checks`] holds
+//! the active checks' definitions and states and who probes each; [`ops`] pairs
 //! each command with the typed answer its proposer gets; [`acl`] holds the tokens and
 //! lease owners and decides what a caller may do.
 //!
@@ -10,16 +11,18 @@
 
 pub mod acl;
 pub mod catalog;
+pub mod checks;
 pub mod ops;
 pub mod state;
 
 #[cfg(test)]
 mod purity {
     /// The source of every module of this folder.
-    const SOURCES: [(&str, &str); 5] = [
+    const SOURCES: [(&str, &str); 6] = [
         ("mod.rs", include_str!("mod.rs")),
         ("acl.rs", include_str!("acl.rs")),
         ("catalog.rs", include_str!("catalog.rs")),
+        ("checks.rs", include_str!("checks.rs")),
         ("ops.rs", include_str!("ops.rs")),
         ("state.rs", include_str!("state.rs")),
     ];

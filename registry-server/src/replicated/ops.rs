@@ -112,7 +112,7 @@ pub struct Register {
 }
 
 impl Op for Register {
-    type Output = Result<(InstanceRecord, Lease), RegisterRefused>;
+    type Output = Result<(InstanceRecord, Option<Lease>), RegisterRefused>;
     fn command(self) -> Command {
         Command::Register {
             key: self.key,
@@ -185,6 +185,40 @@ impl Op for Reap {
     fn output(outcome: Outcome) -> Result<Vec<InstanceKey>, Mismatch> {
         match outcome {
             Outcome::Reaped(keys) => Ok(keys),
+            other => Err(mismatch(other)),
+        }
+    }
+}
+
+/// Check transitions seen by a prober; the output is how many changed a check.
+#[derive(Debug, Clone)]
+pub struct CheckResults(pub Vec<crate::replicated::checks::CheckResult>);
+
+impl Op for CheckResults {
+    type Output = usize;
+    fn command(self) -> Command {
+        Command::CheckResults { results: self.0 }
+    }
+    fn output(outcome: Outcome) -> Result<usize, Mismatch> {
+        match outcome {
+            Outcome::CheckResults(changed) => Ok(changed),
+            other => Err(mismatch(other)),
+        }
+    }
+}
+
+/// The servers that run active checks (the leader's own command).
+#[derive(Debug, Clone)]
+pub struct SetProbers(pub Vec<u64>);
+
+impl Op for SetProbers {
+    type Output = ();
+    fn command(self) -> Command {
+        Command::SetProbers { probers: self.0 }
+    }
+    fn output(outcome: Outcome) -> Result<(), Mismatch> {
+        match outcome {
+            Outcome::ProbersSet => Ok(()),
             other => Err(mismatch(other)),
         }
     }
@@ -378,7 +412,7 @@ mod tests {
         );
         let (record, _) =
             run(&mut s, register(Binding::Existing(lease.id)), 3).expect("registered");
-        assert_eq!(record.lease, lease.id);
+        assert_eq!(record.lease, Some(lease.id));
         let drained = run(
             &mut s,
             SetStatus {
@@ -427,7 +461,7 @@ mod tests {
 
         assert_eq!(
             run(&mut s, Deregister(key.clone()), 11).map(|r| r.lease),
-            Ok(lease.id)
+            Ok(Some(lease.id))
         );
         assert_eq!(
             run(&mut s, Deregister(key), 12),

@@ -18,6 +18,7 @@ use crate::replicated::acl::{Accessor, Acl, AclCommand, AclOutcome};
 use crate::replicated::catalog::{
     Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec,
 };
+use crate::replicated::checks::CheckResult;
 
 /// Which lease a registration binds to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +29,9 @@ pub enum Binding {
     Own { new_lease: LeaseId, ttl_ms: u64 },
     /// An existing lease, named by the client.
     Existing(LeaseId),
+    /// No lease: the instance is kept by its active checks (validation makes sure it has
+    /// some).
+    Unleased,
 }
 
 /// One replicated command.
@@ -50,6 +54,12 @@ pub enum Command {
     Reap { instances: Vec<(InstanceKey, u64)> },
     /// Tokens and bootstrap.
     Acl(AclCommand),
+    /// Check transitions probers saw (only transitions: probes themselves are not
+    /// written).
+    CheckResults { results: Vec<CheckResult> },
+    /// The servers that run active checks, as the leader last saw them answer (the
+    /// leader's own command, proposed only when that set changes).
+    SetProbers { probers: Vec<u64> },
     /// A command made by a token: the leases it grants belong to that token. The leader
     /// wraps commands in this; its outcome is the inner command's.
     Owned {
@@ -65,12 +75,15 @@ pub enum Outcome {
     /// The instance as registered, with the lease it is bound to.
     Registered {
         record: InstanceRecord,
-        lease: Lease,
+        lease: Option<Lease>,
     },
     Deregistered(InstanceRecord),
     StatusSet(InstanceRecord),
     Reaped(Vec<InstanceKey>),
     Acl(AclOutcome),
+    /// How many check results changed a check.
+    CheckResults(usize),
+    ProbersSet,
     /// The command named a lease that does not exist.
     LeaseNotFound(LeaseId),
     Catalog(CatalogError),
@@ -100,6 +113,9 @@ pub struct AppState {
     pub clock_ms: u64,
     /// Tokens and lease owners.
     pub acl: Acl,
+    /// The servers that run active checks (node ids, sorted): each check belongs to one
+    /// of them ([`crate::replicated::checks::owner`]). Kept by the leader.
+    pub probers: Vec<u64>,
 }
 
 impl AppState {
@@ -122,20 +138,15 @@ impl AppState {
             Command::Deregister { key } => match self.catalog.remove(&key, index) {
                 Ok(record) => {
                     fx.services.insert(key.0);
-                    if record.own_lease {
-                        self.lease(
-                            locks::Command::RevokeLease { id: record.lease },
-                            index,
-                            now_ms,
-                            fx,
-                        );
+                    if let (true, Some(id)) = (record.own_lease, record.lease) {
+                        self.lease(locks::Command::RevokeLease { id }, index, now_ms, fx);
                     }
                     Outcome::Deregistered(record)
                 }
                 Err(e) => Outcome::Catalog(e),
             },
             Command::SetStatus { key, draining } => {
-                match self.catalog.set_status(&key, draining, index) {
+                match self.catalog.set_status(&key, draining, index, now_ms) {
                     Ok(record) => {
                         fx.services.insert(key.0);
                         Outcome::StatusSet(record)
@@ -147,15 +158,10 @@ impl AppState {
                 let mut reaped = Vec::new();
                 for (key, critical_index) in instances {
                     if let Some(record) = self.catalog.reap(&key, critical_index, index) {
-                        if record.own_lease {
-                            // Already ended (that is what made it critical); revoking an
+                        if let (true, Some(id)) = (record.own_lease, record.lease) {
+                            // Usually already ended (that made it critical); revoking an
                             // unknown lease changes nothing.
-                            self.lease(
-                                locks::Command::RevokeLease { id: record.lease },
-                                index,
-                                now_ms,
-                                fx,
-                            );
+                            self.lease(locks::Command::RevokeLease { id }, index, now_ms, fx);
                         }
                         fx.services.insert(key.0.clone());
                         reaped.push(key);
@@ -164,6 +170,18 @@ impl AppState {
                 Outcome::Reaped(reaped)
             }
             Command::Acl(cmd) => Outcome::Acl(self.acl.apply(cmd, index, now_ms)),
+            Command::CheckResults { results } => {
+                let changed = self.catalog.check_results(results, index, now_ms);
+                let count = changed.len();
+                fx.services.extend(changed);
+                Outcome::CheckResults(count)
+            }
+            Command::SetProbers { mut probers } => {
+                probers.sort_unstable();
+                probers.dedup();
+                self.probers = probers;
+                Outcome::ProbersSet
+            }
             Command::Owned { owner, command } => {
                 let before = fx.coordination.granted.len();
                 let outcome = self.apply(*command, index, now_ms, fx);
@@ -214,8 +232,9 @@ impl AppState {
         fx: &mut Effects,
     ) -> Outcome {
         let (lease, own) = match binding {
+            Binding::Unleased => (None, false),
             Binding::Existing(id) => match self.coordinator.lease(&id) {
-                Some(lease) => (lease.clone(), false),
+                Some(lease) => (Some(lease.clone()), false),
                 None => return Outcome::LeaseNotFound(id),
             },
             Binding::Own { new_lease, ttl_ms } => {
@@ -225,18 +244,18 @@ impl AppState {
                     .catalog
                     .instance(&key)
                     .filter(|r| r.own_lease)
-                    .and_then(|r| self.coordinator.lease(&r.lease))
+                    .and_then(|r| self.coordinator.lease(r.lease.as_ref()?))
                     .filter(|l| l.ttl_ms == ttl_ms)
                     .cloned();
                 match current {
-                    Some(lease) => (lease, true),
+                    Some(lease) => (Some(lease), true),
                     None => {
                         let grant = locks::Command::GrantLease {
                             id: new_lease,
                             ttl_ms,
                         };
                         match self.lease(grant, index, now_ms, fx) {
-                            locks::Outcome::LeaseGranted(lease) => (lease, true),
+                            locks::Outcome::LeaseGranted(lease) => (Some(lease), true),
                             // A grant always answers `LeaseGranted`; were `locks` ever to
                             // say otherwise, refuse the registration rather than panic.
                             _ => return Outcome::LeaseNotFound(new_lease),
@@ -245,9 +264,14 @@ impl AppState {
                 }
             }
         };
-        let replaced = self
-            .catalog
-            .upsert(key.clone(), spec, lease.id, own, index, now_ms);
+        let replaced = self.catalog.upsert(
+            key.clone(),
+            spec,
+            lease.as_ref().map(|l| l.id),
+            own,
+            index,
+            now_ms,
+        );
         if let Some(old) = replaced {
             self.lease(locks::Command::RevokeLease { id: old }, index, now_ms, fx);
         }
@@ -400,13 +424,13 @@ mod tests {
         let mut s = AppState::default();
         let (out, fx) = register(&mut s, key("a", "1"), own(1, 5000), 1);
         assert!(
-            matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
+            matches!(out, Outcome::Registered { ref lease, .. } if lease.as_ref().map(|l| l.id) == Some(LeaseId::from_u128(1)))
         );
         assert_eq!(fx.coordination.granted.len(), 1);
         // Same TTL: the live own lease is kept, the proposed new one is not granted.
         let (out, fx) = register(&mut s, key("a", "1"), own(2, 5000), 2);
         assert!(
-            matches!(out, Outcome::Registered { ref lease, .. } if lease.id == LeaseId::from_u128(1))
+            matches!(out, Outcome::Registered { ref lease, .. } if lease.as_ref().map(|l| l.id) == Some(LeaseId::from_u128(1)))
         );
         assert!(fx.coordination.granted.is_empty() && fx.coordination.ended.is_empty());
         assert_eq!(s.coordinator.lease_count(), 1);

@@ -69,6 +69,7 @@ async fn main() -> Result<()> {
             ttl: Some("1h".into()),
             deregister_after: None,
             lease: None,
+            checks: Vec::new(),
         };
         client
             .register("ten", &format!("ten-{i}"), &request)

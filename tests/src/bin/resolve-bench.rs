@@ -31,6 +31,7 @@ fn request(version: u64) -> RegisterRequest {
         ttl: Some("1h".into()),
         deregister_after: None,
         lease: None,
+        checks: Vec::new(),
     }
 }
 

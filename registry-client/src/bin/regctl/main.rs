@@ -125,8 +125,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Register (or update) a service instance; with --heartbeat, keep it alive until
-    /// Ctrl-C or SIGTERM, then deregister it.
-    Register(catalog::RegisterArgs),
+    /// Ctrl-C or SIGTERM, then deregister it. With active checks (--http-check, ...) and
+    /// no --ttl or --lease it needs no heartbeats: regctl registers it and exits.
+    Register(Box<catalog::RegisterArgs>),
     /// Deregister an instance.
     Deregister { service: String, id: String },
     /// List services with their instance counts.
@@ -289,7 +290,7 @@ fn build_failure(error: &registry_client::Error, cli: &Cli) -> Failure {
 
 async fn dispatch(cx: Context, command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Register(args) => catalog::register(&cx, args).await,
+        Command::Register(args) => catalog::register(&cx, *args).await,
         Command::Deregister { service, id } => catalog::deregister(&cx, &service, &id).await,
         Command::Services => catalog::services(&cx).await,
         Command::Resolve(args) => catalog::resolve(&cx, args).await,

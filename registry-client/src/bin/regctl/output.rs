@@ -237,6 +237,18 @@ pub fn millis(ms: u64) -> String {
     api_spec::format_duration(Duration::from_millis(ms))
 }
 
+/// `text` fit for one line of a terminal: control characters (newlines, escapes) become
+/// spaces and the ends are trimmed. For what a probed instance said (a check's output is
+/// the start of whatever its health endpoint answered), which must neither break the
+/// line-per-item output nor send escape sequences to the terminal.
+pub fn one_line(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    spaced.trim().to_owned()
+}
+
 /// `-` for a missing value.
 pub fn or_dash(value: Option<impl Display>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -286,6 +298,16 @@ mod tests {
             describe(&error),
             "cannot send the token (--token or REGISTRY_TOKEN): bad"
         );
+    }
+
+    #[test]
+    fn probed_text_is_kept_to_one_line_without_escapes() {
+        assert_eq!(
+            one_line(" 503 Service Unavailable\r\n\x1b[31mdown\t"),
+            "503 Service Unavailable   [31mdown"
+        );
+        assert_eq!(one_line("\n"), "");
+        assert_eq!(one_line("ok"), "ok");
     }
 
     #[test]

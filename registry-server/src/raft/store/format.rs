@@ -8,8 +8,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The format version this server writes, and the newest it reads.
-pub const LOG_FORMAT_VERSION: u8 = 1;
+/// The format version this server writes, and the newest it reads. Version 2: a
+/// registration may carry active checks and no lease. Version 1 is refused
+/// ([`FormatError::Older`]).
+pub const LOG_FORMAT_VERSION: u8 = 2;
 
 /// Why a stored value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,13 @@ pub enum FormatError {
     /// A version no server writes (0): the value is corrupt or predates format versions.
     #[error("{what} has format version {found}, which no server writes (corrupt, or written before format versions)")]
     Unknown { what: String, found: u8 },
+    /// Written by an earlier server whose encoding this one does not convert.
+    #[error("{what} has format version {found}, older than the {supported} this server reads: it was written before active checks, and this pre-1.0 server does not convert it — run the release that wrote it")]
+    Older {
+        what: String,
+        found: u8,
+        supported: u8,
+    },
     /// No bytes at all, not even the version.
     #[error("{what} is empty (no format version byte)")]
     Empty { what: String },
@@ -64,6 +73,11 @@ pub fn decode<T: DeserializeOwned>(
             found,
             supported: LOG_FORMAT_VERSION,
         }),
+        Some((&found, _)) if found > 0 => Err(FormatError::Older {
+            what: what(),
+            found,
+            supported: LOG_FORMAT_VERSION,
+        }),
         Some((&found, _)) => Err(FormatError::Unknown {
             what: what(),
             found,
@@ -95,7 +109,7 @@ mod tests {
         let err = decode::<u64>(&bytes, || "log entry at index 3".into()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "log entry at index 3 has format version 9; this server reads up to 1 — upgrade the server"
+            "log entry at index 3 has format version 9; this server reads up to 2 — upgrade the server"
         );
     }
 
@@ -108,5 +122,25 @@ mod tests {
         );
         let err = decode::<u64>(&[], || "v".into()).unwrap_err();
         assert!(matches!(err, FormatError::Empty { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_older_version_saying_which_release_reads_it() {
+        let err = decode::<u64>(&[1, 7, 0, 0, 0, 0, 0, 0, 0], || "vote".into()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FormatError::Older {
+                    found: 1,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("run the release that wrote it"),
+            "{err}"
+        );
     }
 }

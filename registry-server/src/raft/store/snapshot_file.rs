@@ -29,7 +29,9 @@ use openraft::{LogId, SnapshotMeta};
 use crate::raft::types::{Node, NodeId};
 
 /// The format version this server writes, and the newest it reads.
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 2;
+/// Version 3: instances may have active checks and no lease (and the state holds the
+/// prober set). Earlier versions are refused with [`Invalid::Older`].
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 3;
 
 const MAGIC: &[u8; 6] = b"RGSNAP";
 const HEADER_LEN: usize = 20;
@@ -49,6 +51,10 @@ pub enum Invalid {
     Newer { found: u16, supported: u16 },
     #[error("has format version {found}, which no server writes")]
     Unknown { found: u16 },
+    #[error(
+        "has format version {found}, older than the {supported} this server reads: it was written before active checks, and this pre-1.0 server does not convert it — run the release that wrote it"
+    )]
+    Older { found: u16, supported: u16 },
     #[error("is truncated: its header announces {expected} bytes of data, {found} are there")]
     Truncated { expected: u64, found: u64 },
     #[error("has {extra} bytes after the {expected} its header announces")]
@@ -114,6 +120,12 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), Invalid> {
     let found = u16::from_le_bytes([bytes[6], bytes[7]]);
     if found > SNAPSHOT_FORMAT_VERSION {
         return Err(Invalid::Newer {
+            found,
+            supported: SNAPSHOT_FORMAT_VERSION,
+        });
+    }
+    if found == 1 || found == 2 {
+        return Err(Invalid::Older {
             found,
             supported: SNAPSHOT_FORMAT_VERSION,
         });
