@@ -4,6 +4,7 @@
 //! `scripts/bench.sh` builds and runs it; `src/main.rs` is the command line.
 
 pub mod certs;
+pub mod checks;
 pub mod extras;
 pub mod load;
 pub mod report;

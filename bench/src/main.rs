@@ -71,8 +71,14 @@ enum Extra {
     /// heartbeat-64 and resolve-linearizable-64 on a registry over plain HTTP and one
     /// serving TLS, alternating, five rounds each.
     TlsOverhead,
+    /// 10,000 active checks (half HTTP, half TCP, against targets this process serves)
+    /// at a 10 s interval: CPU per server, probe lag, Raft writes in steady state.
+    Checks,
 }
 
+/// Checks in the active-checks measurement, and their interval.
+const CHECKS: usize = 10_000;
+const CHECK_INTERVAL_S: u64 = 10;
 /// Rounds of the ACL and TLS overhead measurements (each runs both clusters).
 const OVERHEAD_ROUNDS: usize = 5;
 /// Watchers in the fan-out measurement.
@@ -515,6 +521,26 @@ async fn bench(args: Args) -> Result<bool> {
             }
         }
     }
+    let mut check_report = None;
+    if args.extra.contains(&Extra::Checks) {
+        eprintln!("Active checks at scale: {CHECKS} checks every {CHECK_INTERVAL_S} s");
+        let window = Duration::from_secs(3 * CHECK_INTERVAL_S);
+        match bench::checks::checks_at_scale(
+            &server_bin,
+            args.nodes,
+            CHECKS,
+            CHECK_INTERVAL_S,
+            window,
+        )
+        .await
+        {
+            Ok(report) => check_report = Some(report),
+            Err(e) => {
+                eprintln!("active checks at scale failed: {e:#}");
+                ok = false;
+            }
+        }
+    }
     for side in [Side::Registry, Side::Etcd] {
         if let Err(e) = Box::pin(run_side(
             side,
@@ -550,6 +576,9 @@ async fn bench(args: Args) -> Result<bool> {
     print!("{}", report::table(&rows));
     for overhead in &overheads {
         print!("{}", overhead.text());
+    }
+    if let Some(report) = &check_report {
+        print!("{}", report.text());
     }
     print!("{}", report::targets_text(&targets));
     if let Some(path) = &args.json {

@@ -28,6 +28,22 @@ async fn concurrent_writes_share_log_entries() {
     let (http, base) = (&server.http, server.base.as_str());
 
     const WRITES: u64 = 200;
+    // The leader writes the prober set once after it starts leading; let that pass, so
+    // the entries counted are the writes' own.
+    for _ in 0..200 {
+        let status: serde_json::Value = http
+            .get(format!("{base}/v1/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["probers"] == serde_json::json!([1]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let before = last_log_index(http, base).await;
     let writes = (0..WRITES).map(|_| {
         let http = http.clone();

@@ -380,8 +380,23 @@ function statusBadge(instance) {
   return badge;
 }
 
+/** The checks of an instance, one line each: name, status and the last output. */
+function checksText(instance) {
+  return (instance.checks || [])
+    .map((check) => `${check.name} (${check.kind} ${check.target}): ${check.status}: ${check.output}` +
+      (check.owner ? ` [server ${check.owner}]` : ""))
+    .join("\n");
+}
+
 function leaseCell(instance) {
-  const lease = instance.own_lease ? "its own lease" : `shared lease ${instance.lease}`;
+  const checks = checksText(instance);
+  if (instance.lease === undefined || instance.lease === null) {
+    const failing = (instance.checks || []).filter((c) => c.status !== "passing").length;
+    const text = `${(instance.checks || []).length} checks` + (failing ? `, ${failing} failing` : "");
+    return cell(el("span", { className: failing ? "muted" : "", text, title: checks }));
+  }
+  const lease = (instance.own_lease ? "its own lease" : `shared lease ${instance.lease}`) +
+    (checks ? `\n${checks}` : "");
   if (instance.ttl_ms === 0) {
     return cell(el("span", { className: "muted", text: "ended", title: lease }));
   }
