@@ -385,6 +385,73 @@ async fn register_resolve_watch_and_deregister_in_text_and_json() {
 }
 
 #[tokio::test]
+async fn register_with_a_tcp_check_leaves_the_instance_to_the_cluster() {
+    let cluster = Cluster::start_single(&[]).await.expect("start");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = target.local_addr()?.port().to_string();
+        let check = format!("127.0.0.1:{port}");
+        let args = [
+            "register",
+            "db",
+            "db-1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            port.as_str(),
+            "--tcp-check",
+            check.as_str(),
+            "--check-interval",
+            "1s",
+            "--failures-before-critical",
+            "1",
+        ];
+        // Check-only: it registers once and exits, with no lease to keep.
+        let registered = run(&addr, &args).await?;
+        registered.ensure_code(0, "register db-1")?;
+        ensure!(registered.stdout.contains("tcp"), "{}", registered.stdout);
+        let client = cluster.client();
+        let passing = wait_until(Duration::from_secs(10), "db-1 passing", || async {
+            let list = client
+                .service("db", &ServiceQuery::default(), ReadOptions::default())
+                .await?
+                .value;
+            let db = list.instances.first().context("db-1 listed")?.clone();
+            ensure!(db.status == InstanceStatus::Passing, "{db:?}");
+            Ok(db)
+        })
+        .await?;
+        ensure!(
+            passing.lease.is_none() && passing.checks.len() == 1,
+            "{passing:?}"
+        );
+        ensure!(passing.checks[0].name == "tcp", "{passing:?}");
+        // The port closes: the cluster, not regctl, notices.
+        drop(target);
+        wait_until(Duration::from_secs(10), "db-1 critical", || async {
+            let any = ServiceQuery {
+                status: Some(None),
+                ..ServiceQuery::default()
+            };
+            let list = client
+                .service("db", &any, ReadOptions::default())
+                .await?
+                .value;
+            let db = list.instances.first().context("db-1 listed")?;
+            ensure!(db.status == InstanceStatus::Critical, "{db:?}");
+            Ok(())
+        })
+        .await?;
+        run(&addr, &["deregister", "db", "db-1"])
+            .await?
+            .ensure_code(0, "deregister db-1")?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn register_heartbeat_outlives_its_ttl_re_registers_and_deregisters_on_sigterm() {
     let cluster = Cluster::start_single(&[]).await.expect("start");
     must_pass(async {
