@@ -525,7 +525,9 @@ pub struct ConsulWeights {
     pub warning: Option<u32>,
 }
 
-/// A check of a Consul registration: only TTL checks are run.
+/// A check of a Consul registration: a TTL check (this schema). The server also reads
+/// Consul's `HTTP`, `TCP` and `GRPC` checks as active checks (see the route); they are
+/// left out of this schema, whose fields the contract tests generate freely.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConsulCheck {

@@ -1507,7 +1507,7 @@ mod routes {
     )]
     fn revoke_token() {}
 
-    /// Registers (or updates) an instance the way Consul's agent registers a service: `ID` (default `Name`), `Name`, `Address` (default the caller's IP), `Port`, `Tags`, `Meta`, `Weights`, `Check`/`Checks`, keys in any case. A TTL check becomes the lease TTL; `DeregisterCriticalServiceAfter` the `deregister_after`; without a TTL check the lease is 24h. HTTP, TCP, gRPC and script checks are refused (400). Needs `service:write` on the name.
+    /// Registers (or updates) an instance the way Consul's agent registers a service: `ID` (default `Name`), `Name`, `Address` (default the caller's IP), `Port`, `Tags`, `Meta`, `Weights`, `Check`/`Checks`, keys in any case. A TTL check becomes the lease TTL; `DeregisterCriticalServiceAfter` the `deregister_after`. `HTTP`, `TCP` and `GRPC` checks (with `Interval`, `Timeout`, `Method`, `Header`, `FailuresBeforeCritical`, `SuccessBeforePassing`) become active checks the cluster runs; with them and no TTL check the instance has no lease; with no check at all the lease is 24h. Script, Docker, H2PING, UDP and OS service checks are refused (400). Needs `service:write` on the name.
     #[utoipa::path(
         put,
         path = "/v1/agent/service/register",
