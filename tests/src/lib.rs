@@ -126,9 +126,17 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Free loopback ports for nodes 1..=n (see [`free_port`]).
+/// Free loopback ports for nodes 1..=n, all different (see [`free_port`]): every
+/// listener is held until all are picked, since a port released at once may be handed
+/// out again by the next bind (two nodes given one port was seen in a fault run).
 pub fn free_ports(n: u64) -> Result<BTreeMap<u64, u16>> {
-    (1..=n).map(|id| Ok((id, free_port()?))).collect()
+    let held: Vec<std::net::TcpListener> = (1..=n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0"))
+        .collect::<Result<_>>()?;
+    (1..=n)
+        .zip(&held)
+        .map(|(id, listener)| Ok((id, listener.local_addr()?.port())))
+        .collect()
 }
 
 /// What a cluster's clients (the harness's own probes included) need to reach servers
