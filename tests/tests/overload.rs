@@ -169,11 +169,11 @@ async fn a_flood_of_blocking_queries_is_capped_and_refused_with_429() {
                 let request = http.get(&url).send();
                 tokio::spawn(async move {
                     let r = request.await?;
-                    Ok::<_, reqwest::Error>((
-                        r.status().as_u16(),
-                        r.headers().contains_key(reqwest::header::RETRY_AFTER),
-                        Instant::now(),
-                    ))
+                    let status = r.status().as_u16();
+                    let retry_after = r.headers().contains_key(reqwest::header::RETRY_AFTER);
+                    let at = Instant::now();
+                    let body = r.text().await.unwrap_or_default();
+                    Ok::<_, reqwest::Error>((status, retry_after, at, body))
                 })
             })
             .collect();
@@ -196,7 +196,7 @@ async fn a_flood_of_blocking_queries_is_capped_and_refused_with_429() {
         .await?;
         let (mut parked, mut refused) = (0, 0);
         for query in queries {
-            let (status, retry_after, at) = query.await??;
+            let (status, retry_after, at, body) = query.await??;
             match status {
                 200 => parked += 1,
                 429 => {
@@ -208,7 +208,7 @@ async fn a_flood_of_blocking_queries_is_capped_and_refused_with_429() {
                     );
                     refused += 1;
                 }
-                other => anyhow::bail!("a blocking query got {other}"),
+                other => anyhow::bail!("a blocking query got {other}: {body}"),
             }
         }
         ensure!(

@@ -15,6 +15,13 @@ use crate::raft::types::{LeaderError, Raft};
 
 type Waiter = oneshot::Sender<Result<u64, LeaderError>>;
 
+/// Rounds tried again after "not enough for a quorum" before a read answers 503: under
+/// load a follower's heartbeat answer can miss the round while the leader still leads
+/// (seen as a 503 in a flood of 600 blocking queries on a loaded 2-core machine).
+const QUORUM_RETRIES: u32 = 3;
+/// Pause before trying a round again.
+const QUORUM_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 #[derive(Default)]
 struct Rounds {
     waiting: Vec<Waiter>,
@@ -58,6 +65,31 @@ impl ReadBarrier {
             .unwrap_or_else(|_| Err(LeaderError::Unavailable("shutting down".into())))
     }
 
+    /// One confirmation, tried again up to [`QUORUM_RETRIES`] times when the quorum's
+    /// answers did not all come back in time (a busy follower, not a lost leadership:
+    /// each try is a whole new round, so a later success is as good as a first one).
+    async fn round(&self) -> Result<u64, LeaderError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            return match self.raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(LeaderError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                    })
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                    if tries <= QUORUM_RETRIES =>
+                {
+                    tokio::time::sleep(QUORUM_RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(e) => Err(LeaderError::Unavailable(e.to_string())),
+            };
+        }
+    }
+
     async fn run(self) {
         loop {
             let waiters = {
@@ -68,15 +100,7 @@ impl ReadBarrier {
                 }
                 std::mem::take(&mut rounds.waiting)
             };
-            let result = match self.raft.ensure_linearizable().await {
-                Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(LeaderError::NotLeader {
-                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                    })
-                }
-                Err(e) => Err(LeaderError::Unavailable(e.to_string())),
-            };
+            let result = self.round().await;
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
             }
