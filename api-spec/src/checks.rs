@@ -101,6 +101,16 @@ pub enum CheckStatus {
     Critical,
 }
 
+impl CheckStatus {
+    /// The name it has on the wire (and in Consul's answers and the metrics' labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Critical => "critical",
+        }
+    }
+}
+
 /// What a probe looks at.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +118,17 @@ pub enum CheckKind {
     Http,
     Tcp,
     Grpc,
+}
+
+impl CheckKind {
+    /// The name it has on the wire (and as Consul's check `Type` and a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Grpc => "grpc",
+        }
+    }
 }
 
 /// One check as the instance view shows it.

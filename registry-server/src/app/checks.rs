@@ -210,7 +210,7 @@ impl App {
             let timeout = Duration::from_millis(due.spec.timeout_ms);
             let outcome = crate::health::run(&probes, &due.spec.probe, timeout).await;
             crate::metrics::check_probe(
-                kind_name(&due.spec.probe),
+                due.spec.probe.kind().as_str(),
                 outcome.passing,
                 started.saturating_duration_since(due.at),
                 started.elapsed(),
@@ -266,10 +266,10 @@ impl App {
                             service = %service,
                             instance = %id,
                             check = %check,
-                            status = status_name(t.status),
+                            status = t.status.as_str(),
                             output = %t.output,
                             "check turned {}",
-                            status_name(t.status)
+                            t.status.as_str()
                         );
                     }
                     let critical = go
@@ -389,7 +389,7 @@ impl App {
         mut results: Vec<CheckResult>,
     ) -> Result<Forwarded, AppError> {
         for result in &mut results {
-            truncate(&mut result.output, api_spec::checks::MAX_CHECK_OUTPUT);
+            result.output = crate::health::probe::truncated(std::mem::take(&mut result.output));
         }
         let (index, changed) = self.propose_here(CheckResults(results)).await?;
         Ok(Forwarded::Applied {
@@ -470,31 +470,5 @@ impl App {
 
     fn keeper(&self) -> std::sync::MutexGuard<'_, ProberKeeper> {
         self.inner.keeper.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn kind_name(probe: &crate::replicated::checks::Probe) -> &'static str {
-    match probe.kind() {
-        api_spec::checks::CheckKind::Http => "http",
-        api_spec::checks::CheckKind::Tcp => "tcp",
-        api_spec::checks::CheckKind::Grpc => "grpc",
-    }
-}
-
-fn status_name(status: CheckStatus) -> &'static str {
-    match status {
-        CheckStatus::Passing => "passing",
-        CheckStatus::Critical => "critical",
-    }
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }

@@ -374,7 +374,7 @@ fn format_duration(duration: Duration) -> String {
 }
 
 /// `text` cut to at most [`MAX_CHECK_OUTPUT`] bytes, on a character boundary.
-fn truncated(mut text: String) -> String {
+pub fn truncated(mut text: String) -> String {
     if text.len() > MAX_CHECK_OUTPUT {
         let mut end = MAX_CHECK_OUTPUT;
         while !text.is_char_boundary(end) {

@@ -384,21 +384,12 @@ fn checks(service: &str, id: &str, record: &InstanceRecord) -> Vec<Value> {
         ));
     }
     for (spec, state) in record.spec.checks.iter().zip(&record.checks) {
-        let status = match state.status {
-            api_spec::checks::CheckStatus::Passing => "passing",
-            api_spec::checks::CheckStatus::Critical => "critical",
-        };
-        let kind = match spec.probe.kind() {
-            api_spec::checks::CheckKind::Http => "http",
-            api_spec::checks::CheckKind::Tcp => "tcp",
-            api_spec::checks::CheckKind::Grpc => "grpc",
-        };
         checks.push(check(
             format!("check:{id}:{}", spec.name),
             &spec.name,
-            status,
+            state.status.as_str(),
             &state.output,
-            kind,
+            spec.probe.kind().as_str(),
         ));
     }
     if record.draining {

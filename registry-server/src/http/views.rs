@@ -51,12 +51,14 @@ pub(super) fn instance(
 ) -> api_spec::Instance {
     let ttl_ms = record.lease.map(|_| lease.map_or(0, |l| l.ttl_ms));
     let spec = &record.spec;
-    let key = (service.to_owned(), id.to_owned());
-    let checks = spec
-        .checks
+    // Most instances have no checks: build the owner's key only for those that do (this
+    // runs for every instance a resolve answers).
+    let key = (!spec.checks.is_empty()).then(|| (service.to_owned(), id.to_owned()));
+    let checks = key
         .iter()
+        .flat_map(|key| spec.checks.iter().map(move |check| (key, check)))
         .zip(&record.checks)
-        .map(|(check, state)| api_spec::checks::CheckInfo {
+        .map(|((key, check), state)| api_spec::checks::CheckInfo {
             name: check.name.clone(),
             kind: check.probe.kind(),
             target: check.probe.target(),
@@ -68,7 +70,7 @@ pub(super) fn instance(
             status: state.status,
             output: state.output.clone(),
             changed_at_ms: state.changed_at_ms,
-            owner: crate::replicated::checks::owner(probers, &key, &check.name),
+            owner: crate::replicated::checks::owner(probers, key, &check.name),
         })
         .collect();
     api_spec::Instance {

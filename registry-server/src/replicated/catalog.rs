@@ -199,6 +199,7 @@ impl Catalog {
             checks_index: index,
         };
         let mut replaced_own_lease = None;
+        let mut earlier_episode = None;
         if let Some(old) = self.take(&key) {
             record.registered_at_ms = old.registered_at_ms;
             // Re-registering on the same lease does not undo a drain request.
@@ -218,11 +219,7 @@ impl Catalog {
                 record.checks = old.checks;
                 record.checks_index = old.checks_index;
             }
-            record.status = record.worst();
-            // Still critical (a check still failing): the same episode, the same reap.
-            if record.status == InstanceStatus::Critical {
-                record.critical_since = old.critical_since;
-            }
+            earlier_episode = old.critical_since;
         }
         if let Some(lease) = lease {
             match self.by_lease.get_mut(&lease) {
@@ -238,8 +235,9 @@ impl Catalog {
             self.checked.insert(key.clone());
         }
         record.status = record.worst();
-        if record.status == InstanceStatus::Critical && record.critical_since.is_none() {
-            record.critical_since = Some((now_ms, index));
+        if record.status == InstanceStatus::Critical {
+            // Still critical (a check still failing): the same episode, the same reap.
+            record.critical_since = earlier_episode.or(Some((now_ms, index)));
         }
         if let Some(at) = record.reap_at() {
             self.reap_queue.insert((at, key.clone()));
