@@ -26,7 +26,7 @@
 
 mod lock;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -205,17 +205,18 @@ pub struct Effects {
     pub handed: Vec<LeaseId>,
 }
 
-/// The replicated coordination state. `BTreeMap`s so that iteration (and so snapshots)
-/// is deterministic across replicas.
+/// The replicated coordination state. Ordered maps so that iteration (and so snapshots)
+/// is deterministic across replicas; persistent ones (`imbl`), so a clone — what a
+/// snapshot encodes while applies go on — costs nothing and shares every node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coordinator {
     /// Live leases by id.
-    leases: BTreeMap<LeaseId, Lease>,
+    leases: imbl::OrdMap<LeaseId, Lease>,
     /// Locks and elections that are held, have waiters or are in their lock-delay. A free
     /// lock has no entry.
-    locks: BTreeMap<Key, LockState>,
+    locks: imbl::OrdMap<Key, LockState>,
     /// Which locks each lease holds or waits for, so a lease's end finds them directly.
-    bound: BTreeMap<LeaseId, BTreeSet<Key>>,
+    bound: imbl::OrdMap<LeaseId, BTreeSet<Key>>,
     /// The last fencing token handed out.
     last_token: u64,
     /// Index of the last entry that changed any lock / any election (for blocking

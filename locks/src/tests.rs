@@ -1,6 +1,7 @@
 //! Unit tests of the coordination core: plain values in, outcomes and state out.
 
 use super::*;
+use std::collections::BTreeMap;
 
 fn id(n: u128) -> LeaseId {
     Uuid::from_u128(n)
@@ -1874,7 +1875,11 @@ fn check_invariants(c: &Coordinator) {
             bound.entry(lease).or_default().insert(key.clone());
         }
     }
-    assert_eq!(c.bound, bound, "lease index out of step with the locks");
+    assert_eq!(
+        c.bound,
+        imbl::OrdMap::from(bound),
+        "lease index out of step with the locks"
+    );
     for kind in [Kind::Lock, Kind::Election] {
         assert!(c.locks(kind).all(|(k, _)| k.kind == kind));
     }

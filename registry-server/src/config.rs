@@ -186,6 +186,16 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value_t = crate::raft::network::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub raft_max_message_bytes: u64,
 
+    /// Memory for RocksDB's memtables (all column families together; a full one is
+    /// flushed to disk). Recent log entries are read from here.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 34))]
+    pub rocksdb_write_buffer_bytes: u64,
+
+    /// Memory for RocksDB's block cache (log entries already flushed, read when a
+    /// follower is far behind).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(0..=1 << 36))]
+    pub rocksdb_block_cache_bytes: u64,
+
     /// Most client and peer connections open at once; one more is answered 503
     /// `overloaded` and closed. (The open-file limit is raised to its hard limit at
     /// start-up.)

@@ -1,7 +1,6 @@
 //! Tests of the DNS interface's pure parts: the name grammar, answers, fitting answers to
 //! the transport.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hickory_server::net::xfer::Protocol;
@@ -42,13 +41,13 @@ fn spec(address: &str, port: u16) -> InstanceSpec {
     InstanceSpec {
         address: address.into(),
         port,
-        tags: vec![],
-        meta: BTreeMap::new(),
+        tags: Default::default(),
+        meta: Default::default(),
         zone: None,
         region: None,
         weight: 1,
         deregister_after_ms: 60_000,
-        checks: Vec::new(),
+        checks: Box::default(),
     }
 }
 
@@ -285,7 +284,7 @@ fn an_instance_becomes_an_endpoint_with_its_ip_or_host() {
 #[test]
 fn a_tag_filters_instances_ignoring_case() {
     let mut tagged = spec("10.0.0.1", 80);
-    tagged.tags = vec!["Canary".into(), "v2".into()];
+    tagged.tags = crate::replicated::intern::tags(["Canary", "v2"]);
     assert!(Endpoint::of(&tagged, Some("canary")).is_some());
     assert!(Endpoint::of(&tagged, Some("v2")).is_some());
     assert!(Endpoint::of(&tagged, Some("v3")).is_none());

@@ -166,6 +166,10 @@ fn describe() {
         ("registry_raft_applied_index", "Index of the last entry applied here."),
         ("registry_raft_snapshot_index", "Index the last snapshot covers (0: none)."),
         ("registry_raft_members", "Cluster members, learners included."),
+        ("registry_raft_snapshot_building", "1 while this node builds a snapshot (encoding a clone of the state beside the applies)."),
+        ("registry_rocksdb_memtable_bytes", "Bytes in RocksDB's memtables (bounded by --rocksdb-write-buffer-bytes)."),
+        ("registry_rocksdb_block_cache_bytes", "Bytes in RocksDB's block cache (bounded by --rocksdb-block-cache-bytes)."),
+        ("registry_interned_strings", "Distinct service names, tags, zones and meta strings and lists the catalog shares."),
         ("registry_raft_peer_last_contact_seconds", "Seconds since the peer last answered this leader's Raft calls (+Inf: never; NaN on followers)."),
         ("registry_expiry_storm_enabled", "1 if expiry storm protection runs (0 with --no-expiry-storm-protection; 0 on followers)."),
         ("registry_expiry_storm_active", "1 if expiry storm protection holds back some service's expiries (leader)."),
@@ -339,6 +343,12 @@ fn record_state(app: &App) {
     gauge!("registry_raft_applied_index").set(cluster.applied_index as f64);
     gauge!("registry_raft_snapshot_index").set(cluster.snapshot_index.unwrap_or(0) as f64);
     gauge!("registry_raft_members").set(cluster.members.len() as f64);
+    gauge!("registry_raft_snapshot_building").set(f64::from(u8::from(
+        crate::raft::store::state_machine::building(),
+    )));
+    let (memtables, block_cache) = app.db_memory();
+    gauge!("registry_rocksdb_memtable_bytes").set(memtables as f64);
+    gauge!("registry_rocksdb_block_cache_bytes").set(block_cache as f64);
     for (peer, since) in app.peer_contacts() {
         let seconds = if leading {
             since.map_or(f64::INFINITY, |s| s.as_secs_f64())
@@ -379,6 +389,7 @@ fn record_state(app: &App) {
     gauge!("registry_elections_led").set(counts.elections_led as f64);
     gauge!("registry_election_waiters").set(counts.election_waiters as f64);
     gauge!("registry_fencing_token").set(counts.last_token as f64);
+    gauge!("registry_interned_strings").set(counts.interned as f64);
 
     let process = process_stats();
     gauge!("registry_process_resident_memory_bytes").set(process.rss_bytes as f64);
@@ -425,6 +436,7 @@ pub struct StateCounts {
     pub elections_led: usize,
     pub election_waiters: usize,
     pub last_token: u64,
+    pub interned: usize,
 }
 
 impl StateCounts {
@@ -436,16 +448,13 @@ impl StateCounts {
             last_token: state.coordinator.last_token(),
             ..StateCounts::default()
         };
-        for (_, service) in state.catalog.services() {
-            counts.services += 1;
-            for record in service.instances.values() {
-                match record.status {
-                    InstanceStatus::Passing => counts.passing += 1,
-                    InstanceStatus::Draining => counts.draining += 1,
-                    InstanceStatus::Critical => counts.critical += 1,
-                }
-            }
-        }
+        // Kept as instances change: a scrape of a million instances reads three numbers
+        // rather than holding the state's read lock for a walk over all of them.
+        counts.services = state.catalog.service_count();
+        counts.passing = state.catalog.status_count(InstanceStatus::Passing);
+        counts.draining = state.catalog.status_count(InstanceStatus::Draining);
+        counts.critical = state.catalog.status_count(InstanceStatus::Critical);
+        counts.interned = state.catalog.interned();
         for (_, lock) in state.coordinator.locks(locks::Kind::Lock) {
             counts.locks_held += usize::from(lock.holder.is_some());
             counts.lock_waiters += lock.waiters.len();

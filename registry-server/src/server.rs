@@ -17,7 +17,7 @@ use crate::config::{Bootstrap, Config};
 use crate::leader::lease_clock::LeaseClock;
 use crate::listener::{ConnectionCount, ListenerConfig};
 use crate::raft::network::{paths, Network, PeerClient, PeerError};
-use crate::raft::store::log::{open_db, LogStore};
+use crate::raft::store::log::{open_db, DbMemoryConfig, LogStore};
 use crate::raft::store::state_machine::StateMachineStore;
 use crate::raft::types::{Node, NodeId, Raft};
 use crate::watch::Watches;
@@ -80,7 +80,12 @@ pub async fn run(
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     claim_data_dir(data_dir, config.node_id)?;
 
-    let db = open_db(&data_dir.join("raft")).map_err(|e| {
+    let memory = DbMemoryConfig {
+        write_buffer_bytes: usize::try_from(config.rocksdb_write_buffer_bytes)
+            .unwrap_or(usize::MAX),
+        block_cache_bytes: usize::try_from(config.rocksdb_block_cache_bytes).unwrap_or(usize::MAX),
+    };
+    let (db, db_memory) = open_db(&data_dir.join("raft"), memory).map_err(|e| {
         anyhow!(
             "cannot open the Raft log in {}: {e} (is another server using this data dir?)",
             data_dir.display()
@@ -156,6 +161,7 @@ pub async fn run(
         stamps,
         connections: connections.clone(),
         peer_connections: peer_connections.clone(),
+        db_memory,
     };
     let app = App::new(config.node_id, wiring, app_config);
     crate::metrics::install();

@@ -3,6 +3,7 @@
 //! coordinator's types. Every failure is a message for a 400 answer. The rules
 //! themselves live in `api_spec::rules`; this file only applies them.
 
+use crate::replicated::intern;
 use std::time::Duration;
 
 use api_spec::rules::{self, DurationRange};
@@ -76,15 +77,15 @@ pub fn registration(
         }
     };
     let spec = InstanceSpec {
-        address: req.address,
+        address: req.address.into(),
         port: req.port,
-        tags: req.tags,
-        meta: req.meta,
-        zone: req.zone,
-        region: req.region,
+        tags: intern::tags(req.tags),
+        meta: intern::meta(req.meta),
+        zone: req.zone.map(Into::into),
+        region: req.region.map(Into::into),
         weight,
         deregister_after_ms: millis(deregister_after),
-        checks,
+        checks: checks.into(),
     };
     Ok((spec, binding))
 }
@@ -338,8 +339,14 @@ pub fn command(command: &Command) -> Result<(), Invalid> {
             rules::instance_id(&key.1)?;
             rules::address(&spec.address)?;
             rules::port(spec.port)?;
-            rules::tags(&spec.tags)?;
-            rules::meta(&spec.meta)?;
+            rules::tags(&spec.tags.iter().map(|t| t.to_string()).collect::<Vec<_>>())?;
+            rules::meta(
+                &spec
+                    .meta
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )?;
             spec.zone.as_deref().map_or(Ok(()), rules::zone)?;
             spec.region.as_deref().map_or(Ok(()), rules::region)?;
             rules::weight(spec.weight)?;

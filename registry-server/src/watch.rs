@@ -8,6 +8,7 @@
 //! another's change, and thousands of waiting watchers cost one channel and one waker
 //! each: no polling, no thread per watcher.
 
+use crate::replicated::intern::Name;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,7 +94,7 @@ impl<K: Hash + Eq + Clone> Channels<K> {
 
 #[derive(Debug)]
 struct Inner {
-    services: Channels<String>,
+    services: Channels<Name>,
     catalog: watch::Sender<u64>,
     locks: Channels<Key>,
     /// "Some lock changed" and "some election changed", for the list routes.
@@ -132,7 +133,7 @@ fn kind_slot(kind: Kind) -> usize {
 impl Watches {
     /// A receiver woken whenever `service` changes (the value is the change's index).
     pub fn service(&self, service: &str) -> watch::Receiver<u64> {
-        self.inner.services.subscribe(&service.to_owned())
+        self.inner.services.subscribe(&Name::from(service))
     }
 
     /// A receiver woken whenever anything in the catalog changes.
@@ -151,7 +152,7 @@ impl Watches {
     }
 
     /// Wakes the watchers of `changed` services and of the catalog.
-    pub fn notify<'a>(&self, changed: impl IntoIterator<Item = &'a String>, index: u64) {
+    pub fn notify<'a>(&self, changed: impl IntoIterator<Item = &'a Name>, index: u64) {
         if self.inner.services.notify(changed, index) {
             self.inner.catalog.send_replace(index);
         }
@@ -245,7 +246,7 @@ mod tests {
         let mut a = watches.service("a");
         let b = watches.service("b");
         let mut all = watches.catalog();
-        watches.notify([&"a".to_owned()], 7);
+        watches.notify([&Name::from("a")], 7);
         assert!(a.has_changed().unwrap());
         assert_eq!(*a.borrow_and_update(), 7);
         assert!(!b.has_changed().unwrap());
@@ -308,7 +309,7 @@ mod tests {
     async fn channels_without_watchers_are_dropped() {
         let watches = Watches::default();
         drop(watches.service("a"));
-        watches.notify([&"a".to_owned()], 3);
+        watches.notify([&Name::from("a")], 3);
         assert_eq!(watches.inner.services.len(), 0);
     }
 }

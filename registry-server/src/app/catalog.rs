@@ -78,7 +78,7 @@ impl App {
             .services()
             .filter(|(name, _)| self.permits(Resource::Service, name, Access::Read))
             .map(|(name, service)| ServiceCounts {
-                name: name.clone(),
+                name: name.to_string(),
                 instances: service.instances.len() as u64,
                 healthy: service
                     .instances
@@ -112,7 +112,7 @@ impl App {
             .app
             .catalog
             .services()
-            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
+            .filter(|(name, _)| only.is_none_or(|only| *only == ***name))
             .filter(|(name, _)| self.permits(Resource::Service, name, Access::Read))
             .flat_map(|(name, service)| {
                 service

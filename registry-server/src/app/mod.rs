@@ -105,6 +105,7 @@ struct Inner {
     /// The caller without a token (everyone, with ACLs off): one shared value, so a
     /// request that presents no token allocates nothing for it.
     anonymous: Arc<Caller>,
+    db_memory: crate::raft::store::log::DbMemory,
 }
 
 /// The application handle, acting for one caller.
@@ -143,6 +144,8 @@ pub struct Wiring {
     pub connections: crate::listener::ConnectionCount,
     /// Connections open on its peer listener (`--peer-listen`).
     pub peer_connections: Option<crate::listener::ConnectionCount>,
+    /// What RocksDB holds in memory (for the metrics).
+    pub db_memory: crate::raft::store::log::DbMemory,
 }
 
 impl App {
@@ -156,6 +159,7 @@ impl App {
             stamps,
             connections,
             peer_connections,
+            db_memory,
         } = wiring;
         let leader_time = LeaderClock::new(state.clone(), stamps);
         let anonymous = Arc::new(config.authority.anonymous());
@@ -182,6 +186,7 @@ impl App {
                 checks: config.checks,
                 keeper: std::sync::Mutex::default(),
                 anonymous: anonymous.clone(),
+                db_memory,
             }),
             caller: anonymous.clone(),
         }
@@ -189,6 +194,11 @@ impl App {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// RocksDB's memtable and block cache bytes now (for `/metrics`).
+    pub fn db_memory(&self) -> (u64, u64) {
+        self.inner.db_memory.sizes()
     }
 
     /// Counts of the replicated state (for `/metrics`).

@@ -280,7 +280,7 @@ mod tests {
     }
 
     fn id(n: usize) -> CheckId {
-        (("web".into(), format!("i-{n}")), "tcp".into())
+        (("web".into(), format!("i-{n}").into()), "tcp".into())
     }
 
     fn logged(n: usize, spec: &CheckSpec, status: CheckStatus, fresh: bool) -> Logged<'_> {

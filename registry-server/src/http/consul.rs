@@ -16,6 +16,7 @@
 //! Accepted and ignored: `dc`, `cached`, `ns`, `partition`, `near`, `node-meta`, `token`
 //! (read by the auth layer). `stale` and `consistent` choose the read's consistency.
 
+use crate::replicated::intern;
 use std::collections::BTreeMap;
 
 use api_spec::acl::{Access, Resource};
@@ -157,9 +158,9 @@ pub async fn catalog_services(
     let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (service, instance_tags) in instances {
         let tags = services.entry(service).or_default();
-        for tag in instance_tags {
-            if !tags.contains(&tag) {
-                tags.push(tag);
+        for tag in instance_tags.iter() {
+            if !tags.iter().any(|t| **t == **tag) {
+                tags.push(tag.to_string());
             }
         }
     }
@@ -420,12 +421,14 @@ enum Clause {
 impl Clause {
     fn matches(&self, record: &InstanceRecord) -> bool {
         match self {
-            Clause::TagContains { tag, negated } => record.spec.tags.contains(tag) != *negated,
+            Clause::TagContains { tag, negated } => {
+                record.spec.tags.iter().any(|t| **t == **tag) != *negated
+            }
             Clause::MetaEquals {
                 key,
                 value,
                 negated,
-            } => (record.spec.meta.get(key) == Some(value)) != *negated,
+            } => (intern::meta_get(&record.spec.meta, key) == Some(value.as_str())) != *negated,
         }
     }
 }

@@ -290,7 +290,8 @@ pub async fn register(
         checks: checks.active,
     };
     let (spec, binding) = validate::registration(request, LeaseId::new_v4())?;
-    app.register((name, id), spec, binding).await?;
+    app.register((name.into(), id.into()), spec, binding)
+        .await?;
     Ok(done())
 }
 
@@ -302,7 +303,7 @@ fn services_of(app: &App, id: &str) -> Vec<String> {
         .catalog
         .services()
         .filter(|(_, service)| service.instances.contains_key(id))
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.to_string())
         .collect()
 }
 
@@ -337,7 +338,7 @@ pub async fn deregister(Acting(app): Acting, Path(id): Path<String>) -> Result<R
         return Err(unknown_service(&id));
     }
     for service in services {
-        app.deregister((service, id.clone())).await?;
+        app.deregister((service.into(), id.as_str().into())).await?;
     }
     Ok(done())
 }
@@ -353,7 +354,7 @@ enum CheckStatus {
 async fn set_check(app: &App, check: &str, status: CheckStatus) -> Result<Response, ApiError> {
     let (services, id) = instance_of_check(app, check)?;
     for service in services {
-        let key = (service, id.clone());
+        let key = (service.into(), id.as_str().into());
         match status {
             CheckStatus::Passing | CheckStatus::Warning => {
                 app.heartbeat(key).await?;
@@ -460,7 +461,8 @@ pub async fn maintenance(
         return Err(unknown_service(&id));
     }
     for service in services {
-        app.set_status((service, id.clone()), enable).await?;
+        app.set_status((service.into(), id.as_str().into()), enable)
+            .await?;
     }
     Ok(done())
 }

@@ -56,7 +56,7 @@ fn target_group(service: &str, id: &str, record: &InstanceRecord) -> PrometheusT
     let host = if spec.address.contains(':') {
         format!("[{}]", spec.address)
     } else {
-        spec.address.clone()
+        spec.address.to_string()
     };
     let mut labels = std::collections::BTreeMap::from([
         ("__meta_registry_service".to_owned(), service.to_owned()),
@@ -72,15 +72,15 @@ fn target_group(service: &str, id: &str, record: &InstanceRecord) -> PrometheusT
         ),
     ]);
     if let Some(zone) = &spec.zone {
-        labels.insert("__meta_registry_zone".to_owned(), zone.clone());
+        labels.insert("__meta_registry_zone".to_owned(), zone.to_string());
     }
     if let Some(region) = &spec.region {
-        labels.insert("__meta_registry_region".to_owned(), region.clone());
+        labels.insert("__meta_registry_region".to_owned(), region.to_string());
     }
-    for (key, value) in &spec.meta {
+    for (key, value) in spec.meta.iter() {
         labels.insert(
             format!("__meta_registry_meta_{}", label_name(key)),
-            value.clone(),
+            value.to_string(),
         );
     }
     PrometheusTargetGroup {

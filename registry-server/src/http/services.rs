@@ -21,7 +21,7 @@ use crate::validate;
 fn instance_key(service: String, id: String) -> Result<InstanceKey, ApiError> {
     validate::service_name(&service)?;
     validate::instance_id(&id)?;
-    Ok((service, id))
+    Ok((service.into(), id.into()))
 }
 
 pub async fn register(
@@ -47,8 +47,8 @@ pub async fn deregister(
     Ok(indexed(
         index,
         DeregisterResponse {
-            service: key.0,
-            id: key.1,
+            service: key.0.to_string(),
+            id: key.1.to_string(),
             deregistered: true,
         },
     ))
@@ -61,8 +61,8 @@ pub async fn heartbeat(
     let key = instance_key(service, id)?;
     let (lease, remaining) = app.heartbeat(key.clone()).await?;
     let body = HeartbeatResponse {
-        service: key.0,
-        id: key.1,
+        service: key.0.to_string(),
+        id: key.1.to_string(),
         lease: lease.id,
         ttl_ms: lease.ttl_ms,
         remaining_ms: remaining.as_millis() as u64,

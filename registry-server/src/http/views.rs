@@ -53,7 +53,7 @@ pub(super) fn instance(
     let spec = &record.spec;
     // Most instances have no checks: build the owner's key only for those that do (this
     // runs for every instance a resolve answers).
-    let key = (!spec.checks.is_empty()).then(|| (service.to_owned(), id.to_owned()));
+    let key = (!spec.checks.is_empty()).then(|| crate::replicated::catalog::key(service, id));
     let checks = key
         .iter()
         .flat_map(|key| spec.checks.iter().map(move |check| (key, check)))
@@ -76,12 +76,16 @@ pub(super) fn instance(
     api_spec::Instance {
         service: service.to_owned(),
         id: id.to_owned(),
-        address: spec.address.clone(),
+        address: spec.address.to_string(),
         port: spec.port,
-        tags: spec.tags.clone(),
-        meta: spec.meta.clone(),
-        zone: spec.zone.clone(),
-        region: spec.region.clone(),
+        tags: spec.tags.iter().map(|t| t.to_string()).collect(),
+        meta: spec
+            .meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        zone: spec.zone.as_deref().map(str::to_owned),
+        region: spec.region.as_deref().map(str::to_owned),
         weight: spec.weight,
         status: record.status,
         lease: record.lease,

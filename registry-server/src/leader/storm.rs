@@ -131,7 +131,7 @@ impl StormGuard {
                         .instance(key)
                         .is_some_and(|r| r.status != InstanceStatus::Critical);
                     if live {
-                        *per_service.entry(key.0.clone()).or_insert(0) += 1;
+                        *per_service.entry(key.0.to_string()).or_insert(0) += 1;
                     }
                 }
                 (lease, per_service)
@@ -252,7 +252,7 @@ mod tests {
             .map(|i| {
                 let lease = LeaseId::from_u128(first + i);
                 catalog.upsert(
-                    (service.into(), format!("i{i}")),
+                    (service.into(), format!("i{i}").into()),
                     test_spec(),
                     Some(lease),
                     true,
@@ -322,7 +322,7 @@ mod tests {
         let shared = LeaseId::from_u128(7);
         for i in 0..6 {
             catalog.upsert(
-                ("web".into(), format!("s{i}")),
+                ("web".into(), format!("s{i}").into()),
                 test_spec(),
                 Some(shared),
                 false,

@@ -101,7 +101,7 @@ pub struct Acl {
     by_secret: BTreeMap<LookupKey, Accessor>,
     /// Leases made by a token. A lease not listed was made without one (anonymously, or
     /// with ACLs off): it belongs to the anonymous caller.
-    lease_owners: BTreeMap<LeaseId, Accessor>,
+    lease_owners: imbl::OrdMap<LeaseId, Accessor>,
 }
 
 impl Acl {

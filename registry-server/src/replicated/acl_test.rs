@@ -229,7 +229,7 @@ fn a_lease_belongs_to_the_token_that_made_it() {
     assert!(matches!(refused.need, Need::Lease(id, Access::Write) if id == lease));
     // Binding an instance to someone else's lease is refused the same way.
     let bind = Command::Register {
-        key: ("web".to_owned(), "1".to_owned()),
+        key: ("web".into(), "1".into()),
         spec: test_spec(),
         binding: Binding::Existing(lease),
     };

@@ -7,7 +7,8 @@
 //! queued by the time they are due to be deregistered (`deregister_after` after turning
 //! critical), so the leader finds the due ones without scanning.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use api_spec::checks::CheckStatus;
 use api_spec::InstanceStatus;
@@ -15,23 +16,31 @@ use locks::LeaseId;
 use serde::{Deserialize, Serialize};
 
 use crate::replicated::checks::{CheckResult, CheckSpec, CheckState};
+use crate::replicated::intern::{meta_get, Interner, Meta, Name, Tags};
 
-/// (service, instance id).
-pub type InstanceKey = (String, String);
+/// (service, instance id). The catalog's own copies share the strings of its maps.
+pub type InstanceKey = (Name, Name);
+
+/// A key from a service name and an instance id.
+pub fn key(service: &str, id: &str) -> InstanceKey {
+    (service.into(), id.into())
+}
 
 /// What a registration says about an instance (validated by the HTTP layer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
-    pub address: String,
+    pub address: Box<str>,
     pub port: u16,
-    pub tags: Vec<String>,
-    pub meta: BTreeMap<String, String>,
-    pub zone: Option<String>,
-    pub region: Option<String>,
+    pub tags: Tags,
+    /// Sorted by key ([`crate::replicated::intern::meta`]).
+    pub meta: Meta,
+    pub zone: Option<Name>,
+    pub region: Option<Name>,
     pub weight: u32,
     pub deregister_after_ms: u64,
-    /// Active checks the cluster runs against it (empty for most instances).
-    pub checks: Vec<CheckSpec>,
+    /// Active checks the cluster runs against it (empty for most instances: no
+    /// allocation).
+    pub checks: Box<[CheckSpec]>,
 }
 
 /// A registered instance.
@@ -51,7 +60,7 @@ pub struct InstanceRecord {
     /// It asked to be taken out of discovery.
     pub draining: bool,
     /// What the log last heard about each of `spec.checks`, in the same order.
-    pub checks: Vec<CheckState>,
+    pub checks: Box<[CheckState]>,
     /// Index of the registration that defined its checks as they are: a prober's result
     /// for another definition is dropped ([`CheckResult::generation`]).
     pub checks_index: u64,
@@ -90,10 +99,11 @@ impl InstanceRecord {
     }
 }
 
-/// One service's instances.
+/// One service's instances. Each record is shared (`Arc`): a clone of the map, the one
+/// a snapshot encodes, copies pointers, and a change after it copies one record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
-    pub instances: BTreeMap<String, InstanceRecord>,
+    pub instances: imbl::OrdMap<Name, Arc<InstanceRecord>>,
     /// Log index of the last change to any of its instances.
     pub modify_index: u64,
 }
@@ -144,20 +154,37 @@ impl Bound {
     }
 }
 
-/// The catalog.
+/// The catalog. Every map is persistent (`imbl`): cloning the catalog, which a snapshot
+/// does, is O(1), and the clone is encoded while applies go on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
-    services: BTreeMap<String, ServiceEntry>,
+    services: imbl::OrdMap<Name, ServiceEntry>,
     /// Which instances each lease keeps alive.
-    by_lease: HashMap<LeaseId, Bound>,
+    by_lease: imbl::OrdMap<LeaseId, Bound>,
     /// Critical instances by the time (ms) they are due to be deregistered.
-    reap_queue: BTreeSet<(u64, InstanceKey)>,
+    reap_queue: imbl::OrdSet<(u64, InstanceKey)>,
     /// The instances with active checks: what probers walk, without scanning the rest.
-    checked: BTreeSet<InstanceKey>,
+    checked: imbl::OrdSet<InstanceKey>,
     /// Log index of the last change anywhere in the catalog: the index of
     /// `GET /v1/services`, and of any service that does not exist (so a watcher of a
     /// service that was just removed is woken by its removal).
     catalog_index: u64,
+    /// This node's shared copies of repeated strings (not replicated: a decoded catalog
+    /// shares them again with [`Catalog::intern_all`]).
+    #[serde(skip)]
+    interner: Interner,
+    /// Instances by status (passing, draining, critical): kept as they change, so the
+    /// metrics never walk the catalog. Counted again by [`Catalog::intern_all`].
+    #[serde(skip)]
+    by_status: [usize; 3],
+}
+
+fn slot(status: InstanceStatus) -> usize {
+    match status {
+        InstanceStatus::Passing => 0,
+        InstanceStatus::Draining => 1,
+        InstanceStatus::Critical => 2,
+    }
 }
 
 /// Why a catalog command changed nothing.
@@ -181,6 +208,8 @@ impl Catalog {
         index: u64,
         now_ms: u64,
     ) -> Option<LeaseId> {
+        let key = self.shared_key(key);
+        let spec = self.intern_spec(spec);
         let mut record = InstanceRecord {
             checks: spec
                 .checks
@@ -216,7 +245,7 @@ impl Catalog {
             // re-registration neither resets them to "not probed yet" nor writes a
             // transition; results in flight for them still apply.
             if old.spec.checks == record.spec.checks {
-                record.checks = old.checks;
+                record.checks = old.checks.clone();
                 record.checks_index = old.checks_index;
             }
             earlier_episode = old.critical_since;
@@ -242,17 +271,131 @@ impl Catalog {
         if let Some(at) = record.reap_at() {
             self.reap_queue.insert((at, key.clone()));
         }
+        self.by_status[slot(record.status)] += 1;
         let service = self.services.entry(key.0.clone()).or_default();
-        service.instances.insert(key.1, record);
+        service.instances.insert(key.1, Arc::new(record));
         service.modify_index = index;
         self.catalog_index = index;
         replaced_own_lease
     }
 
+    /// The key with the strings the catalog already holds for it: the service's shared
+    /// name, and the instance's id as its map holds it (a new id is used as given).
+    fn shared_key(&mut self, (service, id): InstanceKey) -> InstanceKey {
+        let service = match self.services.get_key_value(&*service) {
+            Some((name, _)) => name.clone(),
+            None => self.interner.name(&service),
+        };
+        let id = self
+            .services
+            .get(&*service)
+            .and_then(|s| s.instances.get_key_value(&*id))
+            .map_or(id, |(id, _)| id.clone());
+        (service, id)
+    }
+
+    /// The spec with its repeated strings shared.
+    fn intern_spec(&mut self, spec: InstanceSpec) -> InstanceSpec {
+        let interner = &mut self.interner;
+        interner.maybe_purge();
+        InstanceSpec {
+            tags: interner.tags(&spec.tags),
+            meta: interner.meta(&spec.meta),
+            zone: interner.opt(&spec.zone),
+            region: interner.opt(&spec.region),
+            ..spec
+        }
+    }
+
+    /// Shares the repeated strings of every instance again: a decoded catalog (from a
+    /// snapshot) holds a copy of each string per instance. One pass, O(instances).
+    pub fn intern_all(&mut self) {
+        let mut interner = Interner::default();
+        let services = std::mem::take(&mut self.services);
+        self.services = services
+            .into_iter()
+            .map(|(name, mut service)| {
+                let name = interner.name(&name);
+                service.instances = service
+                    .instances
+                    .into_iter()
+                    .map(|(id, record)| {
+                        let mut record = Arc::unwrap_or_clone(record);
+                        record.spec = InstanceSpec {
+                            tags: interner.tags(&record.spec.tags),
+                            meta: interner.meta(&record.spec.meta),
+                            zone: interner.opt(&record.spec.zone),
+                            region: interner.opt(&record.spec.region),
+                            ..record.spec
+                        };
+                        (id, Arc::new(record))
+                    })
+                    .collect();
+                (name, service)
+            })
+            .collect();
+        // The other maps' keys point at the services map's strings again.
+        let shared = |catalog: &Catalog, (service, id): &InstanceKey| -> InstanceKey {
+            catalog
+                .services
+                .get_key_value(&**service)
+                .and_then(|(name, s)| {
+                    let (id, _) = s.instances.get_key_value(&**id)?;
+                    Some((name.clone(), id.clone()))
+                })
+                .unwrap_or_else(|| (service.clone(), id.clone()))
+        };
+        let by_lease: imbl::OrdMap<LeaseId, Bound> = self
+            .by_lease
+            .iter()
+            .map(|(lease, bound)| {
+                let bound = match bound {
+                    Bound::One(key) => Bound::One(shared(self, key)),
+                    Bound::Many(keys) => {
+                        Bound::Many(keys.iter().map(|k| shared(self, k)).collect())
+                    }
+                };
+                (*lease, bound)
+            })
+            .collect();
+        let reap_queue = self
+            .reap_queue
+            .iter()
+            .map(|(at, key)| (*at, shared(self, key)))
+            .collect();
+        let checked = self.checked.iter().map(|key| shared(self, key)).collect();
+        self.by_status = [0; 3];
+        for service in self.services.values() {
+            for record in service.instances.values() {
+                self.by_status[slot(record.status)] += 1;
+            }
+        }
+        self.by_lease = by_lease;
+        self.reap_queue = reap_queue;
+        self.checked = checked;
+        self.interner = interner;
+    }
+
+    /// How many instances have `status`.
+    pub fn status_count(&self, status: InstanceStatus) -> usize {
+        self.by_status[slot(status)]
+    }
+
+    /// How many services have instances.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Distinct shared strings and lists this node holds.
+    pub fn interned(&self) -> usize {
+        self.interner.len()
+    }
+
     /// Takes an instance out of the services map and the reap queue (not out of its
     /// lease's bound set), leaving an empty service in place for the caller to refill.
-    fn take(&mut self, key: &InstanceKey) -> Option<InstanceRecord> {
-        let old = self.services.get_mut(&key.0)?.instances.remove(&key.1)?;
+    fn take(&mut self, key: &InstanceKey) -> Option<Arc<InstanceRecord>> {
+        let old = self.services.get_mut(&*key.0)?.instances.remove(&*key.1)?;
+        self.by_status[slot(old.status)] -= 1;
         if let Some(at) = old.reap_at() {
             self.reap_queue.remove(&(at, key.clone()));
         }
@@ -267,15 +410,16 @@ impl Catalog {
     ) -> Result<InstanceRecord, CatalogError> {
         let service = self
             .services
-            .get_mut(&key.0)
+            .get_mut(&*key.0)
             .ok_or(CatalogError::InstanceNotFound)?;
         let record = service
             .instances
-            .remove(&key.1)
+            .remove(&*key.1)
             .ok_or(CatalogError::InstanceNotFound)?;
+        self.by_status[slot(record.status)] -= 1;
         service.modify_index = index;
         if service.instances.is_empty() {
-            self.services.remove(&key.0);
+            self.services.remove(&*key.0);
         }
         if let Some(lease) = record.lease {
             self.unbind(key, lease);
@@ -285,7 +429,7 @@ impl Catalog {
         }
         self.checked.remove(key);
         self.catalog_index = index;
-        Ok(record)
+        Ok(Arc::unwrap_or_clone(record))
     }
 
     /// Sets or clears an instance's drain request. An instance whose lease ended cannot
@@ -319,15 +463,20 @@ impl Catalog {
         now_ms: u64,
         change: impl FnOnce(&mut InstanceRecord),
     ) -> bool {
-        let Some(service) = self.services.get_mut(&key.0) else {
+        let Some(service) = self.services.get_mut(&*key.0) else {
             return false;
         };
-        let Some(record) = service.instances.get_mut(&key.1) else {
+        let Some(record) = service.instances.get_mut(&*key.1) else {
             return false;
         };
+        // A record a snapshot still holds is copied here; otherwise changed in place.
+        let record = Arc::make_mut(record);
         let reap_before = record.reap_at();
+        let status_before = record.status;
         change(record);
         record.status = record.worst();
+        self.by_status[slot(status_before)] -= 1;
+        self.by_status[slot(record.status)] += 1;
         match (
             record.status == InstanceStatus::Critical,
             record.critical_since,
@@ -341,11 +490,13 @@ impl Catalog {
         service.modify_index = index;
         self.catalog_index = index;
         if reap_before != reap_after {
+            // The queue's copy of the key, so its strings stay shared.
+            let key = self.shared_key(key.clone());
             if let Some(at) = reap_before {
                 self.reap_queue.remove(&(at, key.clone()));
             }
             if let Some(at) = reap_after {
-                self.reap_queue.insert((at, key.clone()));
+                self.reap_queue.insert((at, key));
             }
         }
         true
@@ -361,7 +512,7 @@ impl Catalog {
         results: Vec<CheckResult>,
         index: u64,
         now_ms: u64,
-    ) -> Vec<String> {
+    ) -> Vec<Name> {
         let mut changed = Vec::new();
         for result in results {
             let Some(record) = self.instance(&result.key) else {
@@ -397,7 +548,7 @@ impl Catalog {
 
     /// A lease ended: every instance bound to it turns critical and is queued for
     /// deregistration. Returns the services that changed.
-    pub fn lease_ended(&mut self, lease: &LeaseId, index: u64, now_ms: u64) -> Vec<String> {
+    pub fn lease_ended(&mut self, lease: &LeaseId, index: u64, now_ms: u64) -> Vec<Name> {
         let Some(bound) = self.by_lease.remove(lease) else {
             return Vec::new();
         };
@@ -453,14 +604,18 @@ impl Catalog {
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Option<&InstanceRecord> {
-        self.services.get(&key.0)?.instances.get(&key.1)
+        self.services
+            .get(&*key.0)?
+            .instances
+            .get(&*key.1)
+            .map(|r| &**r)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
         self.services.get(name)
     }
 
-    pub fn services(&self) -> impl Iterator<Item = (&String, &ServiceEntry)> {
+    pub fn services(&self) -> impl Iterator<Item = (&Name, &ServiceEntry)> {
         self.services.iter()
     }
 
@@ -498,13 +653,13 @@ pub(crate) fn test_spec() -> InstanceSpec {
     InstanceSpec {
         address: "10.0.0.1".into(),
         port: 80,
-        tags: vec![],
-        meta: BTreeMap::new(),
+        tags: Tags::default(),
+        meta: Meta::default(),
         zone: None,
         region: None,
         weight: 1,
         deregister_after_ms: 60_000,
-        checks: Vec::new(),
+        checks: Box::default(),
     }
 }
 
@@ -533,16 +688,22 @@ impl Filter {
     pub fn matches(&self, record: &InstanceRecord) -> bool {
         let spec = &record.spec;
         self.status.is_none_or(|s| s == record.status)
-            && self.tags.iter().all(|t| spec.tags.contains(t))
+            && self
+                .tags
+                .iter()
+                .all(|t| spec.tags.iter().any(|s| **s == **t))
             && self
                 .zone
-                .as_ref()
-                .is_none_or(|z| spec.zone.as_ref() == Some(z))
+                .as_deref()
+                .is_none_or(|z| spec.zone.as_deref() == Some(z))
             && self
                 .region
-                .as_ref()
-                .is_none_or(|r| spec.region.as_ref() == Some(r))
-            && self.meta.iter().all(|(k, v)| spec.meta.get(k) == Some(v))
+                .as_deref()
+                .is_none_or(|r| spec.region.as_deref() == Some(r))
+            && self
+                .meta
+                .iter()
+                .all(|(k, v)| meta_get(&spec.meta, k) == Some(v.as_str()))
     }
 }
 
@@ -551,7 +712,7 @@ mod tests {
     use super::*;
 
     fn key(s: &str, i: &str) -> InstanceKey {
-        (s.to_owned(), i.to_owned())
+        super::key(s, i)
     }
 
     fn spec(port: u16) -> InstanceSpec {
@@ -563,6 +724,40 @@ mod tests {
 
     fn lease(n: u128) -> LeaseId {
         LeaseId::from_u128(n)
+    }
+
+    #[test]
+    fn status_counts_follow_every_change_and_a_decoded_catalog_counts_again() {
+        let mut c = Catalog::default();
+        let counts = |c: &Catalog| {
+            [
+                InstanceStatus::Passing,
+                InstanceStatus::Draining,
+                InstanceStatus::Critical,
+            ]
+            .map(|s| c.status_count(s))
+        };
+        for i in 0..4 {
+            c.upsert(
+                key("a", &i.to_string()),
+                spec(80),
+                Some(lease(i)),
+                true,
+                1,
+                0,
+            );
+        }
+        c.upsert(key("a", "0"), spec(81), Some(lease(0)), true, 2, 0);
+        assert_eq!(counts(&c), [4, 0, 0]);
+        c.set_status(&key("a", "1"), true, 3, 0).unwrap();
+        c.lease_ended(&lease(2), 4, 0);
+        assert_eq!(counts(&c), [2, 1, 1]);
+        c.remove(&key("a", "3"), 5).unwrap();
+        assert_eq!(counts(&c), [1, 1, 1]);
+        let mut decoded: Catalog = bincode::deserialize(&bincode::serialize(&c).unwrap()).unwrap();
+        decoded.intern_all();
+        assert_eq!(counts(&decoded), [1, 1, 1]);
+        assert_eq!(decoded, c);
     }
 
     #[test]
@@ -609,7 +804,7 @@ mod tests {
         c.upsert(key("a", "1"), spec(80), Some(lease(1)), false, 1, 0);
         c.upsert(key("a", "2"), spec(80), Some(lease(1)), false, 2, 0);
         c.upsert(key("b", "1"), spec(80), Some(lease(2)), false, 3, 0);
-        assert_eq!(c.lease_ended(&lease(1), 4, 10_000), vec!["a".to_owned()]);
+        assert_eq!(c.lease_ended(&lease(1), 4, 10_000), vec![Name::from("a")]);
         assert_eq!(
             c.instance(&key("a", "1")).unwrap().status,
             InstanceStatus::Critical
@@ -717,10 +912,10 @@ mod tests {
     fn filters_combine_tags_zone_region_meta_and_status() {
         let mut c = Catalog::default();
         let mut s1 = spec(80);
-        s1.tags = vec!["v2".into(), "canary".into()];
+        s1.tags = crate::replicated::intern::tags(["v2", "canary"]);
         s1.zone = Some("eu-1a".into());
         s1.region = Some("eu".into());
-        s1.meta = BTreeMap::from([("team".into(), "web".into())]);
+        s1.meta = crate::replicated::intern::meta([("team", "web")]);
         c.upsert(key("a", "1"), s1, Some(lease(1)), true, 1, 0);
         c.upsert(key("a", "2"), spec(80), Some(lease(2)), true, 2, 0);
         let pick = |c: &Catalog, f: Filter| -> Vec<String> {
@@ -729,8 +924,8 @@ mod tests {
                 .instances
                 .iter()
                 .filter(|(_, r)| f.matches(r))
-                .map(|(i, _)| i.clone())
-                .collect()
+                .map(|(i, _)| i.to_string())
+                .collect::<Vec<_>>()
         };
         assert_eq!(pick(&c, Filter::healthy()), vec!["1", "2"]);
         assert_eq!(
@@ -871,7 +1066,7 @@ mod tests {
         let pass = |check| result(&k, check, 1, CheckStatus::Passing);
         assert_eq!(
             c.check_results(vec![pass("a")], 2, 2_000),
-            vec!["db".to_owned()]
+            vec![Name::from("db")]
         );
         assert_eq!(
             c.instance(&k).unwrap().status,

@@ -205,7 +205,7 @@ mod tests {
     use super::*;
 
     fn key(i: usize) -> InstanceKey {
-        (format!("svc-{}", i % 37), format!("i-{i}"))
+        (format!("svc-{}", i % 37).into(), format!("i-{i}").into())
     }
 
     #[test]

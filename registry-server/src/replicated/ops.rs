@@ -399,7 +399,7 @@ mod tests {
             },
             2,
         );
-        let key = ("web".to_owned(), "i1".to_owned());
+        let key = crate::replicated::catalog::key("web", "i1");
         let register = |binding| Register {
             key: key.clone(),
             spec: test_spec(),

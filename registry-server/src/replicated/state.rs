@@ -19,6 +19,7 @@ use crate::replicated::catalog::{
     Catalog, CatalogError, InstanceKey, InstanceRecord, InstanceSpec,
 };
 use crate::replicated::checks::CheckResult;
+use crate::replicated::intern::Name;
 
 /// Which lease a registration binds to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +97,7 @@ pub struct Effects {
     /// parked requests decided, leases handed a lock from a queue.
     pub coordination: locks::Effects,
     /// Services whose instances changed (their watchers are woken).
-    pub services: BTreeSet<String>,
+    pub services: BTreeSet<Name>,
 }
 
 /// The state machine's application data (what snapshots contain besides Raft metadata).
@@ -294,7 +295,7 @@ mod tests {
     use crate::replicated::catalog::test_spec;
 
     fn key(s: &str, i: &str) -> InstanceKey {
-        (s.to_owned(), i.to_owned())
+        crate::replicated::catalog::key(s, i)
     }
 
     fn spec() -> InstanceSpec {
@@ -491,7 +492,7 @@ mod tests {
             &mut fx,
         );
         assert_eq!(fx.coordination.ended, vec![shared]);
-        assert_eq!(fx.services, ["a".to_owned(), "b".to_owned()].into());
+        assert_eq!(fx.services, [Name::from("a"), Name::from("b")].into());
         assert_eq!(
             s.catalog.instance(&key("a", "1")).unwrap().status,
             InstanceStatus::Critical
@@ -566,7 +567,7 @@ mod tests {
             &mut fx,
         );
         assert_eq!(fx.coordination.ended, vec![shared]);
-        assert_eq!(fx.services, ["a".to_owned()].into());
+        assert_eq!(fx.services, [Name::from("a")].into());
         assert_eq!(fx.coordination.changed, [locks::Key::lock("db")].into());
         assert_eq!(fx.coordination.woken, vec![locks::Ticket::from_u128(2)]);
         assert_eq!(

@@ -23,7 +23,8 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftLogId, StorageError, StorageIOError, Vote,
 };
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,13 +40,81 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-/// Opens (creating if needed) the RocksDB database that holds the Raft log.
-pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
-    let mut opts = Options::default();
+/// How much memory RocksDB may use (`--rocksdb-write-buffer-bytes`,
+/// `--rocksdb-block-cache-bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct DbMemoryConfig {
+    /// All memtables together: RocksDB flushes one once they hold this much.
+    pub write_buffer_bytes: usize,
+    /// The block cache (reads of log entries already flushed: a follower far behind).
+    pub block_cache_bytes: usize,
+}
+
+impl Default for DbMemoryConfig {
+    fn default() -> Self {
+        Self {
+            write_buffer_bytes: 16 << 20,
+            block_cache_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What RocksDB holds in memory now: reads the database without keeping it open.
+#[derive(Clone)]
+pub struct DbMemory {
+    db: std::sync::Weak<DB>,
+    cache: Cache,
+}
+
+impl Debug for DbMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbMemory").finish_non_exhaustive()
+    }
+}
+
+impl DbMemory {
+    /// (memtable bytes, block cache bytes); 0 for memtables once the database is closed.
+    pub fn sizes(&self) -> (u64, u64) {
+        let memtables = self.db.upgrade().map_or(0, |db| {
+            [CF_LOGS, CF_META]
+                .iter()
+                .filter_map(|name| db.cf_handle(name))
+                .filter_map(|cf| {
+                    db.property_int_value_cf(&cf, "rocksdb.cur-size-all-mem-tables")
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        });
+        (memtables, self.cache.get_usage() as u64)
+    }
+}
+
+/// Opens (creating if needed) the RocksDB database that holds the Raft log, with its
+/// memtables and block cache bounded by `memory`.
+pub fn open_db(path: &Path, memory: DbMemoryConfig) -> Result<(Arc<DB>, DbMemory), rocksdb::Error> {
+    let cache = Cache::new_lru_cache(memory.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    let family = || {
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&table);
+        // Two memtables per family, each half the total (RocksDB's default is 64 MiB).
+        opts.set_write_buffer_size((memory.write_buffer_bytes / 4).max(1 << 20));
+        opts.set_max_write_buffer_number(2);
+        opts
+    };
+    let mut opts = family();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOGS, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+    opts.set_db_write_buffer_size(memory.write_buffer_bytes);
+    let cfs = [CF_LOGS, CF_META].map(|name| ColumnFamilyDescriptor::new(name, family()));
+    let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+    let probe = DbMemory {
+        db: Arc::downgrade(&db),
+        cache,
+    };
+    Ok((db, probe))
 }
 
 /// The log store handle openraft drives. Cheap to clone: it shares the database.
@@ -325,8 +394,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-            let db =
-                open_db(&dir.path().join("raft")).map_err(|e| StorageIOError::write(db_err(e)))?;
+            let (db, _) = open_db(&dir.path().join("raft"), DbMemoryConfig::default())
+                .map_err(|e| StorageIOError::write(db_err(e)))?;
             let sm = StateMachineStore::open(
                 dir.path().join("snapshot"),
                 Default::default(),
@@ -349,7 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
         {
-            let mut store = LogStore::new(open_db(&path).unwrap());
+            let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0);
             let vote = Vote::new(3, 1);
             store.save_vote(&vote).await.unwrap();
             let entries: Vec<Entry<TypeConfig>> = (1..=5)
@@ -359,7 +428,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut store = LogStore::new(open_db(&path).unwrap());
+        let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
@@ -367,7 +436,7 @@ mod tests {
     }
 
     async fn store_with_entries(path: &Path, n: u64) -> LogStore {
-        let mut store = LogStore::new(open_db(path).unwrap());
+        let mut store = LogStore::new(open_db(path, DbMemoryConfig::default()).unwrap().0);
         let entries: Vec<Entry<TypeConfig>> = (1..=n)
             .map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i)))
             .collect();

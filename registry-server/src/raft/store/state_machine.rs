@@ -1,6 +1,8 @@
 //! The state machine openraft applies committed entries to (`RaftStateMachine`).
 //!
 //! The state lives in memory behind [`SharedState`], which the HTTP layer reads directly.
+//! Its maps are persistent (`imbl`), so a snapshot starts with an O(1) clone of the state
+//! and encodes that clone on a blocking thread while entries go on being applied.
 //! Snapshots are the bincode of that state in a versioned, checksummed file
 //! (`store::snapshot_file`), written to `<data>/snapshot/current.snap` atomically (a
 //! temporary file of its own, fsync, rename unless the current one is newer, fsync of the
@@ -135,7 +137,15 @@ impl StateMachineStore {
 /// Checks a snapshot's bytes (header, checksum) and decodes the state they hold.
 fn decode_state(bytes: &[u8]) -> Result<StateData, Invalid> {
     let (_, state) = snapshot_file::decode(bytes)?;
-    Ok(bincode::deserialize(state)?)
+    decode_body(state)
+}
+
+/// Decodes a snapshot's body, sharing repeated strings again (bincode made one copy of
+/// each per instance).
+fn decode_body(body: &[u8]) -> Result<StateData, Invalid> {
+    let mut data: StateData = bincode::deserialize(body)?;
+    data.app.catalog.intern_all();
+    Ok(data)
 }
 
 /// Why a received snapshot was not installed.
@@ -151,23 +161,49 @@ fn io_err(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
-/// Writes a snapshot of the state as it was encoded when openraft asked for a builder.
+/// Writes a snapshot of the state as it was when openraft asked for a builder.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    /// The bincode of [`StateData`], or why it could not be encoded.
-    encoded: Result<Vec<u8>, String>,
+    /// A clone of the state then (O(1): it shares every map node with the live state,
+    /// which copies a node only when an apply changes it). Taken by the build.
+    state: Option<StateData>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
     snapshots: SnapshotDir,
     seq: u64,
-    /// When encoding the state began (the build's duration counts from there).
+    /// When the state was cloned (the build's duration counts from there).
     started: std::time::Instant,
+}
+
+/// Snapshots being built now on this node (0 or 1: openraft builds one at a time).
+static BUILDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this node is building a snapshot now (`registry_raft_snapshot_building`).
+pub fn building() -> bool {
+    BUILDING.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
+/// Counts a build from start to end, whichever way it ends.
+struct Building;
+
+impl Building {
+    fn start() -> Self {
+        BUILDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Building
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        BUILDING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let bytes = std::mem::replace(&mut self.encoded, Ok(Vec::new()))
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
+        let state = self.state.take().ok_or_else(|| {
+            StorageIOError::write_snapshot(None, AnyError::error("snapshot builder used twice"))
+        })?;
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
             None => format!("0-0-{}", self.seq),
@@ -179,14 +215,27 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let snapshots = self.snapshots.clone();
         let file_meta = meta.clone();
+        let building = Building::start();
+        // Encoding a million instances takes about a second: on a blocking thread, from
+        // the clone, so applies (and the readers of the live state) never wait for it.
         let (file, current) = tokio::task::spawn_blocking(move || {
+            let encoding = std::time::Instant::now();
+            let bytes = bincode::serialize(&state).map_err(io_err)?;
+            drop(state);
+            tracing::debug!(
+                elapsed_ms = encoding.elapsed().as_millis() as u64,
+                bytes = bytes.len(),
+                "state encoded for a snapshot"
+            );
             let file = snapshot_file::encode(&file_meta, &bytes).map_err(io_err)?;
+            drop(bytes);
             let current = snapshots.store(&file_meta, &file).map_err(io_err)?;
             Ok::<_, AnyError>((file, current))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        drop(building);
         crate::metrics::snapshot(false, self.started.elapsed(), file.len());
         if current {
             tracing::info!(snapshot = %meta.snapshot_id, bytes = file.len(), "snapshot built");
@@ -252,20 +301,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
         // This runs on openraft's state machine task, so nothing is applied meanwhile:
-        // encode the state right here (one buffer, much quicker than a deep copy of
-        // every instance) and leave the file writing to the builder.
+        // the clone is of one applied index. It is O(1) (persistent maps), and the
+        // builder encodes it on its own while this task goes on applying.
         let started = std::time::Instant::now();
-        let state = self.state.read();
-        let encoded = bincode::serialize(&*state).map_err(|e| e.to_string());
+        let state = self.state.read().clone();
         let last_applied = state.last_applied;
         let membership = state.membership.clone();
-        drop(state);
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "state encoded for a snapshot"
-        );
         SnapshotBuilder {
-            encoded,
+            state: Some(state),
             last_applied,
             membership,
             snapshots: self.snapshots.clone(),
@@ -291,8 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let file_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
             let (_, state) = snapshot_file::decode(&bytes).map_err(InstallError::Received)?;
-            let data: StateData =
-                bincode::deserialize(state).map_err(|e| InstallError::Received(e.into()))?;
+            let data = decode_body(state).map_err(InstallError::Received)?;
             // Written with openraft's metadata, which is the authority for this install.
             let file = snapshot_file::encode(&file_meta, state).map_err(InstallError::Encode)?;
             let current = snapshots

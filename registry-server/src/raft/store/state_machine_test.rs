@@ -200,3 +200,130 @@ async fn open_removes_temporary_files_left_by_a_crash() {
     }
     assert!(path.exists());
 }
+
+/// An entry at `index` registering instances `ids` of service `web` (own leases), each
+/// with the same tags, meta and zone.
+fn registrations(index: u64, ids: std::ops::Range<u32>) -> Entry<TypeConfig> {
+    use crate::replicated::catalog::{key, InstanceSpec};
+    use crate::replicated::intern;
+    use crate::replicated::state::{Binding, Command};
+    let commands = ids
+        .map(|i| Command::Register {
+            key: key("web", &format!("i-{i}")),
+            spec: InstanceSpec {
+                address: "127.0.0.1".into(),
+                port: 8000 + i as u16,
+                tags: intern::tags(["v1", "primary"]),
+                meta: intern::meta([("version", "1.4.2")]),
+                zone: Some("zone-a".into()),
+                region: None,
+                weight: 1,
+                deregister_after_ms: 60_000,
+                checks: Box::default(),
+            },
+            binding: Binding::Own {
+                new_lease: uuid::Uuid::from_u128(u128::from(i) + 1),
+                ttl_ms: 10_000,
+            },
+        })
+        .collect();
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: openraft::EntryPayload::Normal(crate::raft::types::Request {
+            now_ms: 1_000 + index,
+            commands,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_is_of_the_state_when_it_began_while_applies_go_on() {
+    let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut sm = open(dir.path());
+    sm.apply(vec![registrations(1, 0..100)]).await.unwrap();
+    let mut build = sm.get_snapshot_builder().await;
+    // Nothing was encoded on the state machine's task: the builder holds the state.
+    assert!(build.state.is_some());
+
+    // The builder holds a clone: entries keep being applied to the live state (the
+    // apply takes the state's write lock, which a builder encoding it would block) ...
+    sm.apply(vec![registrations(2, 100..200), registrations(3, 0..50)])
+        .await
+        .unwrap();
+    assert_eq!(applied_index(&mut sm).await, Some(3));
+    let live = sm.shared();
+    assert_eq!(live.read().app.catalog.instance_count("web"), 200);
+
+    // ... and the snapshot, built afterwards, is of index 1 and its 100 instances.
+    let built = build.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(1));
+    let mut restored = open(other.path());
+    let mut received = restored.begin_receiving_snapshot().await.unwrap();
+    *received = *built.snapshot;
+    restored
+        .install_snapshot(&built.meta, received)
+        .await
+        .unwrap();
+    let restored = restored.shared();
+    let restored = restored.read();
+    assert_eq!(restored.app.catalog.instance_count("web"), 100);
+    // Instance i-0 as registered at index 1, not as re-registered at index 3.
+    let key = crate::replicated::catalog::key("web", "i-0");
+    assert_eq!(
+        restored.app.catalog.instance(&key).map(|r| r.modify_index),
+        Some(1)
+    );
+    assert_eq!(
+        live.read()
+            .app
+            .catalog
+            .instance(&key)
+            .map(|r| r.modify_index),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn a_restored_catalog_shares_its_repeated_strings_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut sm = open(dir.path());
+        sm.apply(vec![registrations(1, 0..10)]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let before = {
+        let mut sm = open(dir.path());
+        assert_eq!(applied_index(&mut sm).await, Some(1));
+        let state = sm.shared();
+        let state = state.read();
+        let catalog = &state.app.catalog;
+        let a = catalog
+            .instance(&crate::replicated::catalog::key("web", "i-1"))
+            .unwrap();
+        let b = catalog
+            .instance(&crate::replicated::catalog::key("web", "i-7"))
+            .unwrap();
+        // Decoded from the file, then shared: one tag list, one meta list, one zone.
+        assert!(std::sync::Arc::ptr_eq(&a.spec.tags, &b.spec.tags));
+        assert!(std::sync::Arc::ptr_eq(&a.spec.meta, &b.spec.meta));
+        assert!(std::sync::Arc::ptr_eq(
+            a.spec.zone.as_ref().unwrap(),
+            b.spec.zone.as_ref().unwrap()
+        ));
+        assert_eq!(&*a.spec.tags[1], "primary");
+        assert_eq!(
+            crate::replicated::intern::meta_get(&a.spec.meta, "version"),
+            Some("1.4.2")
+        );
+        state.app.clone()
+    };
+    // What was decoded equals what a replica that applied the entry holds.
+    let replayed = tempfile::tempdir().unwrap();
+    let mut sm = open(replayed.path());
+    sm.apply(vec![registrations(1, 0..10)]).await.unwrap();
+    assert_eq!(sm.shared().read().app, before);
+}
