@@ -16,28 +16,76 @@
 //! tick + one commit without a failover; each failover in between can add up to one TTL
 //! plus the election time, because the new leader restarts the countdown.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use locks::{Lease, LeaseId};
 use tokio::time::Instant;
 
-/// One lease's countdown.
+/// One lease's countdown: 16 bytes, as a million leases are a million of these.
 #[derive(Debug, Clone, Copy)]
 struct Countdown {
-    ttl: Duration,
-    deadline: Instant,
+    /// Milliseconds after [`Inner::base`].
+    deadline_ms: u64,
+    /// The lease's TTL (at most a day, [`api_spec::MAX_LEASE_TTL`]).
+    ttl_ms: u32,
     /// An expiry for this lease has been proposed and not yet applied or failed: do not
     /// propose it again, and refuse keepalives (the lease is going).
     expiring: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    leases: HashMap<LeaseId, Countdown>,
+    /// When the clock started: deadlines count from here.
+    base: Instant,
+    /// A B-tree rather than a hash map: a hash table of a million entries can hold two
+    /// million slots; a B-tree's nodes stay about three quarters full.
+    leases: BTreeMap<LeaseId, Countdown>,
+    /// While leading: every tracked lease once, by a deadline no later than its own
+    /// (a keepalive moves the deadline without touching this; an entry found early is
+    /// put back at the real deadline). Entries of leases gone are dropped when they come
+    /// up, or all at once when they outnumber the live ones. Empty on followers.
+    due: BinaryHeap<Reverse<(u64, LeaseId)>>,
     /// The term this node leads in and has restarted the countdowns for, if any.
     leading_term: Option<u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            leases: BTreeMap::new(),
+            due: BinaryHeap::new(),
+            leading_term: None,
+        }
+    }
+}
+
+impl Inner {
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn countdown(&self, ttl_ms: u64, now: Instant) -> Countdown {
+        let ttl_ms = u32::try_from(ttl_ms).unwrap_or(u32::MAX);
+        Countdown {
+            deadline_ms: self.now_ms(now) + u64::from(ttl_ms),
+            ttl_ms,
+            expiring: false,
+        }
+    }
+
+    /// Puts every tracked lease in the due queue again (leading starts, or the queue
+    /// holds too many entries of leases that are gone).
+    fn rebuild_due(&mut self) {
+        self.due = self
+            .leases
+            .iter()
+            .map(|(id, c)| Reverse((c.deadline_ms, *id)))
+            .collect();
+    }
 }
 
 /// Why a keepalive was refused.
@@ -64,36 +112,37 @@ impl LeaseClock {
 
     /// A lease was granted (applied): start its countdown at the full TTL.
     pub fn track(&self, lease: &Lease) {
-        let ttl = Duration::from_millis(lease.ttl_ms);
-        self.lock().leases.entry(lease.id).or_insert(Countdown {
-            ttl,
-            deadline: Instant::now() + ttl,
-            expiring: false,
-        });
+        let mut inner = self.lock();
+        if inner.leases.contains_key(&lease.id) {
+            return;
+        }
+        let countdown = inner.countdown(lease.ttl_ms, Instant::now());
+        inner.leases.insert(lease.id, countdown);
+        if inner.leading_term.is_some() {
+            inner.due.push(Reverse((countdown.deadline_ms, lease.id)));
+        }
     }
 
     /// A lease ended (applied revoke or expiry).
     pub fn forget(&self, id: &LeaseId) {
-        self.lock().leases.remove(id);
+        let mut inner = self.lock();
+        inner.leases.remove(id);
+        if inner.due.len() > 2 * inner.leases.len() + 1024 {
+            inner.rebuild_due();
+        }
     }
 
     /// Replaces the tracked set (after loading or installing a snapshot).
     pub fn reset<'a>(&self, leases: impl Iterator<Item = &'a Lease>) {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.leases = leases
-            .map(|l| {
-                let ttl = Duration::from_millis(l.ttl_ms);
-                (
-                    l.id,
-                    Countdown {
-                        ttl,
-                        deadline: now + ttl,
-                        expiring: false,
-                    },
-                )
-            })
+        let tracked = leases
+            .map(|l| (l.id, inner.countdown(l.ttl_ms, now)))
             .collect();
+        inner.leases = tracked;
+        if inner.leading_term.is_some() {
+            inner.rebuild_due();
+        }
     }
 
     /// This node leads in `term`. The first call for a term restarts every countdown at
@@ -103,11 +152,12 @@ impl LeaseClock {
         if inner.leading_term == Some(term) {
             return;
         }
-        let now = Instant::now();
+        let now_ms = inner.now_ms(Instant::now());
         for countdown in inner.leases.values_mut() {
-            countdown.deadline = now + countdown.ttl;
+            countdown.deadline_ms = now_ms + u64::from(countdown.ttl_ms);
             countdown.expiring = false;
         }
+        inner.rebuild_due();
         inner.leading_term = Some(term);
         tracing::info!(
             term,
@@ -118,7 +168,9 @@ impl LeaseClock {
 
     /// This node no longer leads.
     pub fn step_down(&self) {
-        self.lock().leading_term = None;
+        let mut inner = self.lock();
+        inner.leading_term = None;
+        inner.due = BinaryHeap::new();
     }
 
     /// The term this node leads in, if it does.
@@ -128,19 +180,19 @@ impl LeaseClock {
 
     /// Renews a lease on the leader; returns its TTL (the new time remaining).
     pub fn keepalive(&self, id: &LeaseId) -> Result<Duration, KeepaliveError> {
-        let now = Instant::now();
         let mut inner = self.lock();
         if inner.leading_term.is_none() {
             return Err(KeepaliveError::NotLeader);
         }
+        let now_ms = inner.now_ms(Instant::now());
         let countdown = inner.leases.get_mut(id).ok_or(KeepaliveError::NotFound)?;
         // Past its deadline but not yet taken for expiry (e.g. held back by storm
         // protection): the lease has not ended, so a keepalive revives it.
         if countdown.expiring {
             return Err(KeepaliveError::Expired);
         }
-        countdown.deadline = now + countdown.ttl;
-        Ok(countdown.ttl)
+        countdown.deadline_ms = now_ms + u64::from(countdown.ttl_ms);
+        Ok(Duration::from_millis(u64::from(countdown.ttl_ms)))
     }
 
     /// Time left before the leader expires this lease; `None` when not leading or unknown.
@@ -148,26 +200,44 @@ impl LeaseClock {
         let inner = self.lock();
         inner.leading_term?;
         let countdown = inner.leases.get(id)?;
-        Some(countdown.deadline.saturating_duration_since(Instant::now()))
+        let now_ms = inner.now_ms(Instant::now());
+        Some(Duration::from_millis(
+            countdown.deadline_ms.saturating_sub(now_ms),
+        ))
     }
 
-    /// Takes up to `limit` leases whose deadline has passed and marks them expiring.
-    /// Empty when not leading.
+    /// Takes up to `limit` leases whose deadline has passed, oldest first, and marks them
+    /// expiring. Empty when not leading. Looks only at the entries that came up, not at
+    /// every lease.
     pub fn take_due(&self, limit: usize) -> Vec<LeaseId> {
-        let now = Instant::now();
         let mut inner = self.lock();
         if inner.leading_term.is_none() {
             return Vec::new();
         }
+        let now_ms = inner.now_ms(Instant::now());
         let mut due = Vec::new();
-        for (id, countdown) in inner.leases.iter_mut() {
-            if due.len() == limit {
+        while due.len() < limit {
+            let Some(&Reverse((at, id))) = inner.due.peek() else {
+                break;
+            };
+            if at > now_ms {
                 break;
             }
-            if !countdown.expiring && countdown.deadline <= now {
-                countdown.expiring = true;
-                due.push(*id);
+            inner.due.pop();
+            let Some(countdown) = inner.leases.get_mut(&id) else {
+                continue; // gone
+            };
+            if countdown.expiring || countdown.deadline_ms != at {
+                // Being expired (put back if that fails), or kept alive since: back in
+                // line at its real deadline.
+                if !countdown.expiring {
+                    let real = countdown.deadline_ms;
+                    inner.due.push(Reverse((real, id)));
+                }
+                continue;
             }
+            countdown.expiring = true;
+            due.push(id);
         }
         due
     }
@@ -179,6 +249,10 @@ impl LeaseClock {
         for id in ids {
             if let Some(countdown) = inner.leases.get_mut(id) {
                 countdown.expiring = false;
+                let at = countdown.deadline_ms;
+                if inner.leading_term.is_some() {
+                    inner.due.push(Reverse((at, *id)));
+                }
             }
         }
     }
@@ -268,6 +342,44 @@ mod tests {
         assert!(clock.take_due(10).is_empty());
         clock.forget(&id);
         assert_eq!(clock.keepalive(&id), Err(KeepaliveError::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_leases_come_oldest_first_and_kept_alive_ones_wait_their_turn() {
+        let clock = LeaseClock::default();
+        clock.lead(1);
+        for n in 0..100 {
+            clock.track(&lease(n, 1000 + n as u64));
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        // Even leases are kept alive: they come due from 1.5 s on, the odd ones by 1.1 s.
+        for n in (0..100).step_by(2) {
+            clock.keepalive(&LeaseId::from_u128(n)).unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let odd: Vec<LeaseId> = (1..100).step_by(2).map(LeaseId::from_u128).collect();
+        assert_eq!(clock.take_due(1000), odd, "odd ones, by deadline");
+        for n in (1..100).step_by(2) {
+            clock.forget(&LeaseId::from_u128(n));
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let even: Vec<LeaseId> = (0..100).step_by(2).map(LeaseId::from_u128).collect();
+        assert_eq!(clock.take_due(1000), even);
+        assert!(clock.take_due(1000).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgotten_leases_do_not_pile_up_in_the_due_queue() {
+        let clock = LeaseClock::default();
+        clock.lead(1);
+        for n in 0..10_000 {
+            clock.track(&lease(n, 86_400_000));
+            clock.forget(&LeaseId::from_u128(n));
+        }
+        assert!(clock.lock().due.len() <= 1024 + 1);
+        clock.step_down();
+        clock.track(&lease(1, 1000));
+        assert!(clock.lock().due.is_empty(), "followers keep no queue");
     }
 
     #[tokio::test(start_paused = true)]
