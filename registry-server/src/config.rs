@@ -82,6 +82,13 @@ pub struct Config {
     #[arg(long, value_name = "ADDR")]
     pub join: Option<String>,
 
+    /// With --join: join as a learner, a member that replicates the log and serves
+    /// stale reads, blocking queries, DNS and Consul reads but does not vote (more read
+    /// capacity without a larger write quorum). Promote it later with
+    /// `POST /v1/cluster/members` (`"learner": false`).
+    #[arg(long, requires = "join")]
+    pub learner: bool,
+
     /// How often the leader sends heartbeats to followers.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

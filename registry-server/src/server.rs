@@ -170,7 +170,13 @@ pub async fn run(
     if !raft.is_initialized().await? {
         match (&config.join, &config.bootstrap) {
             (Some(join), _) => {
-                let join = join_cluster(peers, join.clone(), config.node_id, advertise.clone());
+                let join = join_cluster(
+                    peers,
+                    join.clone(),
+                    config.node_id,
+                    advertise.clone(),
+                    config.learner,
+                );
                 tokio::spawn(join);
             }
             (None, bootstrap) => {
@@ -363,17 +369,14 @@ async fn initialize(raft: &Raft, members: BTreeMap<u64, String>) -> anyhow::Resu
     }
 }
 
-/// Asks the cluster at `via` to add this server, retrying until it answers yes or no.
+/// Asks the cluster at `via` to add this server (as a voter, or a learner), retrying
+/// until it answers yes or no.
 /// The request goes over the internal route (with the cluster secret), as any other
 /// node-to-node call: a joining server is a peer, not an API client, and needs no token.
-async fn join_cluster(peers: PeerClient, via: String, id: NodeId, addr: String) {
+async fn join_cluster(peers: PeerClient, via: String, id: NodeId, addr: String, learner: bool) {
     let mut target = via.clone();
     let mut delay = Duration::from_millis(200);
-    let op = Forward::AddMember {
-        id,
-        addr,
-        learner: false,
-    };
+    let op = Forward::AddMember { id, addr, learner };
     loop {
         tracing::info!(via = %target, "asking the cluster to add this server");
         let answer = peers

@@ -664,9 +664,16 @@ impl Cluster {
     /// Starts a new node `id` on a fresh port and data dir with `--join <addr of via>`:
     /// it asks the cluster to add it. Returns once it serves `/healthz`.
     pub async fn start_joining(&mut self, id: u64, via: u64) -> Result<()> {
+        self.start_joining_with(id, via, &[]).await
+    }
+
+    /// [`start_joining`](Self::start_joining) with more flags (e.g. `--learner`).
+    pub async fn start_joining_with(&mut self, id: u64, via: u64, extra: &[&str]) -> Result<()> {
         let join = self.addr(via);
         let id_flag = id.to_string();
-        self.add_node(id, free_port()?, &["--node-id", &id_flag, "--join", &join])?;
+        let mut args = vec!["--node-id", &id_flag, "--join", &join];
+        args.extend_from_slice(extra);
+        self.add_node(id, free_port()?, &args)?;
         self.restart(id).await
     }
 

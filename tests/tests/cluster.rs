@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use registry_client::{Client, Consistency, LeaseInfo, Uuid};
+use registry_client::{Client, Consistency, LeaseInfo, ReadOptions, ServiceQuery, Uuid};
 use tests::{must_pass, wait_until, Cluster, ELECTION_TIMEOUT_MAX, LEASE_TICK};
 use tokio::task::JoinSet;
 
@@ -460,6 +460,91 @@ async fn joined_server_becomes_a_voter_and_can_be_removed() {
         cluster.stop(4).await?;
         // The remaining three still take writes.
         create_lease_retrying(&cluster.client(), LONG_TTL).await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_learner_serves_stale_reads_and_blocking_queries_without_voting() {
+    let mut cluster = Cluster::start(3, &[]).await.expect("start the cluster");
+    let leader = cluster.leader_id().await.expect("a leader");
+    cluster
+        .start_joining_with(4, leader, &["--learner"])
+        .await
+        .expect("start node 4 with --join --learner");
+    must_pass(async {
+        wait_until(FAILOVER_TIMEOUT, "node 4 to be a learner", || async {
+            let members = cluster.status(leader).await?.members;
+            ensure!(
+                members.iter().any(|m| m.id == 4 && !m.voter),
+                "members: {members:?}"
+            );
+            Ok(())
+        })
+        .await?;
+        let registration = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1", "port": 9000, "ttl": "1h"
+        }))?;
+        let writer = cluster.client_for(leader);
+        writer.register("web", "a", &registration).await?;
+        let learner = cluster.client_for(4);
+        let stale = ReadOptions {
+            consistency: Consistency::Stale,
+            ..ReadOptions::default()
+        };
+        let query = ServiceQuery::default();
+        let seen = wait_until(
+            CATCH_UP_TIMEOUT,
+            "node 4 to replicate the instance",
+            || async {
+                let answer = learner.service("web", &query, stale.clone()).await?;
+                ensure!(answer.value.instances.len() == 1, "{:?}", answer.value);
+                answer.index.context("an index header")
+            },
+        )
+        .await?;
+        // A blocking query parked on the learner returns with the next change.
+        let blocking = ReadOptions {
+            consistency: Consistency::Stale,
+            ..ReadOptions::blocking(seen, Duration::from_secs(30))
+        };
+        let parked = {
+            let learner = learner.clone();
+            let query = query.clone();
+            tokio::spawn(async move { learner.service("web", &query, blocking).await })
+        };
+        writer.register("web", "b", &registration).await?;
+        let woken = tokio::time::timeout(CATCH_UP_TIMEOUT, parked)
+            .await
+            .context("the blocking query on the learner did not return")???;
+        ensure!(
+            woken.value.instances.len() == 2,
+            "woken with {:?}",
+            woken.value
+        );
+        // It does not vote: with two voters stopped, the learner and one voter are no
+        // quorum, and the survivor refuses writes rather than counting the learner.
+        let voters: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+        ensure!(
+            !cluster
+                .status(4)
+                .await?
+                .members
+                .iter()
+                .any(|m| m.id == 4 && m.voter),
+            "node 4 counts itself a voter"
+        );
+        cluster.stop(voters[0]).await?;
+        cluster.stop(voters[1]).await?;
+        let refused = cluster
+            .client_for(leader)
+            .create_lease(Duration::from_secs(60))
+            .await;
+        ensure!(
+            refused.is_err(),
+            "a write committed with one voter of three and a learner"
+        );
         Ok(())
     })
     .await;

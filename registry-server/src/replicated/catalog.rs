@@ -1157,3 +1157,18 @@ mod tests {
         );
     }
 }
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// A million instances are a million of these: growing one by a word is 8 MB.
+    #[test]
+    fn an_instance_record_stays_within_200_bytes() {
+        assert!(
+            std::mem::size_of::<InstanceRecord>() <= 200,
+            "InstanceRecord is {} bytes",
+            std::mem::size_of::<InstanceRecord>()
+        );
+        assert_eq!(std::mem::size_of::<Bound>(), 32);
+    }
+}
