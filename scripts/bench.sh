@@ -4,7 +4,11 @@
 # cluster and a 3-member etcd cluster, one after the other, and prints a table,
 # then watch fan-out, failover, memory and the machine's ceilings, and checks the targets.
 # Usage: scripts/bench.sh [--quick] [--json PATH] [--only WORKLOAD]... [--extra NAME]... (see `bench --help`)
-# Not part of CI: it takes minutes and its figures depend on the machine.
+#    or: scripts/bench.sh --scale [--scale-instances N] [--scale-watchers N] [--scale-hot-watchers N]
+#                         [--scale-snapshot-every N] [--scale-only filled|watchers|learners]... [--json PATH]
+#        the scale suite instead (no etcd): 1,000,000 instances (fill, RSS, snapshot stalls, latency at
+#        size, restart and catch-up), 100,000 parked blocking queries, reads over learners.
+# Not part of CI: it takes minutes (the scale suite many) and its figures depend on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}

@@ -107,7 +107,9 @@ struct Sample {
     lag_buckets: BTreeMap<u64, f64>,
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
+/// CPU time (user + system) of process `pid` so far, in clock ticks (USER_HZ: 100 a
+/// second on Linux x86 and arm), from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(") ").context("/proc stat format")?.1;

@@ -1,5 +1,6 @@
 //! `bench`: starts a registry cluster, runs every workload against it, stops it, does the
-//! same with an etcd cluster, then prints the table and writes the JSON results.
+//! same with an etcd cluster, then prints the table and writes the JSON results. With
+//! `--scale`, runs the scale suite (`bench::scale`) instead.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,7 @@ use clap::Parser;
 use bench::extras;
 use bench::load::LoadConfig;
 use bench::report::{self, Meta, Report, Row, SideResult};
+use bench::scale::{ScaleConfig, ScalePart};
 use bench::systems::{self, Etcd, Registry, Side};
 use bench::workloads::{self, Target, Workload};
 
@@ -52,6 +54,34 @@ struct Args {
     /// Spread workers over all members instead of sending everything to the leader.
     #[arg(long)]
     spread: bool,
+    /// Run the scale suite instead of the workloads: a 3-node registry filled with
+    /// `--scale-instances` instances (fill rate, RSS, snapshot stalls, latency at size,
+    /// restart and catch-up times), `--scale-watchers` parked blocking queries, and stale
+    /// reads over learners. Takes many minutes; etcd is not run.
+    #[arg(long, conflicts_with_all = ["only", "extra", "quick", "duration", "warmup", "nodes", "spread"])]
+    scale: bool,
+    /// Instances the scale suite registers.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000_000,
+        requires = "scale"
+    )]
+    scale_instances: usize,
+    /// Blocking queries the scale suite parks.
+    #[arg(long, value_name = "N", default_value_t = 100_000, requires = "scale")]
+    scale_watchers: usize,
+    /// Of those, the ones watching the service that changes.
+    #[arg(long, value_name = "N", default_value_t = 10_000, requires = "scale")]
+    scale_hot_watchers: usize,
+    /// `--snapshot-every` of the scale suite's filled cluster: low enough that snapshots
+    /// are built several times during its 30 s snapshot window.
+    #[arg(long, value_name = "N", default_value_t = 2000, requires = "scale")]
+    scale_snapshot_every: u64,
+    /// Run only these parts of the scale suite (repeat the flag for several): `filled`
+    /// (steps A to F), `watchers` (G), `learners` (H).
+    #[arg(long, value_name = "PART", requires = "scale")]
+    scale_only: Vec<ScalePart>,
 }
 
 /// The measurements besides the throughput workloads.
@@ -451,7 +481,63 @@ async fn ceilings(base: LoadConfig) -> (Row, Row, Row) {
     (http, service, disk)
 }
 
+/// The scale suite (`--scale`): its table and targets, and the JSON.
+async fn scale(args: Args) -> Result<bool> {
+    let server_bin = on_path(&args.server_bin)?;
+    let config = ScaleConfig {
+        instances: args.scale_instances,
+        watchers: args.scale_watchers,
+        hot_watchers: args.scale_hot_watchers.min(args.scale_watchers),
+        snapshot_every: args.scale_snapshot_every,
+        parts: args.scale_only.clone(),
+    };
+    anyhow::ensure!(
+        config.instances >= bench::scale::PER_SERVICE,
+        "--scale-instances must be at least {}",
+        bench::scale::PER_SERVICE
+    );
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let report = bench::scale::run(&server_bin, &config).await;
+    print!("{}", report.text());
+    print!("{}", report::targets_text(&report.targets));
+    let ok = report.ok();
+    if let Some(path) = &args.json {
+        let meta = Meta {
+            date,
+            hostname: read_trimmed("/proc/sys/kernel/hostname"),
+            cpu_model: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            registry_version: systems::version_of(&server_bin),
+            git_commit: git_commit(),
+            etcd_version: "not run (--scale)".to_owned(),
+            nodes: bench::scale::NODES,
+            warmup_s: bench::scale::LATENCY_WARMUP.as_secs_f64(),
+            duration_s: bench::scale::LATENCY_WINDOW.as_secs_f64(),
+            quick: false,
+            target: "leader (latency, fill, snapshot window); spread (watchers, stale reads)"
+                .to_owned(),
+            note: "the scale suite: clusters and load generator share this machine, one cluster at a time".to_owned(),
+            etcd_api: "not run (--scale)".to_owned(),
+        };
+        let json = Report {
+            meta,
+            results: Vec::new(),
+            targets: report.targets.clone(),
+            overheads: Vec::new(),
+            scale: Some(report),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(ok)
+}
+
 async fn bench(args: Args) -> Result<bool> {
+    if args.scale {
+        return Box::pin(scale(args)).await;
+    }
     let server_bin = on_path(&args.server_bin)?;
     let etcd_bin = on_path(&args.etcd_bin)?;
     let (warmup, duration) = match args.quick {
@@ -587,6 +673,7 @@ async fn bench(args: Args) -> Result<bool> {
             results: rows,
             targets,
             overheads,
+            scale: None,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

@@ -154,6 +154,9 @@ pub struct Report {
     /// Features on against off (`--extra acl-overhead`, `--extra tls-overhead`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub overheads: Vec<crate::extras::Overhead>,
+    /// The scale suite's steps (`--scale`; `results` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::scale::ScaleReport>,
 }
 
 /// The targets as text, one a line, after the table.
@@ -352,13 +355,14 @@ fn share_of_ceiling(rows: &[Row], workload: &str, concurrency: usize) -> TargetC
     }
 }
 
-/// The issue's targets, checked against `rows`.
+/// The issues' targets, checked against `rows` (issue 15 raised heartbeat-64 to 5x,
+/// register-64 to 3x and resolve-linearizable-64 to 4x etcd).
 pub fn check_targets(rows: &[Row]) -> Vec<TargetCheck> {
     let mut out = vec![
-        times_etcd(rows, "heartbeat", 64, 4.0),
+        times_etcd(rows, "heartbeat", 64, 5.0),
         share_of_ceiling(rows, "heartbeat", 64),
-        times_etcd(rows, "register", 64, 2.0),
-        times_etcd(rows, "resolve-linearizable", 64, 2.0),
+        times_etcd(rows, "register", 64, 3.0),
+        times_etcd(rows, "resolve-linearizable", 64, 4.0),
         share_of_ceiling(rows, "resolve-stale", 64),
         times_etcd(rows, "lock-uncontended", 16, 3.0),
     ];

@@ -54,23 +54,85 @@ struct Process {
     log: PathBuf,
     /// The running process; `None` once it has been killed and reaped.
     child: Option<Child>,
+    /// What it was started with, to start it again ([`Process::respawn`]).
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// How a process stopped when asked to ([`Registry::terminate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// From the SIGTERM until it had exited (or was killed).
+    pub after: Duration,
+    /// It did not exit within the grace period and was SIGKILLed.
+    pub killed: bool,
 }
 
 impl Process {
     fn spawn(label: String, program: &Path, args: &[String], log: PathBuf) -> Result<Process> {
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = Process::start_child(&label, program, args, out)?;
+        Ok(Process {
+            label,
+            log,
+            child: Some(child),
+            program: program.to_owned(),
+            args: args.to_vec(),
+        })
+    }
+
+    fn start_child(label: &str, program: &Path, args: &[String], out: File) -> Result<Child> {
         let err = out.try_clone()?;
-        let child = Command::new(program)
+        Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("start {label} ({})", program.display()))?;
-        Ok(Process {
-            label,
-            log,
-            child: Some(child),
+            .with_context(|| format!("start {label} ({})", program.display()))
+    }
+
+    /// Starts the process again with the same program and arguments, appending to its log.
+    fn respawn(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "{} is still running", self.label);
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        self.child = Some(Process::start_child(
+            &self.label,
+            &self.program,
+            &self.args,
+            out,
+        )?);
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `grace` for the process to exit, then SIGKILL.
+    async fn terminate(&mut self, grace: Duration) -> Result<Stopped> {
+        let child = self
+            .child
+            .as_mut()
+            .with_context(|| format!("{} is not running", self.label))?;
+        let started = std::time::Instant::now();
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM)
+            .with_context(|| format!("SIGTERM {}", self.label))?;
+        while started.elapsed() < grace {
+            if child.try_wait()?.is_some() {
+                self.child = None;
+                return Ok(Stopped {
+                    after: started.elapsed(),
+                    killed: false,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill()?;
+        Ok(Stopped {
+            after: started.elapsed(),
+            killed: true,
         })
     }
 
@@ -222,6 +284,10 @@ pub struct Registry {
     members: Members,
     /// The CA that signs the nodes' certificates, when they serve TLS.
     ca_pem: Option<String>,
+    /// The server executable and the extra flags every node was started with (for nodes
+    /// added later).
+    bin: PathBuf,
+    extra: Vec<String>,
     /// Every node's data dir and log; removed after the processes are gone (declared last).
     dir: TempDir,
 }
@@ -310,6 +376,8 @@ impl Registry {
         let mut registry = Registry {
             members: Members { urls, processes },
             ca_pem: ca.map(|ca| ca.cert_pem().to_owned()),
+            bin: bin.to_owned(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             dir,
         };
         registry.wait_for_leader(None).await?;
@@ -383,6 +451,78 @@ impl Registry {
         let leader = self.wait_for_leader(None).await?;
         self.members.processes[leader].kill()?;
         Ok(leader)
+    }
+
+    fn process(&mut self, index: usize) -> Result<&mut Process> {
+        self.members
+            .processes
+            .get_mut(index)
+            .with_context(|| format!("no registry node with index {index}"))
+    }
+
+    /// Sends node `index` SIGTERM (a graceful shutdown) and waits up to `grace` for it to
+    /// exit, then SIGKILLs it. Its data dir stays, for [`Registry::restart`].
+    pub async fn terminate(&mut self, index: usize, grace: Duration) -> Result<Stopped> {
+        self.process(index)?.terminate(grace).await
+    }
+
+    /// Starts the stopped node `index` again with the arguments it first had (its data dir
+    /// and log kept; the log is appended to).
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        self.process(index)?.respawn()
+    }
+
+    /// Fails if node `index` has exited (with the tail of its log).
+    pub fn ensure_running(&mut self, index: usize) -> Result<()> {
+        self.process(index)?.ensure_running()
+    }
+
+    /// Stops node `index` for good (SIGTERM, then SIGKILL); it stays in [`Registry::urls`].
+    pub fn stop(&mut self, index: usize) -> Result<()> {
+        self.process(index)?.stop();
+        Ok(())
+    }
+
+    /// Starts one more server, node id `len + 1`, on a port and data dir of its own, with
+    /// the flags every node was started with and `extra` (`--join ADDR`, say). It is not
+    /// a member until it joins or is added. Returns its index (its id minus one).
+    pub fn add_node(&mut self, extra: &[String]) -> Result<usize> {
+        ensure!(
+            self.ca_pem.is_none(),
+            "adding a node to a TLS cluster is not supported"
+        );
+        let index = self.members.processes.len();
+        let id = index + 1;
+        let port = free_port()?;
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_owned(),
+            self.data_dir(index).display().to_string(),
+            "--node-id".to_owned(),
+            id.to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        args.extend(extra.iter().cloned());
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let process = Process::spawn(format!("registry node {id}"), &self.bin, &args, log)?;
+        self.members.processes.push(process);
+        self.members.urls.push(format!("http://127.0.0.1:{port}"));
+        Ok(index)
+    }
+
+    /// The data dir of node `index` (`--data-dir`).
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{}", index + 1))
+    }
+
+    /// The `host:port` node `index` listens on (its member address).
+    pub fn addr(&self, index: usize) -> Option<String> {
+        self.members.urls.get(index).map(|url| {
+            url.trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_owned()
+        })
     }
 }
 
