@@ -20,8 +20,27 @@
 //! Lock-delay and the server's expiry tick only add time between that bound and a grant
 //! to another client; a leader change restarts every lease's countdown, so failovers only
 //! postpone it.
+//!
+//! # Many locks on one lease
+//!
+//! A [`Session`] ([`Client::session`]) holds one lease and renews it with the same task
+//! and the same rule as a lock's own lease. Locks taken through it ([`Session::lock`]) are
+//! bound to that lease: an acquire is one write that grants no lease, a release revokes
+//! none, and their guards renew nothing. A session's lock guard is lost exactly when its
+//! session is (the session's renewal task publishes into every guard bound to it, in the
+//! same step), or once it is released. Closing or dropping the session revokes the lease,
+//! which ends every lock still bound to it; a session that lapses revokes it too, unless
+//! [`SessionOptions::give_back_when_lost`] leaves that to its owner.
+//!
+//! A lock acquired under a lease that someone else renews ([`LockOptions::lease`]: one
+//! from [`Client::create_lease`] kept alive elsewhere, or a registration's) is not renewed
+//! by its guard either, and the guard does not know when that lease could expire, so the
+//! rule above does not hold for it. Its guard reads the lease every third of its TTL and
+//! is lost ([`LostReason::LeaseEnded`]) once a read finds it gone: *after* the server
+//! ended it, not before. Keeping that lease alive, and stopping the work before it could
+//! expire, is up to whoever renews it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use api_spec::{
@@ -33,7 +52,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::{Client, Error, ReadOptions, Response, Result, Retry, Uuid};
+use crate::{Client, Consistency, Error, ReadOptions, Response, Result, Retry, Uuid};
 
 /// TTL of a lock's or candidacy's own lease when the options name none.
 pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(15);
@@ -102,12 +121,14 @@ async fn keepalive(client: &Client, lease: Uuid, ttl: Duration) -> Result<Respon
 /// Why a handle stopped holding its lock or leadership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LostReason {
-    /// A keepalive answered that the lease no longer exists: the server ended it.
+    /// A keepalive (or, for a lock under a lease it does not renew, a read) answered
+    /// that the lease no longer exists: the server ended it.
     LeaseEnded,
     /// No keepalive was confirmed in time: from now on the server may expire the lease
     /// (it could not have before).
     Unconfirmed,
-    /// The handle released (resigned) or was dropped.
+    /// The handle released (resigned) or was dropped; for a session's lock, also its
+    /// session being closed or dropped.
     Released,
 }
 
@@ -205,23 +226,99 @@ impl LostSignal {
     }
 }
 
-/// Which kind of hold, for giving it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Lock,
-    Election,
+/// What a hold gives back when it ends, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    /// A lock, released with its token (which revokes its lease only if it is the
+    /// lock's own).
+    Lock { name: String, token: u64 },
+    /// A leadership, resigned with its token.
+    Election { name: String, token: u64 },
+    /// A session's lease, revoked: every lock bound to it ends with it.
+    Lease(Uuid),
 }
 
-/// Releases a lock or resigns a leadership held with `token`.
-async fn give_back(
-    client: &Client,
-    kind: Kind,
-    name: &str,
-    token: u64,
-) -> Result<Response<ReleaseResponse>> {
-    match kind {
-        Kind::Lock => client.release(name, token).await,
-        Kind::Election => client.resign(name, token).await,
+impl Held {
+    /// Releases, resigns or revokes, for a drop or a lapse: nobody waits for the answer.
+    async fn give_back(&self, client: &Client) -> Result<()> {
+        match self {
+            Held::Lock { name, token } => client.release(name, *token).await.map(drop),
+            Held::Election { name, token } => client.resign(name, *token).await.map(drop),
+            Held::Lease(lease) => client.revoke_lease(*lease).await.map(drop),
+        }
+    }
+}
+
+/// How a renewal task keeps track of its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Sends keepalives; each accepted one moves the deadline (the module's rule).
+    Renew,
+    /// Someone else renews the lease ([`LockOptions::lease`]): reads it instead, renews
+    /// nothing and keeps no deadline; only a read that finds the lease gone ends the
+    /// hold.
+    Watch,
+}
+
+/// The list of states bound to a session's lease.
+type Bound = Vec<Weak<watch::Sender<HoldState>>>;
+
+/// Where a renewal task publishes its hold: the hold's own state and, for a session,
+/// the state of every lock guard bound to its lease, changed in the same step, so that
+/// such a lock is lost exactly when its session is.
+#[derive(Debug)]
+struct Published {
+    own: Arc<watch::Sender<HoldState>>,
+    /// The states of the locks bound to this hold's lease; those whose guard is gone are
+    /// pruned as they are met.
+    bound: Mutex<Bound>,
+}
+
+impl Published {
+    fn new(state: HoldState) -> Arc<Published> {
+        Arc::new(Published {
+            own: Arc::new(watch::Sender::new(state)),
+            bound: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The bound states. Each change under this lock is a complete one, so a panic
+    /// elsewhere leaves nothing half done.
+    fn bound(&self) -> std::sync::MutexGuard<'_, Bound> {
+        self.bound.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn valid_until(&self) -> Instant {
+        self.own.borrow().valid_until
+    }
+
+    /// Applies `change` to the hold and to every bound lock whose guard still exists;
+    /// returns why the hold had ended before, if it had.
+    fn modify(&self, change: impl Fn(&mut HoldState)) -> Option<LostReason> {
+        let mut bound = self.bound();
+        let mut before = None;
+        self.own.send_modify(|s| {
+            before = s.lost;
+            change(s);
+        });
+        bound.retain(|state| match state.upgrade() {
+            Some(state) => {
+                state.send_modify(&change);
+                true
+            }
+            None => false,
+        });
+        before
+    }
+
+    /// The state of a lock bound to this hold's lease: the hold's as it stands now, and
+    /// changed with it from now on.
+    fn bind(&self) -> Arc<watch::Sender<HoldState>> {
+        let mut bound = self.bound();
+        bound.retain(|state| state.strong_count() > 0);
+        let state = Arc::new(watch::Sender::new(self.own.borrow().clone()));
+        bound.push(Arc::downgrade(&state));
+        state
     }
 }
 
@@ -229,25 +326,25 @@ async fn give_back(
 #[derive(Debug)]
 struct Keeper {
     client: Client,
-    kind: Kind,
-    name: String,
-    token: u64,
+    /// What [`lapse`](Self::lapse) gives back.
+    held: Held,
     lease: Uuid,
     ttl: Duration,
     margin: Duration,
+    mode: Mode,
     /// Whether [`lapse`](Self::lapse) gives the hold back ([`LockOptions::give_back_when_lost`]).
     give_back_when_lost: bool,
-    state: Arc<watch::Sender<HoldState>>,
+    state: Arc<Published>,
 }
 
 impl Keeper {
-    /// Renews the lease until stopped or lost. `last_sent` is the send time the first
-    /// renewal is scheduled from.
+    /// Renews (in [`Mode::Watch`]: reads) the lease until stopped or lost. `last_sent` is
+    /// the send time the first renewal is scheduled from.
     async fn run(self, mut stop: oneshot::Receiver<()>, last_sent: Instant) {
         let mut next = last_sent + renew_interval(self.ttl);
         let mut failures = 0u32;
         loop {
-            let valid_until = self.state.borrow().valid_until;
+            let valid_until = self.state.valid_until();
             tokio::select! {
                 biased;
                 _ = &mut stop => return,
@@ -259,33 +356,46 @@ impl Keeper {
                 biased;
                 _ = &mut stop => return,
                 () = sleep_until(valid_until) => return self.lapse(stop).await,
-                answer = keepalive(&self.client, self.lease, self.ttl) => answer,
+                answer = self.probe() => answer,
             };
             match answer {
-                Ok(_) => {
+                Ok(()) => {
+                    let recovered = failures > 0;
                     failures = 0;
-                    let until = sent + self.ttl.saturating_sub(self.margin);
-                    self.state.send_modify(|s| {
-                        if s.lost.is_none() {
-                            s.valid_until = s.valid_until.max(until);
-                            s.renewals += 1;
-                            s.failures = 0;
+                    match self.mode {
+                        Mode::Renew => {
+                            let until = sent + self.ttl.saturating_sub(self.margin);
+                            self.state.modify(|s| {
+                                if s.lost.is_none() {
+                                    s.valid_until = s.valid_until.max(until);
+                                    s.renewals += 1;
+                                    s.failures = 0;
+                                }
+                            });
                         }
-                    });
+                        // A read only says the lease is still there: nothing to publish
+                        // unless it ends a run of failures.
+                        Mode::Watch if recovered => {
+                            self.state.modify(|s| s.failures = 0);
+                        }
+                        Mode::Watch => {}
+                    }
                     next = sent + renew_interval(self.ttl);
                 }
                 Err(error) if error.is_lease_not_found() => {
-                    self.state.send_modify(|s| {
+                    let error = Arc::new(error);
+                    self.state.modify(|s| {
                         s.lost.get_or_insert(LostReason::LeaseEnded);
-                        s.last_error = Some(Arc::new(error));
+                        s.last_error = Some(error.clone());
                     });
                     return;
                 }
                 Err(error) => {
                     failures += 1;
-                    self.state.send_modify(|s| {
+                    let error = Arc::new(error);
+                    self.state.modify(|s| {
                         s.failures = failures;
-                        s.last_error = Some(Arc::new(error));
+                        s.last_error = Some(error.clone());
                     });
                     next = Instant::now() + backoff(failures, retry_cap(self.ttl));
                 }
@@ -293,11 +403,26 @@ impl Keeper {
         }
     }
 
+    /// One keepalive ([`Mode::Renew`]) or linearizable read ([`Mode::Watch`]) of the
+    /// lease.
+    async fn probe(&self) -> Result<()> {
+        match self.mode {
+            Mode::Renew => keepalive(&self.client, self.lease, self.ttl)
+                .await
+                .map(drop),
+            Mode::Watch => self
+                .client
+                .get_lease(self.lease, Consistency::Linearizable)
+                .await
+                .map(drop),
+        }
+    }
+
     /// The deadline passed without a confirmed renewal: mark the hold lost and (unless
     /// the owner gives it back itself) give it back, so that others need not wait for the
     /// expiry and the lock-delay.
     async fn lapse(self, mut stop: oneshot::Receiver<()>) {
-        self.state.send_modify(|s| {
+        self.state.modify(|s| {
             s.lost.get_or_insert(LostReason::Unconfirmed);
         });
         if !self.give_back_when_lost {
@@ -306,87 +431,112 @@ impl Keeper {
         tokio::select! {
             biased;
             _ = &mut stop => {}
-            _ = give_back(&self.client, self.kind, &self.name, self.token) => {}
+            _ = self.held.give_back(&self.client) => {}
         }
     }
 }
 
-/// A lock or leadership with its renewal task; what [`LockGuard`] and [`Leadership`]
-/// share.
+/// A lock, leadership or session lease with its renewal task, or a lock bound to a
+/// session's lease (renewed by the session's task); what [`LockGuard`], [`Leadership`]
+/// and [`Session`] share.
 #[derive(Debug)]
 struct Hold {
     client: Client,
-    kind: Kind,
-    name: String,
-    token: u64,
-    state: Arc<watch::Sender<HoldState>>,
-    /// Dropping it stops the renewal task. `None` once the hold was given back.
+    held: Held,
+    state: Arc<Published>,
+    /// Dropping it stops the renewal task. `None` once stopped, and for a lock bound to a
+    /// session.
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Set once the hold was stopped: given back, or left to its owner to give back. A
+    /// drop after that gives nothing back.
+    ended: bool,
 }
 
-/// What a hold starts from.
-struct Grant<'a> {
-    kind: Kind,
-    name: &'a str,
-    token: u64,
+/// What a renewed hold starts from.
+struct Grant {
+    held: Held,
     lease: Uuid,
     ttl: Duration,
     margin: Duration,
+    mode: Mode,
     /// See [`LockOptions::give_back_when_lost`].
     give_back_when_lost: bool,
     /// Send time of the request whose success the first period is measured from.
     sent: Instant,
 }
 
+/// Far enough ahead to stand for "no deadline" (tokio's own choice for that).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
 impl Hold {
     /// Starts renewing. Must run inside a tokio runtime.
-    fn start(client: &Client, grant: Grant<'_>) -> Hold {
-        let state = Arc::new(watch::Sender::new(HoldState {
-            valid_until: grant.sent + grant.ttl.saturating_sub(grant.margin),
+    fn start(client: &Client, grant: Grant) -> Hold {
+        let valid_until = match grant.mode {
+            Mode::Renew => grant.sent + grant.ttl.saturating_sub(grant.margin),
+            Mode::Watch => far_future(),
+        };
+        let state = Published::new(HoldState {
+            valid_until,
             lost: None,
             renewals: 0,
             failures: 0,
             last_error: None,
-        }));
+        });
         let (stop, stopped) = oneshot::channel();
         let keeper = Keeper {
             client: client.clone(),
-            kind: grant.kind,
-            name: grant.name.to_owned(),
-            token: grant.token,
+            held: grant.held.clone(),
             lease: grant.lease,
             ttl: grant.ttl,
             margin: grant.margin,
+            mode: grant.mode,
             give_back_when_lost: grant.give_back_when_lost,
             state: state.clone(),
         };
         let task = tokio::spawn(keeper.run(stopped, grant.sent));
         Hold {
             client: client.clone(),
-            kind: grant.kind,
-            name: grant.name.to_owned(),
-            token: grant.token,
+            held: grant.held,
             state,
             stop: Some(stop),
             task: Some(task),
+            ended: false,
+        }
+    }
+
+    /// A lock bound to the lease whose hold publishes to `session`: no task of its own,
+    /// its state changes with the session's.
+    fn bound(client: &Client, session: &Published, held: Held) -> Hold {
+        let state = Arc::new(Published {
+            own: session.bind(),
+            bound: Mutex::new(Vec::new()),
+        });
+        Hold {
+            client: client.clone(),
+            held,
+            state,
+            stop: None,
+            task: None,
+            ended: false,
         }
     }
 
     fn signal(&self) -> LostSignal {
         LostSignal {
-            state: self.state.subscribe(),
+            state: self.state.own.subscribe(),
         }
     }
 
     /// Marks the hold released (or lost, if its deadline passed unnoticed by the renewal
     /// task, so that the reason agrees with what [`LostSignal::lost`] said) and stops the
-    /// renewal task; returns how it stood before.
+    /// renewal task; for a session, marks every lock still bound to it the same way.
+    /// Returns how the hold stood before.
     fn stop(&mut self) -> Option<LostReason> {
-        let mut before = None;
         let now = Instant::now();
-        self.state.send_modify(|s| {
-            before = s.lost;
+        let before = self.state.modify(|s| {
             let reason = if now >= s.valid_until {
                 LostReason::Unconfirmed
             } else {
@@ -395,51 +545,40 @@ impl Hold {
             s.lost.get_or_insert(reason);
         });
         self.stop = None;
+        self.ended = true;
         before
     }
 
-    /// Stops renewing, waits for the renewal task to end, and gives the hold back.
-    async fn finish(&mut self) -> Result<ReleaseResponse> {
+    /// Stops renewing and waits for the renewal task to end. The owner then gives the
+    /// hold back itself; a drop after this gives nothing back.
+    async fn halt(&mut self) {
         self.stop();
         if let Some(task) = self.task.take() {
             // The task ends at its next await point; its outcome carries nothing.
             let _ = task.await;
         }
-        Ok(give_back(&self.client, self.kind, &self.name, self.token)
-            .await?
-            .value)
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.stop.is_none() {
+        if self.ended {
             return;
         }
         let before = self.stop();
-        if before == Some(LostReason::LeaseEnded) {
-            return; // nothing left to give back
+        // Nothing left to give back: the lease ended, or (a lock bound to a session) the
+        // session ended first and gave its lease back.
+        if matches!(before, Some(LostReason::LeaseEnded | LostReason::Released)) {
+            return;
         }
-        give_back_later(
-            &self.client,
-            self.kind,
-            std::mem::take(&mut self.name),
-            self.token,
-            self.task.take(),
-        );
+        give_back_later(&self.client, self.held.clone(), self.task.take());
     }
 }
 
 /// Gives a hold back from a spawned task, after `after` (the renewal task) ended. Best
 /// effort: without a runtime there is no way to send the release, and the lease simply
 /// expires; a runtime that shuts down first (a program exiting) drops it too.
-fn give_back_later(
-    client: &Client,
-    kind: Kind,
-    name: String,
-    token: u64,
-    after: Option<JoinHandle<()>>,
-) {
+fn give_back_later(client: &Client, held: Held, after: Option<JoinHandle<()>>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -448,7 +587,7 @@ fn give_back_later(
         if let Some(task) = after {
             let _ = task.await;
         }
-        let _ = give_back(&client, kind, &name, token).await;
+        let _ = held.give_back(&client).await;
     });
 }
 
@@ -457,9 +596,7 @@ fn give_back_later(
 /// grant back rather than leave it held until its lease expires.
 struct Unheld<'a> {
     client: &'a Client,
-    kind: Kind,
-    name: &'a str,
-    token: u64,
+    held: Held,
     /// Cleared once a [`Hold`] took over, or the grant is known to be gone.
     armed: bool,
 }
@@ -467,13 +604,7 @@ struct Unheld<'a> {
 impl Drop for Unheld<'_> {
     fn drop(&mut self) {
         if self.armed {
-            give_back_later(
-                self.client,
-                self.kind,
-                self.name.to_owned(),
-                self.token,
-                None,
-            );
+            give_back_later(self.client, self.held.clone(), None);
         }
     }
 }
@@ -501,6 +632,19 @@ pub struct LockOptions {
     /// the lock-delay. `false` leaves the lock to the owner, who may still be stopping
     /// the work it guards: it releases (or drops the guard) once that work has stopped.
     pub give_back_when_lost: bool,
+    /// Hold the lock under this existing lease instead of one of its own (`ttl` is then
+    /// not used): a lease from [`Client::create_lease`], or a registration's, that
+    /// *someone else keeps alive*. The acquire grants no lease and a release revokes
+    /// none; the lock ends when that lease does.
+    ///
+    /// The guard does not renew the lease, so it cannot know when the lease could expire
+    /// and promises less than the module's rule: it reads the lease every third of its
+    /// TTL, and [`LockGuard::lost`] fires ([`LostReason::LeaseEnded`]) once a read finds
+    /// it gone — after the server ended it, not before. Its `valid_until` is far in the
+    /// future and `safety_margin` is not used. Whoever renews the lease must stop the
+    /// work before it could expire; with many locks on one lease this process renews,
+    /// use a [`Session`] instead, whose locks keep the full rule.
+    pub lease: Option<Uuid>,
 }
 
 impl Default for LockOptions {
@@ -512,15 +656,19 @@ impl Default for LockOptions {
             lock_delay: None,
             safety_margin: None,
             give_back_when_lost: true,
+            lease: None,
         }
     }
 }
 
 /// A held lock. Renews its lease in the background (every third of the TTL) until
-/// [`release`](Self::release)d, dropped, or lost.
+/// [`release`](Self::release)d, dropped, or lost. A lock under a lease it does not own
+/// renews nothing: one from a [`Session`] is lost when its session is, one under
+/// [`LockOptions::lease`] when a read finds that lease gone (see there).
 ///
 /// Dropping it stops renewing and releases the lock in a spawned task if a tokio runtime
-/// is available (otherwise the lock ends when its lease expires).
+/// is available (otherwise the lock ends when its lease expires, or, bound to another
+/// lease, when that one ends).
 #[derive(Debug)]
 pub struct LockGuard {
     grant: LockGrant,
@@ -538,7 +686,9 @@ impl LockGuard {
         self.grant.token
     }
 
-    /// The lock's own lease, renewed by this guard.
+    /// The lease the lock is bound to: its own, renewed by this guard
+    /// ([`LockGrant::own_lease`]), or the session's or [`LockOptions::lease`] it was
+    /// acquired under.
     pub fn lease(&self) -> Uuid {
         self.grant.lease
     }
@@ -564,25 +714,31 @@ impl LockGuard {
         self.hold.signal()
     }
 
-    /// Until when the lock is certainly held (renewals push it later).
+    /// Until when the lock is certainly held (renewals push it later; a session's lock:
+    /// its session's; under [`LockOptions::lease`]: far in the future, no deadline is
+    /// known).
     pub fn valid_until(&self) -> Instant {
         self.hold.signal().valid_until()
     }
 
-    /// Keepalives the server accepted.
+    /// Keepalives of its lease the server accepted (a session's lock: the session's;
+    /// under [`LockOptions::lease`]: none, the guard only reads that lease).
     pub fn renewals(&self) -> u64 {
         self.hold.signal().renewals()
     }
 
-    /// The last failed keepalive, if any.
+    /// The last failed keepalive (or read of a lease it does not renew), if any.
     pub fn last_error(&self) -> Option<Arc<Error>> {
         self.hold.signal().last_error()
     }
 
-    /// Stops renewing and releases the lock with its token (revoking its lease). A lost
-    /// lock answers `409 token_mismatch` (or the lock is already free).
+    /// Stops renewing and releases the lock with its token, which revokes its lease if it
+    /// is the lock's own (never a session's or [`LockOptions::lease`]). A lost lock
+    /// answers `409 token_mismatch` (or the lock is already free).
     pub async fn release(mut self) -> Result<ReleaseResponse> {
-        self.hold.finish().await
+        self.hold.halt().await;
+        let answer = self.hold.client.release(&self.grant.name, self.grant.token);
+        Ok(answer.await?.value)
     }
 }
 
@@ -694,7 +850,12 @@ impl Leadership {
 
     /// Stops renewing and gives up the lead (revoking the candidacy's lease).
     pub async fn resign(mut self) -> Result<ReleaseResponse> {
-        self.hold.finish().await
+        self.hold.halt().await;
+        let answer = self
+            .hold
+            .client
+            .resign(&self.leader.name, self.leader.token);
+        Ok(answer.await?.value)
     }
 }
 
@@ -767,47 +928,250 @@ impl Observer {
     }
 }
 
-impl Client {
-    /// Acquires the lock `name` with a lease of its own and keeps it renewed; see
-    /// [`LockGuard`]. Not retried once sent: if the answer is lost the lock may have been
-    /// granted, and it ends when its lease expires (TTL plus lock-delay).
+/// The acquire for `options`: under `lease` when given (`options.ttl` is then not sent),
+/// else with a lease of the lock's own.
+fn acquire_request(options: LockOptions, lease: Option<Uuid>) -> AcquireRequest {
+    AcquireRequest {
+        lease,
+        ttl: match lease {
+            Some(_) => None,
+            None => Some(api_spec::format_duration(options.ttl)),
+        },
+        wait: options.wait.map(api_spec::format_duration),
+        holder: options.holder,
+        lock_delay: options.lock_delay.map(api_spec::format_duration),
+    }
+}
+
+/// How [`Client::session`] creates and keeps its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// TTL of the session's lease: how long its locks outlive a client that stopped
+    /// renewing (plus each lock's lock-delay). Between 1 s and 1 day.
+    pub ttl: Duration,
+    /// How long before the earliest possible expiry [`Session::lost`] (and with it every
+    /// lock guard of the session) fires; `None` is [`default_safety_margin`]. A margin
+    /// of the TTL or more makes the session lost at once.
+    pub safety_margin: Option<Duration>,
+    /// Whether the session revokes its lease by itself as soon as it is lost for want of
+    /// a confirmed renewal (default `true`), which ends every lock bound to it at once
+    /// rather than after the expiry and their lock-delays. `false` leaves that to the
+    /// owner, who may still be stopping the work the locks guard: it closes (or drops)
+    /// the session, or releases the locks, once that work has stopped. What
+    /// [`LockOptions::give_back_when_lost`] is for a lock of its own, for all the
+    /// session's locks at once.
+    pub give_back_when_lost: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            ttl: DEFAULT_HOLD_TTL,
+            safety_margin: None,
+            give_back_when_lost: true,
+        }
+    }
+}
+
+/// One lease that many locks are bound to, renewed in the background like a lock's own
+/// (every third of the TTL): one keepalive stream for all of them, an acquire
+/// ([`lock`](Self::lock)) that is one write and grants no lease, and a release that
+/// revokes none.
+///
+/// The session is lost by the module's rule (see the [module docs](self)): no later
+/// than the TTL after the send time of its last confirmed renewal, minus the safety
+/// margin, or as soon as a keepalive answers that the lease is gone. Every lock guard
+/// taken through it is lost at that same moment for the same reason: the session's
+/// renewal task publishes into them in the same step, and they renew nothing themselves.
+/// Such a guard is also lost once released, or once the session is closed or dropped
+/// ([`LostReason::Released`]). It releases its lock on [`LockGuard::release`] or drop,
+/// but never revokes the session's lease.
+///
+/// [`close`](Self::close) stops renewing and revokes the lease, which ends every lock
+/// still bound to it. Dropping the session stops renewing too and revokes the lease in a
+/// spawned task if a tokio runtime is available (otherwise the lease, and its locks,
+/// expire after the TTL).
+#[derive(Debug)]
+pub struct Session {
+    lease: LeaseInfo,
+    ttl: Duration,
+    hold: Hold,
+}
+
+impl Session {
+    /// The session's lease.
+    pub fn lease(&self) -> Uuid {
+        self.lease.lease
+    }
+
+    /// The lease's TTL as the server granted it.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The lease as the server granted it.
+    pub fn lease_info(&self) -> &LeaseInfo {
+        &self.lease
+    }
+
+    /// Acquires the lock `name` under the session's lease: one write, no lease granted.
+    /// Of `options`, `wait`, `holder` and `lock_delay` apply; `ttl`, `lease`,
+    /// `safety_margin` and `give_back_when_lost` are the session's and not used. The
+    /// guard renews nothing and is lost when the session is (see [`Session`]).
+    ///
+    /// A session that is lost already gives a guard that is lost at once, if its lease
+    /// still exists (else the acquire answers `404 lease_not_found`). Not retried once
+    /// sent: if the answer is lost, the lock may have been granted, and it ends with the
+    /// session's lease.
     pub async fn lock(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
-        let request = AcquireRequest {
-            lease: None,
-            ttl: Some(api_spec::format_duration(options.ttl)),
-            wait: options.wait.map(api_spec::format_duration),
-            holder: options.holder,
-            lock_delay: options.lock_delay.map(api_spec::format_duration),
+        let client = &self.hold.client;
+        let request = acquire_request(options, Some(self.lease()));
+        let grant = client.acquire(name, &request).await?.value;
+        // Nothing is awaited from here on: a cancelled call cannot strand the grant.
+        let held = Held::Lock {
+            name: name.to_owned(),
+            token: grant.token,
         };
+        let hold = Hold::bound(client, &self.hold.state, held);
+        Ok(LockGuard { grant, hold })
+    }
+
+    /// Completes as soon as the client can no longer be sure the lease lives: before the
+    /// server could let it expire (and give the session's locks to anyone else). See
+    /// [`LostSignal::lost`].
+    pub async fn lost(&self) -> LostReason {
+        self.hold.signal().lost().await
+    }
+
+    /// Whether the session is lost, without waiting.
+    pub fn is_lost(&self) -> bool {
+        self.hold.signal().is_lost()
+    }
+
+    /// A cloneable signal of this session's loss.
+    pub fn lost_signal(&self) -> LostSignal {
+        self.hold.signal()
+    }
+
+    /// Until when the lease certainly lives (renewals push it later).
+    pub fn valid_until(&self) -> Instant {
+        self.hold.signal().valid_until()
+    }
+
+    /// Keepalives the server accepted.
+    pub fn renewals(&self) -> u64 {
+        self.hold.signal().renewals()
+    }
+
+    /// The last failed keepalive, if any.
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.hold.signal().last_error()
+    }
+
+    /// Stops renewing and revokes the lease: every lock still bound to it ends (at once,
+    /// without lock-delay) and every guard of one is lost ([`LostReason::Released`]). A
+    /// lease that is gone already (it ended, or a first attempt whose answer was lost
+    /// revoked it) counts as revoked. If the revoke fails, the lease and its locks end
+    /// when it expires, the TTL after its last renewal.
+    pub async fn close(mut self) -> Result<()> {
+        self.hold.halt().await;
+        match self.hold.client.revoke_lease(self.lease()).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_lease_not_found() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl Client {
+    /// Acquires the lock `name` and keeps it: with a lease of its own that the guard
+    /// renews or, with [`LockOptions::lease`], under a lease someone else renews; see
+    /// [`LockGuard`]. (Many locks on one lease this client renews: [`Client::session`].)
+    /// Not retried once sent: if the answer is lost the lock may have been granted, and
+    /// it ends when its lease does (its own expires after the TTL, plus the lock-delay).
+    pub async fn lock(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
+        let borrowed = options.lease;
+        let give_back_when_lost = options.give_back_when_lost;
+        let safety_margin = options.safety_margin;
+        let request = acquire_request(options, borrowed);
         let sent = Instant::now();
         let grant = self.acquire(name, &request).await?.value;
-        let mut unheld = Unheld {
-            client: self,
-            kind: Kind::Lock,
-            name,
+        let held = Held::Lock {
+            name: name.to_owned(),
             token: grant.token,
-            armed: true,
         };
         let ttl = Duration::from_millis(grant.ttl_ms);
-        let margin = options
-            .safety_margin
-            .unwrap_or_else(|| default_safety_margin(ttl));
+        if borrowed.is_some() {
+            // Someone else renews the lease: the guard only watches it. Nothing is
+            // awaited between the grant and the hold, so no cancellation can strand it.
+            let hold = Hold::start(
+                self,
+                Grant {
+                    held,
+                    lease: grant.lease,
+                    ttl,
+                    margin: Duration::ZERO,
+                    mode: Mode::Watch,
+                    give_back_when_lost,
+                    sent,
+                },
+            );
+            return Ok(LockGuard { grant, hold });
+        }
+        let mut unheld = Unheld {
+            client: self,
+            held: held.clone(),
+            armed: true,
+        };
+        let margin = safety_margin.unwrap_or_else(|| default_safety_margin(ttl));
         let sent = self.confirm(grant.lease, ttl, sent, &mut unheld).await?;
         let hold = Hold::start(
             self,
             Grant {
-                kind: Kind::Lock,
-                name,
-                token: grant.token,
+                held,
                 lease: grant.lease,
                 ttl,
                 margin,
-                give_back_when_lost: options.give_back_when_lost,
+                mode: Mode::Renew,
+                give_back_when_lost,
                 sent,
             },
         );
         unheld.armed = false;
         Ok(LockGuard { grant, hold })
+    }
+
+    /// Creates a lease (`POST /v1/leases`) and keeps it renewed, for many locks at once;
+    /// see [`Session`]. Not retried once sent, like [`create_lease`](Self::create_lease):
+    /// if the answer is lost, the lease expires after its TTL.
+    pub async fn session(&self, options: SessionOptions) -> Result<Session> {
+        let sent = Instant::now();
+        let lease = self.create_lease(options.ttl).await?.value;
+        let held = Held::Lease(lease.lease);
+        let mut unheld = Unheld {
+            client: self,
+            held: held.clone(),
+            armed: true,
+        };
+        let ttl = Duration::from_millis(lease.ttl_ms);
+        let margin = options
+            .safety_margin
+            .unwrap_or_else(|| default_safety_margin(ttl));
+        let sent = self.confirm(lease.lease, ttl, sent, &mut unheld).await?;
+        let hold = Hold::start(
+            self,
+            Grant {
+                held,
+                lease: lease.lease,
+                ttl,
+                margin,
+                mode: Mode::Renew,
+                give_back_when_lost: options.give_back_when_lost,
+                sent,
+            },
+        );
+        unheld.armed = false;
+        Ok(Session { lease, ttl, hold })
     }
 
     /// Campaigns in election `name` with a lease of its own and keeps leading until the
@@ -822,11 +1186,13 @@ impl Client {
         };
         let sent = Instant::now();
         let answer = self.campaign(name, &request).await?.value;
+        let held = Held::Election {
+            name: name.to_owned(),
+            token: answer.leader.token,
+        };
         let mut unheld = Unheld {
             client: self,
-            kind: Kind::Election,
-            name,
-            token: answer.leader.token,
+            held: held.clone(),
             armed: true,
         };
         let ttl = Duration::from_millis(answer.ttl_ms);
@@ -840,12 +1206,11 @@ impl Client {
         let hold = Hold::start(
             self,
             Grant {
-                kind: Kind::Election,
-                name,
-                token: leader.token,
+                held,
                 lease: leader.lease,
                 ttl,
                 margin,
+                mode: Mode::Renew,
                 give_back_when_lost: options.give_back_when_lost,
                 sent,
             },
@@ -1088,17 +1453,25 @@ mod tests {
     const NO_LEADER: &str = r#"{"error":{"code":"no_leader","message":"electing"}}"#;
     const RELEASED: &str = r#"{"name":"l","token":7,"released":true,"lease_revoked":true}"#;
 
-    fn grant(sent: Instant) -> Grant<'static> {
+    fn grant(sent: Instant) -> Grant {
         Grant {
-            kind: Kind::Lock,
-            name: "l",
-            token: 7,
+            held: Held::Lock {
+                name: "l".into(),
+                token: 7,
+            },
             lease: Uuid::new_v4(),
             ttl: Duration::from_secs(1),
             margin: Duration::from_millis(200),
+            mode: Mode::Renew,
             give_back_when_lost: true,
             sent,
         }
+    }
+
+    /// What [`LockGuard::release`] does with its hold.
+    async fn finish(hold: &mut Hold) -> Result<ReleaseResponse> {
+        hold.halt().await;
+        Ok(hold.client.release("l", 7).await?.value)
     }
 
     #[tokio::test]
@@ -1159,7 +1532,7 @@ mod tests {
         assert!(signal.valid_until() > sent + Duration::from_millis(1500));
         // Stopping marks it released; the release itself reaches the canned server,
         // whose body is no release answer.
-        assert!(hold.finish().await.is_err());
+        assert!(finish(&mut hold).await.is_err());
         assert_eq!(signal.reason(), Some(LostReason::Released));
         assert!(signal.is_lost());
     }
@@ -1213,7 +1586,7 @@ mod tests {
         // The first test's release came within a round trip; give this one many.
         sleep(Duration::from_millis(300)).await;
         assert_eq!(releases(&seen), 0, "given back behind the owner's back");
-        let released = hold.finish().await.unwrap();
+        let released = finish(&mut hold).await.unwrap();
         assert!(released.released);
         assert_eq!(releases(&seen), 1);
     }
@@ -1250,5 +1623,165 @@ mod tests {
             "not given back: {:?}",
             seen.lock().unwrap()
         );
+    }
+
+    const LEASE: &str = r#"{"lease":"6f1e1c1e-0000-4000-8000-000000000000","ttl":"1s","ttl_ms":1000,"granted_index":3,"granted_at_ms":1,"remaining_ms":1000}"#;
+    const LEASE_GONE: &str = r#"{"error":{"code":"lease_not_found","message":"gone"}}"#;
+
+    #[test]
+    fn a_session_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Session>();
+        shareable::<LockGuard>();
+    }
+
+    fn session_grant(sent: Instant) -> Grant {
+        Grant {
+            held: Held::Lease(Uuid::new_v4()),
+            ..grant(sent)
+        }
+    }
+
+    fn bound_lock(client: &Client, session: &Hold, token: u64) -> Hold {
+        let held = Held::Lock {
+            name: format!("l{token}"),
+            token,
+        };
+        Hold::bound(client, &session.state, held)
+    }
+
+    #[tokio::test]
+    async fn locks_bound_to_a_session_share_its_renewals_and_its_end() {
+        let (addr, seen) = scripted(|_| Some((200, LEASE, Duration::ZERO))).await;
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let mut session = Hold::start(&client, session_grant(sent));
+        let kept = bound_lock(&client, &session, 1);
+        let mut released = bound_lock(&client, &session, 2);
+        let (kept_signal, released_signal) = (kept.signal(), released.signal());
+
+        // Past the TTL: the session's renewals carry both locks, which send nothing.
+        sleep(Duration::from_millis(1500)).await;
+        assert!(!session.signal().is_lost() && !kept_signal.is_lost());
+        assert!(kept_signal.renewals() >= 3, "{}", kept_signal.renewals());
+        assert_eq!(kept_signal.renewals(), session.signal().renewals());
+        assert_eq!(kept_signal.valid_until(), session.signal().valid_until());
+        let keepalives = seen.lock().unwrap().len();
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|l| l.starts_with("PUT /v1/leases/")),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+
+        // Releasing one lock ends that guard only.
+        released.halt().await;
+        assert_eq!(released_signal.reason(), Some(LostReason::Released));
+        assert!(!session.signal().is_lost() && !kept_signal.is_lost());
+
+        // A lock taken later starts from the session's state as it stands; dropping its
+        // guard while the session lives releases it.
+        let late = bound_lock(&client, &session, 3);
+        assert_eq!(late.signal().valid_until(), session.signal().valid_until());
+        drop(late);
+        assert!(arrives(&seen, |l| l == "POST /v1/locks/l3/release").await);
+
+        // The session's end is the locks' end, at once.
+        session.halt().await;
+        assert_eq!(kept_signal.reason(), Some(LostReason::Released));
+        assert_eq!(released_signal.reason(), Some(LostReason::Released));
+        assert!(keepalives >= 3, "{keepalives} keepalives");
+        drop(kept);
+        drop(released);
+        // Those guards give nothing back when dropped: their locks end with the
+        // session's lease (its owner revokes it).
+        sleep(Duration::from_millis(100)).await;
+        assert_eq!(releases(&seen), 1, "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_lease_is_gone_loses_every_lock_bound_to_it() {
+        let addr = canned(404, LEASE_GONE).await;
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let session = Hold::start(&client, session_grant(sent));
+        let lock = bound_lock(&client, &session, 1);
+        assert_eq!(lock.signal().lost().await, LostReason::LeaseEnded);
+        assert_eq!(session.signal().reason(), Some(LostReason::LeaseEnded));
+        assert!(sent.elapsed() < Duration::from_millis(700), "{sent:?}");
+        assert!(lock.signal().last_error().unwrap().is_lease_not_found());
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_session_revokes_its_lease_and_its_locks_are_lost_with_it() {
+        let (addr, seen) = scripted(|line| {
+            if line.starts_with("DELETE ") {
+                Some((
+                    200,
+                    r#"{"lease":"6f1e1c1e-0000-4000-8000-000000000000","revoked":true}"#,
+                    Duration::ZERO,
+                ))
+            } else {
+                Some((503, NO_LEADER, Duration::ZERO))
+            }
+        })
+        .await;
+        let client = Client::new([addr]).unwrap();
+        let session = Hold::start(&client, session_grant(Instant::now()));
+        let lock = bound_lock(&client, &session, 1);
+        assert_eq!(lock.signal().lost().await, LostReason::Unconfirmed);
+        assert!(
+            arrives(&seen, |l| l.starts_with("DELETE /v1/leases/")).await,
+            "no revoke after the lapse: {:?}",
+            seen.lock().unwrap()
+        );
+        // The renewal task said why, to the session and the lock alike, before revoking.
+        assert_eq!(session.signal().reason(), Some(LostReason::Unconfirmed));
+        assert_eq!(lock.signal().reason(), Some(LostReason::Unconfirmed));
+    }
+
+    #[tokio::test]
+    async fn a_watched_lease_is_read_not_renewed_and_lost_only_once_gone() {
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (addr, seen) = scripted({
+            let gone = gone.clone();
+            move |_| {
+                if gone.load(std::sync::atomic::Ordering::SeqCst) {
+                    Some((404, LEASE_GONE, Duration::ZERO))
+                } else {
+                    Some((200, LEASE, Duration::ZERO))
+                }
+            }
+        })
+        .await;
+        let client = Client::new([addr]).unwrap();
+        let sent = Instant::now();
+        let hold = Hold::start(
+            &client,
+            Grant {
+                mode: Mode::Watch,
+                margin: Duration::ZERO,
+                ..grant(sent)
+            },
+        );
+        let signal = hold.signal();
+        // Well past the TTL: no deadline, and nothing but reads went out.
+        sleep(Duration::from_millis(1500)).await;
+        assert!(!signal.is_lost());
+        assert!(signal.valid_until() > sent + Duration::from_secs(3600));
+        assert_eq!(signal.renewals(), 0);
+        {
+            let seen = seen.lock().unwrap();
+            assert!(seen.len() >= 3, "{seen:?}");
+            assert!(
+                seen.iter().all(|l| l.starts_with("GET /v1/leases/")),
+                "{seen:?}"
+            );
+        }
+        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let lost = tokio::time::timeout(Duration::from_secs(2), signal.lost()).await;
+        assert_eq!(lost, Ok(LostReason::LeaseEnded));
     }
 }

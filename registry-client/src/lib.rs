@@ -17,6 +17,7 @@
 //! - **Locks and elections** ([`Client::lock`], [`Client::elect`], [`Client::observe`]):
 //!   guards with the fencing token that renew their lease and say when the lock may be
 //!   lost ([`LockGuard::lost`]) before the server could have given it to someone else.
+//!   A [`Session`] ([`Client::session`]) renews one lease for many locks.
 //! - **The raw API**, one method per route: catalog ([`Client::register`],
 //!   [`Client::service`], ...), locks ([`Client::acquire`], [`Client::release`], ...),
 //!   elections, leases ([`Client::create_lease`], [`Client::keepalive`], ...), cluster
@@ -32,7 +33,7 @@
 //! connection set per [`Client`], a per-request timeout (default [`DEFAULT_TIMEOUT`];
 //! requests the server holds, such as blocking queries and waiting acquires, get their
 //! wait on top). A bare lease from [`Client::create_lease`] is not kept alive by itself;
-//! the guards keep theirs.
+//! the guards keep theirs, and a [`Session`] its own.
 //!
 //! TLS: `https://host:port` endpoints, or bare `host:port` ones once a TLS option is set,
 //! are reached over TLS (rustls with the ring provider; no OpenSSL). The server's
@@ -90,7 +91,8 @@ pub use api_spec::{
 pub use discovery::{Endpoints, Resolved, ServicePolicy};
 pub use error::{Conflict, Error, TlsInput};
 pub use handles::{
-    CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer,
+    CampaignOptions, Leadership, LockGuard, LockOptions, LostReason, LostSignal, Observer, Session,
+    SessionOptions,
 };
 pub use registration::{Registration, RegistrationState};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};

@@ -3,7 +3,8 @@
 //! deregisters on shutdown and drop; a lock guard and a registration riding out a leader
 //! SIGKILL; a lock guard cut off from the registry signalling `lost()` before the server
 //! grants the lock to someone else; lock hand-over and release on drop; elections through
-//! leadership handles and an observer.
+//! leadership handles and an observer; many locks on one session's lease, and a lock
+//! under a lease someone else renews.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, ensure, Context as _, Result};
 use api_spec::{codes, ElectionLeader, Instance, InstanceStatus, RegisterRequest};
 use registry_client::{
-    CampaignOptions, Client, LockOptions, LostReason, Observer, ReadOptions, ServiceQuery,
+    CampaignOptions, Client, Consistency, LockOptions, LostReason, Observer, ReadOptions,
+    ServiceQuery, SessionOptions,
 };
 use tests::{must_pass, wait_until, Cluster};
 
@@ -626,6 +628,277 @@ async fn elections_through_leadership_handles_and_an_observer() {
             "{resigned:?}"
         );
         observe_until(&mut observer, "nobody leading", Option::is_none).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Leases alive, as `registry_leases` in the server's `/metrics` says (read from its
+/// state at scrape time).
+async fn lease_count(addr: &str) -> Result<u64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("registry_leases "))
+        .with_context(|| format!("no registry_leases in /metrics:\n{text}"))?;
+    let value: f64 = value.trim().parse().context("registry_leases")?;
+    Ok(value as u64)
+}
+
+/// The token the lock's holder holds it with, `None` when it is free.
+async fn holder_token(client: &Client, name: &str) -> Result<Option<u64>> {
+    let info = client.lock_info(name, ReadOptions::default()).await?.value;
+    Ok(info.holder.and_then(|h| h.token))
+}
+
+#[tokio::test]
+async fn a_session_holds_many_locks_on_one_lease_and_ends_them_on_close() {
+    const TTL: Duration = Duration::from_secs(1);
+    let cluster = Cluster::start_single(&[]).await.expect("start the server");
+    must_pass(async {
+        let client = cluster.client();
+        let addr = cluster.addr(1);
+        let before = lease_count(&addr).await?;
+        let session = client
+            .session(SessionOptions {
+                ttl: TTL,
+                ..SessionOptions::default()
+            })
+            .await?;
+        ensure!(session.ttl() == TTL, "ttl {:?}", session.ttl());
+        let options = |holder: &str| LockOptions {
+            holder: Some(holder.into()),
+            ..LockOptions::default()
+        };
+        let a = session.lock("sess-a", options("a")).await?;
+        let b = session.lock("sess-b", options("b")).await?;
+        for guard in [&a, &b] {
+            ensure!(
+                guard.lease() == session.lease()
+                    && !guard.grant().own_lease
+                    && guard.grant().ttl_ms == 1000,
+                "{:?}, session lease {}",
+                guard.grant(),
+                session.lease()
+            );
+        }
+        ensure!(
+            a.token() > 0 && b.token() > a.token(),
+            "tokens {} and {}",
+            a.token(),
+            b.token()
+        );
+        // One lease for the session, none for either lock.
+        let with_session = lease_count(&addr).await?;
+        ensure!(
+            with_session == before + 1,
+            "{before} leases before, {with_session} with a session holding two locks"
+        );
+
+        // Through three TTLs the session's keepalives carry both locks.
+        ensure_for(3 * TTL, "both locks to stay held", || async {
+            ensure!(
+                !session.is_lost(),
+                "session lost: {:?}",
+                session.last_error()
+            );
+            ensure!(!a.is_lost() && !b.is_lost(), "a lock guard lost");
+            ensure!(holder_token(&client, "sess-a").await? == Some(a.token()));
+            ensure!(holder_token(&client, "sess-b").await? == Some(b.token()));
+            Ok(())
+        })
+        .await?;
+        ensure!(
+            session.renewals() >= 6,
+            "{} renewals in 3 TTLs",
+            session.renewals()
+        );
+        ensure!(
+            a.renewals() >= 6 && b.renewals() >= 6,
+            "the locks saw {} and {} of the session's renewals",
+            a.renewals(),
+            b.renewals()
+        );
+
+        // Releasing one lock revokes no lease: the other stays held, the session alive.
+        let a_token = a.token();
+        let released = a.release().await?;
+        ensure!(
+            released.released && !released.lease_revoked && released.token == a_token,
+            "{released:?}"
+        );
+        ensure!(
+            holder_token(&client, "sess-a").await?.is_none(),
+            "sess-a still held"
+        );
+        ensure!(
+            holder_token(&client, "sess-b").await? == Some(b.token()),
+            "sess-b not held"
+        );
+        client
+            .get_lease(session.lease(), Consistency::Linearizable)
+            .await
+            .context("the session's lease after releasing one lock")?;
+        ensure!(
+            !session.is_lost() && !b.is_lost(),
+            "lost after releasing sess-a"
+        );
+        let after_release = lease_count(&addr).await?;
+        ensure!(
+            after_release == before + 1,
+            "{after_release} leases after a release, {before} before the session"
+        );
+
+        // A lock taken again on the same session: still no lease of its own.
+        let again = session.lock("sess-a", options("a again")).await?;
+        ensure!(
+            again.token() > b.token(),
+            "token {} after {}",
+            again.token(),
+            b.token()
+        );
+        ensure!(
+            lease_count(&addr).await? == before + 1,
+            "a lease per acquire"
+        );
+        drop(again);
+        wait_until(SOON, "the dropped guard to release sess-a", || async {
+            ensure!(holder_token(&client, "sess-a").await?.is_none());
+            Ok(())
+        })
+        .await?;
+        client
+            .get_lease(session.lease(), Consistency::Linearizable)
+            .await
+            .context("the session's lease after dropping a lock guard")?;
+
+        // Closing the session revokes its lease, which ends the lock still bound to it
+        // (cleanly: no lock-delay), and its guard knows.
+        let lease = session.lease();
+        let b_lost = b.lost_signal();
+        session.close().await?;
+        ensure!(
+            b_lost.reason() == Some(LostReason::Released) && b.is_lost(),
+            "b after close: {:?}",
+            b_lost.reason()
+        );
+        let info = client
+            .lock_info("sess-b", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(!info.held && info.delay_until_ms.is_none(), "{info:?}");
+        let gone = client.get_lease(lease, Consistency::Linearizable).await;
+        ensure!(
+            gone.as_ref()
+                .is_err_and(registry_client::Error::is_lease_not_found),
+            "the session's lease after close: {gone:?}"
+        );
+        ensure!(
+            lease_count(&addr).await? == before,
+            "leases left after close"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_lease_loses_its_session_and_locks_and_a_borrowed_lease_lock() {
+    const TTL: Duration = Duration::from_secs(2);
+    let cluster = Cluster::start_single(&[]).await.expect("start the server");
+    must_pass(async {
+        let client = cluster.client();
+        let session = client
+            .session(SessionOptions {
+                ttl: TTL,
+                ..SessionOptions::default()
+            })
+            .await?;
+        let guard = session
+            .lock("under-session", LockOptions::default())
+            .await?;
+        let lost = tokio::spawn({
+            let signal = guard.lost_signal();
+            async move { signal.lost().await }
+        });
+
+        // Revoked behind the session's back: its next keepalive hears that the lease is
+        // gone, and the session and its lock are lost at once, for that reason.
+        client.revoke_lease(session.lease()).await?;
+        let revoked = Instant::now();
+        let reason = tokio::time::timeout(TTL, session.lost())
+            .await
+            .context("the session did not notice its lease was revoked")?;
+        ensure!(reason == LostReason::LeaseEnded, "session lost: {reason:?}");
+        ensure!(
+            session.last_error().is_some_and(|e| e.is_lease_not_found()),
+            "{:?}",
+            session.last_error()
+        );
+        let reason = tokio::time::timeout(SOON, lost).await??;
+        ensure!(reason == LostReason::LeaseEnded, "lock lost: {reason:?}");
+        ensure!(guard.is_lost(), "the guard does not say it is lost");
+        println!("lost {:?} after the revoke", revoked.elapsed());
+        ensure!(
+            holder_token(&client, "under-session").await?.is_none(),
+            "the lock outlived its lease"
+        );
+        drop(guard);
+        // Nothing left to revoke: close says so without an error.
+        session.close().await?;
+
+        // A lock under a lease the caller keeps alive itself: its guard renews nothing,
+        // but notices once the lease is gone.
+        let lease = client.create_lease(TTL).await?.value.lease;
+        let borrowed = client
+            .lock(
+                "under-lease",
+                LockOptions {
+                    lease: Some(lease),
+                    ..LockOptions::default()
+                },
+            )
+            .await?;
+        ensure!(
+            borrowed.lease() == lease && !borrowed.grant().own_lease,
+            "{:?}",
+            borrowed.grant()
+        );
+        // Kept alive by the test for two TTLs: the guard holds on, sending no keepalives.
+        ensure_for(2 * TTL, "the borrowed-lease lock to stay held", || async {
+            client.keepalive(lease).await?;
+            ensure!(!borrowed.is_lost(), "lost: {:?}", borrowed.last_error());
+            ensure!(holder_token(&client, "under-lease").await? == Some(borrowed.token()));
+            Ok(())
+        })
+        .await?;
+        ensure!(borrowed.renewals() == 0, "{} renewals", borrowed.renewals());
+        // Releasing it leaves the lease alone.
+        let released = borrowed.release().await?;
+        ensure!(released.released && !released.lease_revoked, "{released:?}");
+        client
+            .keepalive(lease)
+            .await
+            .context("the lease after the release")?;
+
+        let borrowed = client
+            .lock(
+                "under-lease",
+                LockOptions {
+                    lease: Some(lease),
+                    ..LockOptions::default()
+                },
+            )
+            .await?;
+        client.revoke_lease(lease).await?;
+        let reason = tokio::time::timeout(TTL + SOON, borrowed.lost())
+            .await
+            .context("the borrowed-lease guard did not notice the revoke")?;
+        ensure!(reason == LostReason::LeaseEnded, "lost: {reason:?}");
         Ok(())
     })
     .await;

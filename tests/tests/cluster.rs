@@ -498,7 +498,7 @@ async fn a_learner_serves_stale_reads_and_blocking_queries_without_voting() {
             CATCH_UP_TIMEOUT,
             "node 4 to replicate the instance",
             || async {
-                let answer = learner.service("web", &query, stale.clone()).await?;
+                let answer = learner.service("web", &query, stale).await?;
                 ensure!(answer.value.instances.len() == 1, "{:?}", answer.value);
                 answer.index.context("an index header")
             },

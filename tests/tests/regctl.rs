@@ -1,7 +1,8 @@
 //! `regctl` as a user runs it: real `regctl` processes against real `registry-server`
 //! processes. Registration round trips in text and JSON, heartbeating, `regctl lock`
 //! handing the fencing token to its command and returning its exit code, stopping the
-//! command when the lock is lost, passing SIGTERM on, waiting commands taking turns, and
+//! command when the lock is lost, passing SIGTERM on, waiting commands taking turns, a
+//! lock held under an existing lease that regctl leaves alone (and does not renew), and
 //! `regctl elect` / `regctl cluster status` on a three-node cluster (across a failover).
 //!
 //! The `regctl` binary is `$REGCTL_BIN` if set, else `target/<profile>/regctl` next to the
@@ -707,6 +708,111 @@ async fn lock_passes_sigterm_to_the_command_then_releases() {
         );
         let after = client.lock_info("fw", ReadOptions::default()).await?.value;
         ensure!(!after.held, "not released: {after:?}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lock_under_an_existing_lease_releases_the_lock_and_leaves_the_lease() {
+    let cluster = Cluster::start_single(&[]).await.expect("start");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let client = cluster.client();
+        let dir = TempDir::new()?;
+        let created = run(&addr, &["lease", "create", "--ttl", "1m"]).await?;
+        created.ensure_code(0, "regctl lease create")?;
+        let lease = created.stdout.trim().to_owned();
+        let script = r#"echo "$REGISTRY_LOCK_TOKEN $REGISTRY_LOCK_LEASE" > "$DIR/env"
+            while [ ! -e "$DIR/go" ]; do sleep 0.05; done"#;
+        let child = regctl(
+            &addr,
+            &[
+                "lock", "shared", "--lease", &lease, "--", "sh", "-c", script,
+            ],
+        )
+        .env("DIR", dir.path())
+        .spawn()?;
+        let env = wait_for_file(&dir.path().join("env")).await?;
+        let fields: Vec<&str> = env.split(' ').collect();
+        let [token, seen_lease] = fields.as_slice() else {
+            bail!("the command saw {env:?}");
+        };
+        let token: u64 = token.parse().context("REGISTRY_LOCK_TOKEN")?;
+        ensure!(
+            *seen_lease == lease,
+            "REGISTRY_LOCK_LEASE {seen_lease}, lease {lease}"
+        );
+
+        // While the command runs, the lock is held under that lease, not one of its own.
+        let lock = client
+            .lock_info("shared", ReadOptions::default())
+            .await?
+            .value;
+        let holder = lock.holder.context("the lock is not held")?;
+        ensure!(
+            holder.token == Some(token)
+                && holder.lease.map(|l| l.to_string()) == Some(lease.clone())
+                && !holder.own_lease,
+            "registry holder {holder:?}, lease {lease}"
+        );
+
+        touch(&dir.path().join("go"))?;
+        let done = finish(child, "regctl lock --lease").await?;
+        done.ensure_code(0, "regctl lock --lease -- sh")?;
+        let after = client
+            .lock_info("shared", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(
+            !after.held && after.holder.is_none(),
+            "not released: {after:?}"
+        );
+        // The lease outlives the lock.
+        let shown = run(&addr, &["lease", "get", &lease]).await?;
+        shown.ensure_code(0, "regctl lease get after the lock")?;
+        ensure!(shown.stdout.contains(&lease), "{:?}", shown.stdout);
+
+        // regctl does not renew a lease it was given: one nobody keeps alive expires
+        // under the running command, and regctl stops it as for a lost lock.
+        let created = run(&addr, &["lease", "create", "--ttl", "3s"]).await?;
+        created.ensure_code(0, "regctl lease create --ttl 3s")?;
+        let short = created.stdout.trim().to_owned();
+        let started = Instant::now();
+        let done = run(
+            &addr,
+            &[
+                "lock",
+                "shared",
+                "--lease",
+                &short,
+                "--",
+                "sh",
+                "-c",
+                "exec sleep 60",
+            ],
+        )
+        .await?;
+        let took = started.elapsed();
+        done.ensure_code(EXIT_LOST, "regctl lock --lease on a lease nobody renews")?;
+        ensure!(
+            done.stderr.contains("lost lock shared") && done.stderr.contains("its lease ended"),
+            "stderr: {:?}",
+            done.stderr
+        );
+        ensure!(
+            took < Duration::from_secs(20),
+            "took {took:?} to notice the lease expired"
+        );
+        let after = client
+            .lock_info("shared", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(!after.held, "held after its lease expired: {after:?}");
+        // The first lease is still there, never renewed by either run.
+        run(&addr, &["lease", "get", &lease])
+            .await?
+            .ensure_code(0, "regctl lease get at the end")?;
         Ok(())
     })
     .await;

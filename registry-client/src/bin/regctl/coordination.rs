@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use api_spec::{codes, CampaignResponse, LockInfo, ReleaseResponse};
 use clap::Args;
-use registry_client::{CampaignOptions, Error, Leadership, LockGuard, LockOptions, ReadOptions};
+use registry_client::{
+    CampaignOptions, Error, Leadership, LockGuard, LockOptions, ReadOptions, Uuid,
+};
 
 use crate::output::{self, describe, warn, Failure};
 use crate::supervise::{
@@ -23,6 +25,13 @@ pub struct LockArgs {
     /// TTL of the lock's own lease, renewed every TTL/3 while the command runs.
     #[arg(long, value_parser = duration, default_value = "15s")]
     pub ttl: Duration,
+    /// Hold the lock under this existing lease (from `regctl lease create`, or a
+    /// registration's) instead of a lease of its own. regctl does not renew it: the
+    /// caller keeps it alive. The lock is released when the command ends and the lease
+    /// is left alone; if the lease ends first (regctl reads it every third of its TTL),
+    /// the command is stopped as for a lost lock.
+    #[arg(long, value_name = "ID", conflicts_with = "ttl")]
+    pub lease: Option<Uuid>,
     /// How long to wait in line when the lock is held (at most 10m; 0s: give up at once).
     #[arg(long, value_parser = duration, default_value = "1m")]
     pub wait: Duration,
@@ -103,6 +112,7 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
         safety_margin: Some(safety_margin(args.ttl)),
         // Given back here, once the command has stopped.
         give_back_when_lost: false,
+        lease: args.lease,
     };
     let guard = tokio::select! {
         answer = cx.client.lock(name, options) => match answer {
@@ -116,7 +126,7 @@ pub async fn lock(cx: &Context, args: LockArgs) -> Result<u8, Failure> {
     };
     let (token, lease) = (guard.token(), guard.lease());
     let ttl = Duration::from_millis(guard.grant().ttl_ms);
-    let lost = supervise::lost(guard.lost_signal(), lease, ttl);
+    let lost = supervise::lost(guard.lost_signal(), lease, ttl, args.lease.is_none());
     let give_back = |guard: LockGuard, quiet: bool| {
         GiveBack::lock(name, token, args.verbose).run(guard.release(), quiet)
     };
@@ -376,7 +386,7 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
         signal = signals.recv() => return Ok(signal_exit_code(signal)),
     };
     let (token, lease) = (leadership.token(), leadership.lease());
-    let lost = supervise::lost(leadership.lost_signal(), lease, leadership.ttl());
+    let lost = supervise::lost(leadership.lost_signal(), lease, leadership.ttl(), true);
     let give_up = |leadership: Leadership, quiet: bool| {
         GiveBack::election(name, token, args.verbose).run(leadership.resign(), quiet)
     };

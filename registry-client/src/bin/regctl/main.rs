@@ -336,6 +336,23 @@ mod tests {
         assert!(Cli::try_parse_from(["regctl", "lock", "job"]).is_err());
     }
 
+    #[test]
+    fn lock_takes_an_existing_lease_instead_of_a_ttl() {
+        let id = "6f1e1c1e-0000-4000-8000-000000000000";
+        let cli = parse(&["lock", "job", "--lease", id, "--", "true"]).expect("valid");
+        let Command::Lock(args) = cli.command else {
+            panic!("not a lock command")
+        };
+        assert_eq!(args.lease.map(|l| l.to_string()).as_deref(), Some(id));
+        assert!(parse(&["lock", "job", "--lease", id, "--ttl", "2s", "--", "true"]).is_err());
+        assert!(parse(&["lock", "job", "--lease", "not-a-uuid", "--", "true"]).is_err());
+        let cli = parse(&["lock", "job", "--", "true"]).expect("valid");
+        let Command::Lock(args) = cli.command else {
+            panic!("not a lock command")
+        };
+        assert_eq!(args.lease, None);
+    }
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("regctl").chain(args.iter().copied()))
     }

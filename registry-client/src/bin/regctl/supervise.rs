@@ -88,10 +88,12 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 }
 
 /// Resolves once the hold behind `signal` (the library guard's, renewing `lease` with
-/// this `ttl` and [`safety_margin`]) is lost. On the way it says on stderr when a run of
-/// keepalive failures starts (the retries would only repeat it; whether they cost the
-/// hold is the guard's call).
-pub async fn lost(mut signal: LostSignal, lease: Uuid, ttl: Duration) -> Lost {
+/// this `ttl` and [`safety_margin`]; with `renews` false, only reading a lease someone
+/// else renews) is lost. On the way it says on stderr when a run of keepalive (or read)
+/// failures starts (the retries would only repeat it; whether they cost the hold is the
+/// guard's call).
+pub async fn lost(mut signal: LostSignal, lease: Uuid, ttl: Duration, renews: bool) -> Lost {
+    let attempt = if renews { "keepalive" } else { "read" };
     let trust = ttl.saturating_sub(safety_margin(ttl));
     let mut failing = false;
     let reason = loop {
@@ -106,7 +108,7 @@ pub async fn lost(mut signal: LostSignal, lease: Uuid, ttl: Duration) -> Lost {
                 if now_failing && !failing {
                     if let Some(error) = signal.last_error() {
                         warn(format!(
-                            "keepalive of lease {lease} failed, retrying: {}",
+                            "{attempt} of lease {lease} failed, retrying: {}",
                             describe(&error)
                         ));
                     }
