@@ -60,12 +60,14 @@ async fn an_older_build_finishing_late_never_replaces_a_newer_install() {
 
     // ... a snapshot at index 20 from the leader is installed meanwhile ...
     let mut leader = applied_up_to(leader_dir.path(), 20).await;
-    let sent = leader
+    leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    // What a follower is sent: the leader's current snapshot file.
+    let sent = leader.get_current_snapshot().await.unwrap().unwrap();
     let mut received = follower.begin_receiving_snapshot().await.unwrap();
     *received = *sent.snapshot;
     follower
@@ -256,6 +258,8 @@ async fn a_snapshot_is_of_the_state_when_it_began_while_applies_go_on() {
 
     // ... and the snapshot, built afterwards, is of index 1 and its 100 instances.
     let built = build.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(1));
+    let built = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(1));
     let mut restored = open(other.path());
     let mut received = restored.begin_receiving_snapshot().await.unwrap();
