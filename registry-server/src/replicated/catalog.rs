@@ -13,10 +13,11 @@ use std::sync::Arc;
 use api_spec::checks::CheckStatus;
 use api_spec::InstanceStatus;
 use locks::LeaseId;
+use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize};
 
 use crate::replicated::checks::{CheckResult, CheckSpec, CheckState};
-use crate::replicated::intern::{meta_get, Interner, Meta, Name, Tags};
+use crate::replicated::intern::{self, meta_get, Interner, Meta, Name, Tags};
 
 /// (service, instance id). The catalog's own copies share the strings of its maps.
 pub type InstanceKey = (Name, Name);
@@ -31,10 +32,14 @@ pub fn key(service: &str, id: &str) -> InstanceKey {
 pub struct InstanceSpec {
     pub address: Box<str>,
     pub port: u16,
+    #[serde(deserialize_with = "intern::decode::tags")]
     pub tags: Tags,
     /// Sorted by key ([`crate::replicated::intern::meta`]).
+    #[serde(deserialize_with = "intern::decode::meta")]
     pub meta: Meta,
+    #[serde(deserialize_with = "intern::decode::opt")]
     pub zone: Option<Name>,
+    #[serde(deserialize_with = "intern::decode::opt")]
     pub region: Option<Name>,
     pub weight: u32,
     pub deregister_after_ms: u64,
@@ -159,24 +164,34 @@ impl Bound {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     services: imbl::OrdMap<Name, ServiceEntry>,
-    /// Which instances each lease keeps alive.
+    /// Which instances each lease keeps alive. This and the next two are derived from
+    /// `services`: a snapshot holds them empty (the layout is unchanged: an empty map), and
+    /// [`Catalog::rebuild`] derives them again, sharing the services map's strings.
+    #[serde(serialize_with = "empty")]
     by_lease: imbl::OrdMap<LeaseId, Bound>,
     /// Critical instances by the time (ms) they are due to be deregistered.
+    #[serde(serialize_with = "empty")]
     reap_queue: imbl::OrdSet<(u64, InstanceKey)>,
     /// The instances with active checks: what probers walk, without scanning the rest.
+    #[serde(serialize_with = "empty")]
     checked: imbl::OrdSet<InstanceKey>,
     /// Log index of the last change anywhere in the catalog: the index of
     /// `GET /v1/services`, and of any service that does not exist (so a watcher of a
     /// service that was just removed is woken by its removal).
     catalog_index: u64,
     /// This node's shared copies of repeated strings (not replicated: a decoded catalog
-    /// shares them again with [`Catalog::intern_all`]).
+    /// shares them through the table decoding used, [`Catalog::rebuild`]).
     #[serde(skip)]
     interner: Interner,
     /// Instances by status (passing, draining, critical): kept as they change, so the
-    /// metrics never walk the catalog. Counted again by [`Catalog::intern_all`].
+    /// metrics never walk the catalog. Counted again by [`Catalog::rebuild`].
     #[serde(skip)]
     by_status: [usize; 3],
+}
+
+/// Serializes a derived collection as an empty one (see [`Catalog`]'s fields).
+fn empty<T, S: serde::Serializer>(_: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_seq(Some(0))?.end()
 }
 
 fn slot(status: InstanceStatus) -> usize {
@@ -307,73 +322,48 @@ impl Catalog {
         }
     }
 
-    /// Shares the repeated strings of every instance again: a decoded catalog (from a
-    /// snapshot) holds a copy of each string per instance. One pass, O(instances).
-    pub fn intern_all(&mut self) {
-        let mut interner = Interner::default();
-        let services = std::mem::take(&mut self.services);
-        self.services = services
-            .into_iter()
-            .map(|(name, mut service)| {
-                let name = interner.name(&name);
-                service.instances = service
-                    .instances
-                    .into_iter()
-                    .map(|(id, record)| {
-                        let mut record = Arc::unwrap_or_clone(record);
-                        record.spec = InstanceSpec {
-                            tags: interner.tags(&record.spec.tags),
-                            meta: interner.meta(&record.spec.meta),
-                            zone: interner.opt(&record.spec.zone),
-                            region: interner.opt(&record.spec.region),
-                            ..record.spec
-                        };
-                        (id, Arc::new(record))
-                    })
-                    .collect();
-                (name, service)
-            })
-            .collect();
-        // The other maps' keys point at the services map's strings again.
-        let shared = |catalog: &Catalog, (service, id): &InstanceKey| -> InstanceKey {
-            catalog
-                .services
-                .get_key_value(&**service)
-                .and_then(|(name, s)| {
-                    let (id, _) = s.instances.get_key_value(&**id)?;
-                    Some((name.clone(), id.clone()))
-                })
-                .unwrap_or_else(|| (service.clone(), id.clone()))
-        };
-        let by_lease: imbl::OrdMap<LeaseId, Bound> = self
-            .by_lease
-            .iter()
-            .map(|(lease, bound)| {
-                let bound = match bound {
-                    Bound::One(key) => Bound::One(shared(self, key)),
-                    Bound::Many(keys) => {
-                        Bound::Many(keys.iter().map(|k| shared(self, k)).collect())
+    /// After a decode ([`intern::decoding`]): keeps the table the decode shared the
+    /// instances' strings through, and derives what a snapshot leaves out — which
+    /// instances each lease keeps, the reap queue, the checked instances, the status
+    /// counts — from the records, with keys that share the services map's strings.
+    /// One pass, O(instances).
+    pub fn rebuild(&mut self, mut interner: Interner) {
+        let mut by_lease: imbl::OrdMap<LeaseId, Bound> = imbl::OrdMap::new();
+        let mut reap_queue = imbl::OrdSet::new();
+        let mut checked = imbl::OrdSet::new();
+        let mut by_status = [0; 3];
+        for (name, service) in self.services.iter() {
+            interner.name(name);
+            for (id, record) in service.instances.iter() {
+                let key: InstanceKey = (name.clone(), id.clone());
+                // A lease that ended no longer keeps anything (`lease_ended` took it out).
+                if let Some(lease) = record.lease.filter(|_| !record.lease_ended) {
+                    match by_lease.get_mut(&lease) {
+                        Some(bound) => bound.insert(key.clone()),
+                        None => {
+                            by_lease.insert(lease, Bound::One(key.clone()));
+                        }
                     }
-                };
-                (*lease, bound)
-            })
-            .collect();
-        let reap_queue = self
-            .reap_queue
-            .iter()
-            .map(|(at, key)| (*at, shared(self, key)))
-            .collect();
-        let checked = self.checked.iter().map(|key| shared(self, key)).collect();
-        self.by_status = [0; 3];
-        for service in self.services.values() {
-            for record in service.instances.values() {
-                self.by_status[slot(record.status)] += 1;
+                }
+                if let Some(at) = record.reap_at() {
+                    reap_queue.insert((at, key.clone()));
+                }
+                if !record.spec.checks.is_empty() {
+                    checked.insert(key);
+                }
+                by_status[slot(record.status)] += 1;
             }
         }
         self.by_lease = by_lease;
         self.reap_queue = reap_queue;
         self.checked = checked;
+        self.by_status = by_status;
         self.interner = interner;
+    }
+
+    /// Distinct shared strings and lists this node holds.
+    pub fn interned(&self) -> usize {
+        self.interner.len()
     }
 
     /// How many instances have `status`.
@@ -384,11 +374,6 @@ impl Catalog {
     /// How many services have instances.
     pub fn service_count(&self) -> usize {
         self.services.len()
-    }
-
-    /// Distinct shared strings and lists this node holds.
-    pub fn interned(&self) -> usize {
-        self.interner.len()
     }
 
     /// Takes an instance out of the services map and the reap queue (not out of its
@@ -754,8 +739,10 @@ mod tests {
         assert_eq!(counts(&c), [2, 1, 1]);
         c.remove(&key("a", "3"), 5).unwrap();
         assert_eq!(counts(&c), [1, 1, 1]);
-        let mut decoded: Catalog = bincode::deserialize(&bincode::serialize(&c).unwrap()).unwrap();
-        decoded.intern_all();
+        let bytes = bincode::serialize(&c).unwrap();
+        let (decoded, interner) = intern::decoding(|| bincode::deserialize::<Catalog>(&bytes));
+        let mut decoded = decoded.unwrap();
+        decoded.rebuild(interner);
         assert_eq!(counts(&decoded), [1, 1, 1]);
         assert_eq!(decoded, c);
     }

@@ -9,8 +9,11 @@
 //! log nor snapshots changed. The [`Interner`] is a node's own memory, not replicated
 //! state: what it holds never changes an answer, only how many copies of a string exist.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
 
 /// A shared string.
 pub type Name = Arc<str>;
@@ -143,6 +146,46 @@ impl Interner {
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+thread_local! {
+    /// The table strings are shared through while a snapshot is decoded on this thread
+    /// ([`decoding`]); `None` otherwise (a log entry's strings are shared when applied).
+    static DECODING: RefCell<Option<Interner>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with the fields marked `deserialize_with = "intern::decode::…"` shared
+/// as they are decoded, so a decoded catalog never holds a copy per instance; returns
+/// what it decoded and the table, for the catalog to keep.
+pub fn decoding<T>(decode: impl FnOnce() -> T) -> (T, Interner) {
+    DECODING.with(|d| *d.borrow_mut() = Some(Interner::default()));
+    let decoded = decode();
+    let interner = DECODING.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    (decoded, interner)
+}
+
+/// `deserialize_with` functions: decode, then share through the [`decoding`] table.
+pub mod decode {
+    use super::*;
+
+    fn shared<T>(value: T, share: impl FnOnce(&mut Interner, &T) -> T) -> T {
+        DECODING.with(|d| match d.borrow_mut().as_mut() {
+            Some(interner) => share(interner, &value),
+            None => value,
+        })
+    }
+
+    pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Tags, D::Error> {
+        Ok(shared(Tags::deserialize(d)?, Interner::tags))
+    }
+
+    pub fn meta<'de, D: Deserializer<'de>>(d: D) -> Result<Meta, D::Error> {
+        Ok(shared(Meta::deserialize(d)?, Interner::meta))
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Name>, D::Error> {
+        Ok(shared(Option::<Name>::deserialize(d)?, Interner::opt))
     }
 }
 

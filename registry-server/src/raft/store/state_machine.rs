@@ -143,8 +143,10 @@ fn decode_state(bytes: &[u8]) -> Result<StateData, Invalid> {
 /// Decodes a snapshot's body, sharing repeated strings again (bincode made one copy of
 /// each per instance).
 fn decode_body(body: &[u8]) -> Result<StateData, Invalid> {
-    let mut data: StateData = bincode::deserialize(body)?;
-    data.app.catalog.intern_all();
+    let (data, interner) =
+        crate::replicated::intern::decoding(|| bincode::deserialize::<StateData>(body));
+    let mut data = data?;
+    data.app.catalog.rebuild(interner);
     Ok(data)
 }
 
