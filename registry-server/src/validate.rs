@@ -3,7 +3,6 @@
 //! coordinator's types. Every failure is a message for a 400 answer. The rules
 //! themselves live in `api_spec::rules`; this file only applies them.
 
-use crate::replicated::intern;
 use std::time::Duration;
 
 use api_spec::rules::{self, DurationRange};
@@ -17,6 +16,7 @@ use crate::app::AcquireSpec;
 use crate::replicated::acl::AclCommand;
 use crate::replicated::catalog::InstanceSpec;
 use crate::replicated::checks::{CheckSpec, Probe};
+use crate::replicated::intern;
 use crate::replicated::state::{Binding, Command};
 
 pub use api_spec::rules::{

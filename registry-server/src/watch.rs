@@ -8,13 +8,14 @@
 //! another's change, and thousands of waiting watchers cost one channel and one waker
 //! each: no polling, no thread per watcher.
 
-use crate::replicated::intern::Name;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use locks::{Key, Kind, Ticket};
 use tokio::sync::{watch, Notify};
+
+use crate::replicated::intern::Name;
 
 /// Channel count from which [`Channels::subscribe`] sweeps unwatched channels.
 const SWEEP_AT: usize = 1024;

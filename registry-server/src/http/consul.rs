@@ -16,7 +16,6 @@
 //! Accepted and ignored: `dc`, `cached`, `ns`, `partition`, `near`, `node-meta`, `token`
 //! (read by the auth layer). `stale` and `consistent` choose the read's consistency.
 
-use crate::replicated::intern;
 use std::collections::BTreeMap;
 
 use api_spec::acl::{Access, Resource};
@@ -31,6 +30,7 @@ use super::error::ApiError;
 use super::query::{self, Blocking};
 use crate::app::{App, Consistency};
 use crate::replicated::catalog::{Filter, InstanceRecord};
+use crate::replicated::intern;
 use crate::validate;
 
 /// The datacenter every answer names.
@@ -323,7 +323,7 @@ fn catalog_entry(service: &str, id: &str, record: &InstanceRecord) -> Value {
         "ServiceAddress": spec.address,
         "ServicePort": spec.port,
         "ServiceTags": spec.tags,
-        "ServiceMeta": spec.meta,
+        "ServiceMeta": meta_object(&spec.meta),
         "ServiceWeights": weights(record),
         "ServiceEnableTagOverride": false,
         "CreateIndex": record.modify_index,
@@ -341,7 +341,7 @@ fn health_entry(service: &str, id: &str, record: &InstanceRecord) -> Value {
             "Tags": spec.tags,
             "Address": spec.address,
             "Port": spec.port,
-            "Meta": spec.meta,
+            "Meta": meta_object(&spec.meta),
             "Weights": weights(record),
             "EnableTagOverride": false,
             "CreateIndex": record.modify_index,
@@ -494,6 +494,16 @@ fn parse_filter(text: &str) -> Result<Vec<Clause>, ApiError> {
         clauses.push(parsed.ok_or_else(unsupported)?);
     }
     Ok(clauses)
+}
+
+/// An instance's meta as the JSON object Consul sends (the catalog keeps it as a sorted
+/// list of shared pairs, which would serialize as a list).
+fn meta_object(meta: &[(intern::Name, intern::Name)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
