@@ -346,10 +346,7 @@ pub async fn run(bin: &Path, progress: Progress) -> Result<StepOutput> {
             };
             let url = cluster.urls()[index].clone();
             out.line(
-                format!(
-                    "add node {} as a learner (POST /v1/cluster/members {{learner: true}})",
-                    index + 1
-                ),
+                format!("start node {} with --join <leader> --learner", index + 1),
                 format!("caught up {:.2} s after it started", took.as_secs_f64()),
             );
             let answer = blocking_on(&url, &leader_url, learners).await;
