@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::load::{self, LoadConfig, Measurement};
+use crate::scale::{ok_json, pick};
 use crate::systems::Side;
 
 fn b64(s: &str) -> String {
@@ -22,30 +23,6 @@ fn b64(s: &str) -> String {
 
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Value at quantile `q` of sorted `values` (nearest rank).
-fn pick(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-async fn ok_json(request: reqwest::RequestBuilder) -> Result<Value> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    ensure!(
-        status.is_success(),
-        "{status}: {}",
-        String::from_utf8_lossy(&body)
-            .chars()
-            .take(200)
-            .collect::<String>()
-    );
-    serde_json::from_slice(&body).context("answer is not JSON")
 }
 
 fn registration() -> Value {

@@ -279,17 +279,7 @@ pub async fn ok_body(request: reqwest::RequestBuilder) -> Result<Vec<u8>> {
 
 /// [`ok_body`] parsed as JSON.
 pub async fn ok_json(request: reqwest::RequestBuilder) -> Result<Value> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    ensure!(
-        status.is_success(),
-        "{status}: {}",
-        String::from_utf8_lossy(&body)
-            .chars()
-            .take(200)
-            .collect::<String>()
-    );
+    let body = ok_body(request).await?;
     serde_json::from_slice(&body).context("answer is not JSON")
 }
 

@@ -123,6 +123,16 @@ enum Bound {
 }
 
 impl Bound {
+    /// Records that `lease` keeps `key` alive.
+    fn bind(by_lease: &mut imbl::OrdMap<LeaseId, Bound>, lease: LeaseId, key: InstanceKey) {
+        match by_lease.get_mut(&lease) {
+            Some(bound) => bound.insert(key),
+            None => {
+                by_lease.insert(lease, Bound::One(key));
+            }
+        }
+    }
+
     fn insert(&mut self, key: InstanceKey) {
         match self {
             Bound::One(one) if *one == key => {}
@@ -266,12 +276,7 @@ impl Catalog {
             earlier_episode = old.critical_since;
         }
         if let Some(lease) = lease {
-            match self.by_lease.get_mut(&lease) {
-                Some(bound) => bound.insert(key.clone()),
-                None => {
-                    self.by_lease.insert(lease, Bound::One(key.clone()));
-                }
-            }
+            Bound::bind(&mut self.by_lease, lease, key.clone());
         }
         if record.spec.checks.is_empty() {
             self.checked.remove(&key);
@@ -338,12 +343,7 @@ impl Catalog {
                 let key: InstanceKey = (name.clone(), id.clone());
                 // A lease that ended no longer keeps anything (`lease_ended` took it out).
                 if let Some(lease) = record.lease.filter(|_| !record.lease_ended) {
-                    match by_lease.get_mut(&lease) {
-                        Some(bound) => bound.insert(key.clone()),
-                        None => {
-                            by_lease.insert(lease, Bound::One(key.clone()));
-                        }
-                    }
+                    Bound::bind(&mut by_lease, lease, key.clone());
                 }
                 if let Some(at) = record.reap_at() {
                     reap_queue.insert((at, key.clone()));
