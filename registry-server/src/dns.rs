@@ -262,7 +262,7 @@ impl Endpoint {
             target,
             port: spec.port,
             weight: u16::try_from(spec.weight).unwrap_or(u16::MAX),
-            zone: spec.zone.as_deref().map(str::to_owned),
+            zone: spec.zone().map(str::to_owned),
         })
     }
 }

@@ -16,7 +16,7 @@ use crate::app::AcquireSpec;
 use crate::replicated::acl::AclCommand;
 use crate::replicated::catalog::InstanceSpec;
 use crate::replicated::checks::{CheckSpec, Probe};
-use crate::replicated::intern;
+use crate::replicated::intern::{self, Place};
 use crate::replicated::state::{Binding, Command};
 
 pub use api_spec::rules::{
@@ -81,8 +81,7 @@ pub fn registration(
         port: req.port,
         tags: intern::tags(req.tags),
         meta: intern::meta(req.meta),
-        zone: req.zone.map(Into::into),
-        region: req.region.map(Into::into),
+        place: Place::new(req.zone.map(Into::into), req.region.map(Into::into)),
         weight,
         deregister_after_ms: millis(deregister_after),
         checks: checks.into(),
@@ -347,8 +346,8 @@ pub fn command(command: &Command) -> Result<(), Invalid> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             )?;
-            spec.zone.as_deref().map_or(Ok(()), rules::zone)?;
-            spec.region.as_deref().map_or(Ok(()), rules::region)?;
+            spec.zone().map_or(Ok(()), rules::zone)?;
+            spec.region().map_or(Ok(()), rules::region)?;
             rules::weight(spec.weight)?;
             in_range(
                 "deregister_after",

@@ -52,9 +52,7 @@ impl App {
         let (index, result) = self.propose_op(SetStatus { key, draining }).await?;
         let record = result?;
         let state = self.inner.state.read();
-        let lease = record
-            .lease
-            .and_then(|id| state.app.coordinator.lease(&id).cloned());
+        let lease = record.lease.and_then(|id| state.app.coordinator.lease(&id));
         drop(state);
         Ok((index, record, lease))
     }
@@ -152,7 +150,7 @@ impl App {
             .filter(|(_, record)| filter.matches(record))
             .map(|(id, record)| {
                 let lease = record.lease.and_then(|l| state.app.coordinator.lease(&l));
-                view(id, record, lease, &state.app.probers)
+                view(id, record, lease.as_ref(), &state.app.probers)
             })
             .collect();
         Ok((state.last_applied.map_or(0, |l| l.index), instances))

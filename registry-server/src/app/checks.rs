@@ -168,14 +168,14 @@ impl App {
                     .spec
                     .checks
                     .iter()
-                    .zip(&record.checks)
+                    .zip(record.checks())
                     .filter(move |(spec, _)| {
                         crate::replicated::checks::owner(probers, key, &spec.name) == Some(me)
                     })
                     .map(move |(spec, logged)| Logged {
                         id: (key.clone(), spec.name.clone()),
                         spec,
-                        generation: record.checks_index,
+                        generation: record.checks_index(),
                         status: logged.status,
                         fresh: logged.output == CheckState::NOT_PROBED,
                     }),
@@ -369,7 +369,7 @@ impl App {
                 .app
                 .catalog
                 .instance(&key)
-                .filter(|r| r.checks_index == generation)
+                .filter(|r| r.checks_index() == generation)
                 .and_then(|r| r.spec.checks.iter().find(|c| c.name == check).cloned())
         };
         let Some(spec) = spec else {

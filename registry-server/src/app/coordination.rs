@@ -232,7 +232,7 @@ impl App {
     }
 
     fn lease_of(&self, id: &locks::LeaseId) -> Option<Lease> {
-        self.inner.state.read().app.coordinator.lease(id).cloned()
+        self.inner.state.read().app.coordinator.lease(id)
     }
 
     /// A third of the lease's TTL: three chances to renew before it could expire.

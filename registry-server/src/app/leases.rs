@@ -52,7 +52,7 @@ impl App {
     ) -> Result<(u64, Lease, Option<Duration>), AppError> {
         let index = self.read_index(consistency).await?;
         self.require_lease(&id, Access::Read)?;
-        let lease = self.inner.state.read().app.coordinator.lease(&id).cloned();
+        let lease = self.inner.state.read().app.coordinator.lease(&id);
         let lease = lease.ok_or(AppError::LeaseNotFound(id))?;
         Ok((index, lease, self.inner.clock.remaining(&id)))
     }
@@ -88,7 +88,7 @@ impl App {
             Ok(remaining) => match self.inner.state.read().app.coordinator.lease(&id) {
                 Some(lease) => {
                     crate::metrics::keepalive();
-                    Ok((lease.clone(), remaining))
+                    Ok((lease, remaining))
                 }
                 None => Err(ended(false)),
             },

@@ -281,10 +281,10 @@ fn any_status() -> Filter {
 
 fn node_meta(record: &InstanceRecord) -> Value {
     let mut meta = serde_json::Map::new();
-    if let Some(zone) = &record.spec.zone {
+    if let Some(zone) = record.spec.zone() {
         meta.insert("zone".into(), json!(zone));
     }
-    if let Some(region) = &record.spec.region {
+    if let Some(region) = record.spec.region() {
         meta.insert("region".into(), json!(region));
     }
     Value::Object(meta)
@@ -384,7 +384,7 @@ fn checks(service: &str, id: &str, record: &InstanceRecord) -> Vec<Value> {
             "ttl",
         ));
     }
-    for (spec, state) in record.spec.checks.iter().zip(&record.checks) {
+    for (spec, state) in record.spec.checks.iter().zip(record.checks()) {
         checks.push(check(
             format!("check:{id}:{}", spec.name),
             &spec.name,

@@ -71,10 +71,10 @@ fn target_group(service: &str, id: &str, record: &InstanceRecord) -> PrometheusT
             format!(",{},", spec.tags.join(",")),
         ),
     ]);
-    if let Some(zone) = &spec.zone {
+    if let Some(zone) = spec.zone() {
         labels.insert("__meta_registry_zone".to_owned(), zone.to_string());
     }
-    if let Some(region) = &spec.region {
+    if let Some(region) = spec.region() {
         labels.insert("__meta_registry_region".to_owned(), region.to_string());
     }
     for (key, value) in spec.meta.iter() {

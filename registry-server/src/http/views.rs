@@ -57,7 +57,7 @@ pub(super) fn instance(
     let checks = key
         .iter()
         .flat_map(|key| spec.checks.iter().map(move |check| (key, check)))
-        .zip(&record.checks)
+        .zip(record.checks())
         .map(|((key, check), state)| api_spec::checks::CheckInfo {
             name: check.name.clone(),
             kind: check.probe.kind(),
@@ -84,8 +84,8 @@ pub(super) fn instance(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        zone: spec.zone.as_deref().map(str::to_owned),
-        region: spec.region.as_deref().map(str::to_owned),
+        zone: spec.zone().map(str::to_owned),
+        region: spec.region().map(str::to_owned),
         weight: spec.weight,
         status: record.status,
         lease: record.lease,
@@ -96,7 +96,7 @@ pub(super) fn instance(
         deregister_after_ms: spec.deregister_after_ms,
         registered_at_ms: record.registered_at_ms,
         modify_index: record.modify_index,
-        critical_since_ms: record.critical_since.map(|(ms, _)| ms),
+        critical_since_ms: record.critical_since().map(|(ms, _)| ms),
         checks,
     }
 }

@@ -133,7 +133,7 @@ impl LeaseClock {
     }
 
     /// Replaces the tracked set (after loading or installing a snapshot).
-    pub fn reset<'a>(&self, leases: impl Iterator<Item = &'a Lease>) {
+    pub fn reset(&self, leases: impl Iterator<Item = Lease>) {
         let now = Instant::now();
         let mut inner = self.lock();
         let tracked = leases

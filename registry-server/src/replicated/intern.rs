@@ -50,6 +50,28 @@ pub fn meta_get<'a>(meta: &'a [(Name, Name)], key: &str) -> Option<&'a str> {
         .map(|at| &*meta[at].1)
 }
 
+/// Where an instance runs: its zone and region, as one shared value (a cluster names a
+/// handful of places, and a pointer is cheaper than two optional names per instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Place(Option<Arc<(Option<Name>, Option<Name>)>>);
+
+impl Place {
+    pub fn new(zone: Option<Name>, region: Option<Name>) -> Self {
+        match (zone, region) {
+            (None, None) => Self(None),
+            both => Self(Some(Arc::new(both))),
+        }
+    }
+
+    pub fn zone(&self) -> Option<&Name> {
+        self.0.as_ref()?.0.as_ref()
+    }
+
+    pub fn region(&self) -> Option<&Name> {
+        self.0.as_ref()?.1.as_ref()
+    }
+}
+
 /// Builds [`Tags`] from strings.
 pub fn tags<T: Into<Name>>(tags: impl IntoIterator<Item = T>) -> Tags {
     tags.into_iter().map(Into::into).collect()
@@ -62,6 +84,7 @@ pub struct Interner {
     names: HashSet<Name>,
     tags: HashSet<Tags>,
     metas: HashSet<Meta>,
+    places: HashSet<Arc<(Option<Name>, Option<Name>)>>,
     /// Entries added since the last purge; a purge runs once they outnumber what was
     /// kept then, so its cost is spread over the additions (amortised O(1)).
     added: usize,
@@ -125,6 +148,20 @@ impl Interner {
         shared
     }
 
+    /// The shared copy of a place (its names shared too).
+    pub fn place(&mut self, place: &Place) -> Place {
+        let Some(both) = &place.0 else {
+            return Place(None);
+        };
+        if let Some(shared) = self.places.get(both) {
+            return Place(Some(shared.clone()));
+        }
+        let shared = Arc::new((self.opt(&both.0), self.opt(&both.1)));
+        self.added += 1;
+        self.places.insert(shared.clone());
+        Place(Some(shared))
+    }
+
     /// Drops what nothing but the table holds any more, once enough was added since the
     /// last time. Lists go first: they hold names.
     pub fn maybe_purge(&mut self) {
@@ -133,6 +170,7 @@ impl Interner {
         }
         self.tags.retain(|t| Arc::strong_count(t) > 1);
         self.metas.retain(|m| Arc::strong_count(m) > 1);
+        self.places.retain(|p| Arc::strong_count(p) > 1);
         self.names.retain(|n| Arc::strong_count(n) > 1);
         self.kept = self.len();
         self.added = 0;
@@ -140,7 +178,7 @@ impl Interner {
 
     /// Distinct names and lists held.
     pub fn len(&self) -> usize {
-        self.names.len() + self.tags.len() + self.metas.len()
+        self.names.len() + self.tags.len() + self.metas.len() + self.places.len()
     }
 
     /// Whether it holds nothing.
@@ -184,8 +222,10 @@ pub mod decode {
         Ok(shared(Meta::deserialize(d)?, Interner::meta))
     }
 
-    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Name>, D::Error> {
-        Ok(shared(Option::<Name>::deserialize(d)?, Interner::opt))
+    /// The place of a decoded zone and region (not a field of its own: see
+    /// [`crate::replicated::catalog::InstanceSpec`]'s stored form).
+    pub fn place(zone: Option<Name>, region: Option<Name>) -> Place {
+        shared(Place::new(zone, region), Interner::place)
     }
 }
 
@@ -207,6 +247,11 @@ mod tests {
         assert!(Arc::ptr_eq(&m1, &m2));
         let zone = i.name(&Name::from("zone-a"));
         assert!(Arc::ptr_eq(&zone, &i.name(&Name::from("zone-a"))));
+        let p1 = i.place(&Place::new(Some("zone-a".into()), Some("eu".into())));
+        let p2 = i.place(&Place::new(Some("zone-a".into()), Some("eu".into())));
+        assert!(Arc::ptr_eq(p1.0.as_ref().unwrap(), p2.0.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(p1.zone().unwrap(), &zone));
+        assert_eq!(i.place(&Place::new(None, None)), Place::default());
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl AppState {
         let (lease, own) = match binding {
             Binding::Unleased => (None, false),
             Binding::Existing(id) => match self.coordinator.lease(&id) {
-                Some(lease) => (Some(lease.clone()), false),
+                Some(lease) => (Some(lease), false),
                 None => return Outcome::LeaseNotFound(id),
             },
             Binding::Own { new_lease, ttl_ms } => {
@@ -246,8 +246,7 @@ impl AppState {
                     .instance(&key)
                     .filter(|r| r.own_lease)
                     .and_then(|r| self.coordinator.lease(r.lease.as_ref()?))
-                    .filter(|l| l.ttl_ms == ttl_ms)
-                    .cloned();
+                    .filter(|l| l.ttl_ms == ttl_ms);
                 match current {
                     Some(lease) => (Some(lease), true),
                     None => {

@@ -217,8 +217,7 @@ fn registrations(index: u64, ids: std::ops::Range<u32>) -> Entry<TypeConfig> {
                 port: 8000 + i as u16,
                 tags: intern::tags(["v1", "primary"]),
                 meta: intern::meta([("version", "1.4.2")]),
-                zone: Some("zone-a".into()),
-                region: None,
+                place: intern::Place::new(Some("zone-a".into()), None),
                 weight: 1,
                 deregister_after_ms: 60_000,
                 checks: Box::default(),
@@ -311,12 +310,13 @@ async fn a_restored_catalog_shares_its_repeated_strings_again() {
         let b = catalog
             .instance(&crate::replicated::catalog::key("web", "i-7"))
             .unwrap();
-        // Decoded from the file, then shared: one tag list, one meta list, one zone.
+        // Decoded from the file, then shared: one tag list, one meta list, one place.
         assert!(std::sync::Arc::ptr_eq(&a.spec.tags, &b.spec.tags));
         assert!(std::sync::Arc::ptr_eq(&a.spec.meta, &b.spec.meta));
+        assert_eq!(a.spec.place, b.spec.place);
         assert!(std::sync::Arc::ptr_eq(
-            a.spec.zone.as_ref().unwrap(),
-            b.spec.zone.as_ref().unwrap()
+            a.spec.place.zone().unwrap(),
+            b.spec.place.zone().unwrap()
         ));
         assert_eq!(&*a.spec.tags[1], "primary");
         assert_eq!(
