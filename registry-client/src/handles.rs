@@ -790,7 +790,8 @@ impl Leadership {
         self.leader.token
     }
 
-    /// The candidacy's own lease, renewed by this handle.
+    /// The lease it leads under: the candidacy's own, renewed by this handle, or its
+    /// session's ([`Session::elect`]).
     pub fn lease(&self) -> Uuid {
         self.leader.lease
     }
@@ -848,7 +849,8 @@ impl Leadership {
         Ok(&self.leader)
     }
 
-    /// Stops renewing and gives up the lead (revoking the candidacy's lease).
+    /// Stops renewing and gives up the lead (revoking the candidacy's own lease; a
+    /// session's lease stays).
     pub async fn resign(mut self) -> Result<ReleaseResponse> {
         self.hold.halt().await;
         let answer = self
@@ -1034,6 +1036,33 @@ impl Session {
         };
         let hold = Hold::bound(client, &self.hold.state, held);
         Ok(LockGuard { grant, hold })
+    }
+
+    /// Campaigns in election `name` under the session's lease: one write, no lease
+    /// granted. Of `options`, `candidate` and `wait` apply; `ttl`, `safety_margin` and
+    /// `give_back_when_lost` are the session's and not used. The handle renews nothing,
+    /// is lost when the session is, and resigning it leaves the session's lease alive.
+    /// Not retried once sent, as [`Session::lock`].
+    pub async fn elect(&self, name: &str, options: CampaignOptions) -> Result<Leadership> {
+        let client = &self.hold.client;
+        let request = CampaignRequest {
+            candidate: options.candidate,
+            lease: Some(self.lease()),
+            ttl: None,
+            wait: options.wait.map(api_spec::format_duration),
+        };
+        let answer = client.campaign(name, &request).await?.value;
+        // Nothing is awaited from here on: a cancelled call cannot strand the lead.
+        let held = Held::Election {
+            name: name.to_owned(),
+            token: answer.leader.token,
+        };
+        let hold = Hold::bound(client, &self.hold.state, held);
+        Ok(Leadership {
+            leader: answer.leader,
+            ttl: self.ttl,
+            hold,
+        })
     }
 
     /// Completes as soon as the client can no longer be sure the lease lives: before the

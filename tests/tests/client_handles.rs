@@ -807,6 +807,92 @@ async fn a_session_holds_many_locks_on_one_lease_and_ends_them_on_close() {
 }
 
 #[tokio::test]
+async fn a_session_leads_an_election_on_its_lease_and_resigning_keeps_the_lease() {
+    const TTL: Duration = Duration::from_secs(1);
+    let cluster = Cluster::start_single(&[]).await.expect("start the server");
+    must_pass(async {
+        let client = cluster.client();
+        let addr = cluster.addr(1);
+        let before = lease_count(&addr).await?;
+        let session = client
+            .session(SessionOptions {
+                ttl: TTL,
+                ..SessionOptions::default()
+            })
+            .await?;
+        let lead = session
+            .elect("sess-elect", CampaignOptions::new("10.0.0.1:80"))
+            .await?;
+        ensure!(
+            lead.lease() == session.lease() && lead.ttl() == TTL && lead.token() > 0,
+            "leads with lease {} (session {}), ttl {:?}",
+            lead.lease(),
+            session.lease(),
+            lead.ttl()
+        );
+        ensure!(
+            lease_count(&addr).await? == before + 1,
+            "a campaign on the session made a lease of its own"
+        );
+        // Another candidate that does not wait is told who leads.
+        let other = client
+            .elect("sess-elect", CampaignOptions::new("10.0.0.2:80"))
+            .await;
+        ensure!(
+            other
+                .as_ref()
+                .is_err_and(|e| e.code() == Some(codes::ELECTION_HELD)),
+            "a second candidate: {other:?}"
+        );
+        // Through two TTLs the session's keepalives carry the leadership.
+        tokio::time::sleep(TTL * 2).await;
+        ensure!(
+            !lead.is_lost() && lead.renewals() >= 3,
+            "leadership lost: {:?}, {} renewals",
+            lead.last_error(),
+            lead.renewals()
+        );
+        // Resigning frees the election and leaves the session's lease alive.
+        let first_token = lead.token();
+        lead.resign().await?;
+        let info = client
+            .election("sess-elect", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(info.leader.is_none(), "after resigning: {info:?}");
+        client
+            .get_lease(session.lease(), Consistency::Linearizable)
+            .await
+            .context("the session's lease after resigning")?;
+        ensure!(!session.is_lost(), "the session was lost by a resign");
+        // Elected again on the same session (a higher token), then the session closes:
+        // the leadership is lost as released and the election is free.
+        let again = session
+            .elect("sess-elect", CampaignOptions::new("10.0.0.1:80"))
+            .await?;
+        ensure!(again.token() > first_token, "token {}", again.token());
+        let signal = again.lost_signal();
+        session.close().await?;
+        ensure!(
+            signal.reason() == Some(LostReason::Released) && again.is_lost(),
+            "after close: {:?}",
+            signal.reason()
+        );
+        let info = client
+            .election("sess-elect", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(info.leader.is_none(), "after the session closed: {info:?}");
+        ensure!(
+            lease_count(&addr).await? == before,
+            "leases left after close"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_revoked_lease_loses_its_session_and_locks_and_a_borrowed_lease_lock() {
     const TTL: Duration = Duration::from_secs(2);
     let cluster = Cluster::start_single(&[]).await.expect("start the server");
