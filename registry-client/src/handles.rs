@@ -755,6 +755,12 @@ pub struct CampaignOptions {
     pub safety_margin: Option<Duration>,
     /// As [`LockOptions::give_back_when_lost`]: resign by itself once lost (default).
     pub give_back_when_lost: bool,
+    /// As [`LockOptions::lease`]: campaign under this existing lease, which someone else
+    /// keeps alive (`ttl` and `safety_margin` are then not used). Resigning revokes no
+    /// lease; the handle learns of the lease's end only after it (it reads the lease
+    /// every third of its TTL). With a lease this process renews, use
+    /// [`Session::elect`].
+    pub lease: Option<Uuid>,
 }
 
 impl CampaignOptions {
@@ -766,6 +772,7 @@ impl CampaignOptions {
             wait: None,
             safety_margin: None,
             give_back_when_lost: true,
+            lease: None,
         }
     }
 }
@@ -790,8 +797,8 @@ impl Leadership {
         self.leader.token
     }
 
-    /// The lease it leads under: the candidacy's own, renewed by this handle, or its
-    /// session's ([`Session::elect`]).
+    /// The lease it leads under: the candidacy's own, renewed by this handle, its
+    /// session's ([`Session::elect`]), or one it was given ([`CampaignOptions::lease`]).
     pub fn lease(&self) -> Uuid {
         self.leader.lease
     }
@@ -1203,14 +1210,18 @@ impl Client {
         Ok(Session { lease, ttl, hold })
     }
 
-    /// Campaigns in election `name` with a lease of its own and keeps leading until the
-    /// handle is resigned, dropped or lost; see [`Leadership`]. (The raw call is
-    /// [`Client::campaign`].)
+    /// Campaigns in election `name` with a lease of its own (or, with
+    /// [`CampaignOptions::lease`], under a lease someone else renews) and keeps leading
+    /// until the handle is resigned, dropped or lost; see [`Leadership`]. (The raw call
+    /// is [`Client::campaign`].)
     pub async fn elect(&self, name: &str, options: CampaignOptions) -> Result<Leadership> {
+        let borrowed = options.lease;
         let request = CampaignRequest {
             candidate: options.candidate,
-            lease: None,
-            ttl: Some(api_spec::format_duration(options.ttl)),
+            lease: borrowed,
+            ttl: borrowed
+                .is_none()
+                .then(|| api_spec::format_duration(options.ttl)),
             wait: options.wait.map(api_spec::format_duration),
         };
         let sent = Instant::now();
@@ -1219,6 +1230,25 @@ impl Client {
             name: name.to_owned(),
             token: answer.leader.token,
         };
+        if borrowed.is_some() {
+            // Someone else renews the lease: the handle only watches it. Nothing is
+            // awaited between the answer and the hold, so no cancellation can strand it.
+            let ttl = Duration::from_millis(answer.ttl_ms);
+            let leader = answer.leader;
+            let hold = Hold::start(
+                self,
+                Grant {
+                    held,
+                    lease: leader.lease,
+                    ttl,
+                    margin: Duration::ZERO,
+                    mode: Mode::Watch,
+                    give_back_when_lost: options.give_back_when_lost,
+                    sent,
+                },
+            );
+            return Ok(Leadership { leader, ttl, hold });
+        }
         let mut unheld = Unheld {
             client: self,
             held: held.clone(),

@@ -714,6 +714,118 @@ async fn lock_passes_sigterm_to_the_command_then_releases() {
 }
 
 #[tokio::test]
+async fn elect_under_an_existing_lease_resigns_and_leaves_the_lease() {
+    let cluster = Cluster::start_single(&[]).await.expect("start");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let client = cluster.client();
+        let dir = TempDir::new()?;
+        let created = run(&addr, &["lease", "create", "--ttl", "1m"]).await?;
+        created.ensure_code(0, "regctl lease create")?;
+        let lease = created.stdout.trim().to_owned();
+        let script = r#"echo "$REGISTRY_ELECTION_TOKEN $REGISTRY_ELECTION_LEASE" > "$DIR/env"
+            while [ ! -e "$DIR/go" ]; do sleep 0.05; done"#;
+        let child = regctl(
+            &addr,
+            &[
+                "elect",
+                "on-lease",
+                "--candidate",
+                "node-a",
+                "--lease",
+                &lease,
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+        .env("DIR", dir.path())
+        .spawn()?;
+        let env = wait_for_file(&dir.path().join("env")).await?;
+        let fields: Vec<&str> = env.split(' ').collect();
+        let [token, seen_lease] = fields.as_slice() else {
+            bail!("the command saw {env:?}");
+        };
+        let token: u64 = token.parse().context("REGISTRY_ELECTION_TOKEN")?;
+        ensure!(
+            *seen_lease == lease,
+            "REGISTRY_ELECTION_LEASE {seen_lease}, lease {lease}"
+        );
+        // While the command runs, node-a leads under that lease, not one of its own.
+        let info = client
+            .election("on-lease", ReadOptions::default())
+            .await?
+            .value;
+        let leader = info.leader.context("nobody leads")?;
+        ensure!(
+            leader.token == token
+                && leader.lease.to_string() == lease
+                && !leader.own_lease
+                && leader.candidate == "node-a",
+            "leader {leader:?}, lease {lease}"
+        );
+        touch(&dir.path().join("go"))?;
+        let done = finish(child, "regctl elect --lease").await?;
+        done.ensure_code(0, "regctl elect --lease -- sh")?;
+        let info = client
+            .election("on-lease", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(info.leader.is_none(), "not resigned: {info:?}");
+        // The lease outlives the leadership.
+        run(&addr, &["lease", "get", &lease])
+            .await?
+            .ensure_code(0, "regctl lease get after resigning")?;
+
+        // A lease nobody keeps alive expires under the running command, and regctl
+        // stops it as for lost leadership.
+        let created = run(&addr, &["lease", "create", "--ttl", "3s"]).await?;
+        created.ensure_code(0, "regctl lease create --ttl 3s")?;
+        let short = created.stdout.trim().to_owned();
+        let started = Instant::now();
+        let done = run(
+            &addr,
+            &[
+                "elect",
+                "on-lease",
+                "--candidate",
+                "node-b",
+                "--lease",
+                &short,
+                "--",
+                "sh",
+                "-c",
+                "exec sleep 60",
+            ],
+        )
+        .await?;
+        let took = started.elapsed();
+        done.ensure_code(EXIT_LOST, "regctl elect --lease on a lease nobody renews")?;
+        ensure!(
+            done.stderr.contains("lost leadership of on-lease")
+                && done.stderr.contains("its lease ended"),
+            "stderr: {:?}",
+            done.stderr
+        );
+        ensure!(
+            took < Duration::from_secs(20),
+            "took {took:?} to notice the lease expired"
+        );
+        let info = client
+            .election("on-lease", ReadOptions::default())
+            .await?
+            .value;
+        ensure!(
+            info.leader.is_none(),
+            "led after its lease expired: {info:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn lock_under_an_existing_lease_releases_the_lock_and_leaves_the_lease() {
     let cluster = Cluster::start_single(&[]).await.expect("start");
     must_pass(async {

@@ -65,6 +65,13 @@ pub struct ElectArgs {
     /// TTL of the candidacy's own lease, renewed every TTL/3 while leading.
     #[arg(long, value_parser = duration, default_value = "10s")]
     ttl: Duration,
+    /// Campaign under this existing lease (from `regctl lease create`, or a
+    /// registration's) instead of a lease of its own. regctl does not renew it: the
+    /// caller keeps it alive. Resigning leaves the lease alone; if the lease ends first
+    /// (regctl reads it every third of its TTL), the command is stopped as for lost
+    /// leadership.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["ttl", "observe"])]
+    lease: Option<Uuid>,
     /// How long to wait for leadership (at most 10m).
     #[arg(long, value_parser = duration, default_value = "1m")]
     wait: Duration,
@@ -374,6 +381,7 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
         safety_margin: Some(safety_margin(args.ttl)),
         // Resigned here, once the command has stopped.
         give_back_when_lost: false,
+        lease: args.lease,
     };
     let leadership = tokio::select! {
         answer = cx.client.elect(name, options) => match answer {
@@ -386,7 +394,12 @@ pub async fn elect(cx: &Context, args: ElectArgs) -> Result<u8, Failure> {
         signal = signals.recv() => return Ok(signal_exit_code(signal)),
     };
     let (token, lease) = (leadership.token(), leadership.lease());
-    let lost = supervise::lost(leadership.lost_signal(), lease, leadership.ttl(), true);
+    let lost = supervise::lost(
+        leadership.lost_signal(),
+        lease,
+        leadership.ttl(),
+        args.lease.is_none(),
+    );
     let give_up = |leadership: Leadership, quiet: bool| {
         GiveBack::election(name, token, args.verbose).run(leadership.resign(), quiet)
     };

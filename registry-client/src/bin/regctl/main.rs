@@ -337,6 +337,25 @@ mod tests {
     }
 
     #[test]
+    fn elect_takes_an_existing_lease_instead_of_a_ttl() {
+        let id = "6f1e1c1e-0000-4000-8000-000000000000";
+        assert!(parse(&["elect", "primary", "--candidate", "a", "--lease", id]).is_ok());
+        assert!(parse(&[
+            "elect",
+            "p",
+            "--candidate",
+            "a",
+            "--lease",
+            id,
+            "--ttl",
+            "2s"
+        ])
+        .is_err());
+        assert!(parse(&["elect", "p", "--observe", "--lease", id]).is_err());
+        assert!(parse(&["elect", "p", "--candidate", "a", "--lease", "nope"]).is_err());
+    }
+
+    #[test]
     fn lock_takes_an_existing_lease_instead_of_a_ttl() {
         let id = "6f1e1c1e-0000-4000-8000-000000000000";
         let cli = parse(&["lock", "job", "--lease", id, "--", "true"]).expect("valid");
