@@ -161,7 +161,10 @@ pub async fn serve(
             };
             match tls {
                 None => connection.serve(io, None, watcher).await,
-                Some(acceptor) => {
+                // Boxed: a TLS connection's future (the handshake, the session state) is
+                // several times a plain one's, and inline every plain connection, parked
+                // blocking queries included, would be sized for it.
+                Some(acceptor) => Box::pin(async move {
                     let deadline = Instant::now() + config.header_timeout;
                     if speaks_plain_http(&io.inner, deadline).await {
                         tracing::debug!(%peer, "plain HTTP on a TLS listener: answering 400");
@@ -194,7 +197,8 @@ pub async fn serve(
                             }
                         }
                     }
-                }
+                })
+                .await,
             }
             open.0.fetch_sub(1, Ordering::Relaxed);
             drop(permit);

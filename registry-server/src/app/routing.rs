@@ -177,10 +177,13 @@ impl App {
                     continue;
                 }
             };
+            // Boxed: serving any operation or calling a peer is a large future, and
+            // every request that reaches the leader awaits this one (a parked blocking
+            // query would otherwise carry its space while it waits).
             let answer = if target.0 == self.inner.id {
-                self.serve_forwarded(op.clone()).await
+                Box::pin(self.serve_forwarded(op.clone())).await
             } else {
-                self.forward_to(&target.1, &op).await
+                Box::pin(self.forward_to(&target.1, &op)).await
             };
             match answer {
                 Err(AppError::NotLeader { leader: next }) => {
@@ -329,11 +332,13 @@ impl App {
         if consistency == super::Consistency::Stale {
             return Ok(self.inner.state.applied_index());
         }
-        let index = match self.on_leader(Forward::ReadIndex).await? {
+        // Boxed, as the wait below: every read awaits this first, and a blocking query
+        // keeps the space of what it awaited before while it waits.
+        let index = match Box::pin(self.on_leader(Forward::ReadIndex)).await? {
             Forwarded::ReadIndex(index) => index,
             other => return Err(mismatch("read index", &other)),
         };
-        self.wait_applied(index).await?;
+        Box::pin(self.wait_applied(index)).await?;
         Ok(self.inner.state.applied_index().max(index))
     }
 
