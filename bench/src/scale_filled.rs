@@ -390,6 +390,36 @@ impl Main {
     }
 }
 
+/// Waits (at most [`BUILD_WAIT`]) until no node reports a snapshot build under way; says
+/// how long that took, or that it gave up.
+async fn wait_for_no_build(http: &reqwest::Client, urls: &[String]) -> String {
+    let started = Instant::now();
+    loop {
+        let mut building = 0;
+        for url in urls {
+            if let Ok(metrics) = metrics(http, url).await {
+                building += metrics
+                    .sum("registry_raft_snapshot_building", None)
+                    .unwrap_or(0.0) as usize;
+            }
+        }
+        let waited = started.elapsed();
+        if building == 0 {
+            return format!("{:.1} s", waited.as_secs_f64());
+        }
+        if waited >= BUILD_WAIT {
+            return format!(
+                "gave up after {:.0} s: {building} node(s) still building",
+                waited.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The longest step D waits for snapshot builds to end.
+const BUILD_WAIT: Duration = Duration::from_secs(30);
+
 /// Steps A and D's measurements.
 #[derive(Debug, Clone, Serialize)]
 struct Latency {
@@ -662,8 +692,8 @@ struct Polled {
 const BUILD_HISTOGRAM: &str = "registry_raft_snapshot_build_duration_seconds";
 
 /// Polls `url`'s `GET /v1/cluster` every [`SNAPSHOT_POLL`] for a new snapshot index; on
-/// one, scrapes `/metrics` for the build histogram (`/metrics` counts every instance
-/// under the state lock, too dear to scrape 50 times a second at size).
+/// one, scrapes `/metrics` for the build histogram (a scrape is far larger than the
+/// status answer; 50 a second would be load of their own).
 async fn poll_builds(
     node: usize,
     url: String,
@@ -881,7 +911,7 @@ async fn step_c(m: &mut Main) -> Result<StepOutput> {
     out.line(
         "how builds are seen",
         format!(
-            "GET /v1/cluster on every node every {} ms (snapshot_index); /metrics scraped once per new snapshot for {BUILD_HISTOGRAM} (scraping it every 20 ms would walk every instance 150 times a second); {polls} polls, {poll_errors} failed",
+            "GET /v1/cluster on every node every {} ms (snapshot_index); /metrics scraped once per new snapshot for {BUILD_HISTOGRAM}; {polls} polls, {poll_errors} failed",
             SNAPSHOT_POLL.as_millis()
         ),
     );
@@ -976,8 +1006,15 @@ fn times(now: f64, then: f64) -> String {
 async fn step_d(m: &mut Main) -> Result<StepOutput> {
     ensure!(m.filled > 0, "no instances registered (step B failed)");
     let (leader, url) = m.leader().await?;
+    // Step C's last snapshot builds may still run on the nodes: measured during them,
+    // this step would say what C already measured.
+    let quiet = wait_for_no_build(&m.http, m.cluster.urls()).await;
     let latency = latency(&url).await?;
     let mut out = StepOutput::default();
+    out.line(
+        "waited for snapshot builds to end on every node (registry_raft_snapshot_building)",
+        quiet,
+    );
     for (what, now, then) in [
         (
             RESOLVE_WHAT,
