@@ -472,6 +472,30 @@ fn far_future() -> Instant {
 }
 
 impl Hold {
+    /// Watches a lease someone else renews ([`Mode::Watch`]: no margin, no deadline of
+    /// its own), for a grant under [`LockOptions::lease`] or [`CampaignOptions::lease`].
+    fn watch(
+        client: &Client,
+        held: Held,
+        lease: Uuid,
+        ttl: Duration,
+        give_back_when_lost: bool,
+        sent: Instant,
+    ) -> Hold {
+        Hold::start(
+            client,
+            Grant {
+                held,
+                lease,
+                ttl,
+                margin: Duration::ZERO,
+                mode: Mode::Watch,
+                give_back_when_lost,
+                sent,
+            },
+        )
+    }
+
     /// Starts renewing. Must run inside a tokio runtime.
     fn start(client: &Client, grant: Grant) -> Hold {
         let valid_until = match grant.mode {
@@ -1140,18 +1164,7 @@ impl Client {
         if borrowed.is_some() {
             // Someone else renews the lease: the guard only watches it. Nothing is
             // awaited between the grant and the hold, so no cancellation can strand it.
-            let hold = Hold::start(
-                self,
-                Grant {
-                    held,
-                    lease: grant.lease,
-                    ttl,
-                    margin: Duration::ZERO,
-                    mode: Mode::Watch,
-                    give_back_when_lost,
-                    sent,
-                },
-            );
+            let hold = Hold::watch(self, held, grant.lease, ttl, give_back_when_lost, sent);
             return Ok(LockGuard { grant, hold });
         }
         let mut unheld = Unheld {
@@ -1235,17 +1248,13 @@ impl Client {
             // awaited between the answer and the hold, so no cancellation can strand it.
             let ttl = Duration::from_millis(answer.ttl_ms);
             let leader = answer.leader;
-            let hold = Hold::start(
+            let hold = Hold::watch(
                 self,
-                Grant {
-                    held,
-                    lease: leader.lease,
-                    ttl,
-                    margin: Duration::ZERO,
-                    mode: Mode::Watch,
-                    give_back_when_lost: options.give_back_when_lost,
-                    sent,
-                },
+                held,
+                leader.lease,
+                ttl,
+                options.give_back_when_lost,
+                sent,
             );
             return Ok(Leadership { leader, ttl, hold });
         }

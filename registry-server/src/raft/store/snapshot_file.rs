@@ -232,16 +232,8 @@ impl SnapshotDir {
     /// Makes `bytes` (from [`encode`]) the current snapshot unless the current one has a
     /// newer last log id. Returns whether it did. Blocking: call it off the async workers.
     pub fn store(&self, meta: &Meta, bytes: &[u8]) -> Result<bool, SnapshotError> {
-        let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .inner
-            .dir
-            .join(format!("{}.{n}{TMP_SUFFIX}", file_safe(&meta.snapshot_id)));
-        let written = write_synced(&tmp, bytes).and_then(|()| self.replace(&tmp, meta));
-        if !matches!(written, Ok(true)) {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        self.through_tmp(meta, |tmp| write_synced(tmp, bytes))
+            .map(|(current, ())| current)
     }
 
     /// Writes a snapshot straight to a file, `write_state` encoding the state into it (no
@@ -256,13 +248,23 @@ impl SnapshotDir {
         meta: &Meta,
         write_state: impl FnOnce(&mut dyn Write) -> Result<(), bincode::Error>,
     ) -> Result<(bool, u64), SnapshotError> {
+        self.through_tmp(meta, |tmp| write_streamed(tmp, meta, write_state))
+    }
+
+    /// Has `write` make a temporary file of this directory, then renames it over the
+    /// current snapshot unless that one is newer ([`SnapshotDir::replace`]); a file not
+    /// kept is removed. Returns whether it was kept, and what `write` returned.
+    fn through_tmp<T>(
+        &self,
+        meta: &Meta,
+        write: impl FnOnce(&Path) -> Result<T, SnapshotError>,
+    ) -> Result<(bool, T), SnapshotError> {
         let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .inner
             .dir
             .join(format!("{}.{n}{TMP_SUFFIX}", file_safe(&meta.snapshot_id)));
-        let written = write_streamed(&tmp, meta, write_state)
-            .and_then(|size| Ok((self.replace(&tmp, meta)?, size)));
+        let written = write(&tmp).and_then(|out| Ok((self.replace(&tmp, meta)?, out)));
         if !matches!(written, Ok((true, _))) {
             let _ = std::fs::remove_file(&tmp);
         }
