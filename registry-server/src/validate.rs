@@ -382,6 +382,7 @@ pub fn command(command: &Command) -> Result<(), Invalid> {
         Command::Acl(AclCommand::RevokeToken(_) | AclCommand::Purge(_))
         | Command::Reap { .. }
         | Command::Owned { .. }
+        | Command::InTerm { .. }
         | Command::CheckResults { .. }
         | Command::SetProbers { .. } => Ok(()),
     }

@@ -682,6 +682,18 @@ impl Cluster {
         self.node(id).addr.clone()
     }
 
+    /// Copies every node's whole log into `dir` (created if missing) as `node-ID.log`, so
+    /// that they outlive the cluster, whose directory is removed when it is dropped.
+    pub fn keep_logs(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (id, node) in &self.nodes {
+            let to = dir.join(format!("node-{id}.log"));
+            std::fs::copy(node.log_path(), &to)
+                .with_context(|| format!("copying node {id}'s log to {}", to.display()))?;
+        }
+        Ok(())
+    }
+
     /// Every node id, running or not.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()

@@ -76,6 +76,21 @@ pub enum AppError {
     Internal(String),
 }
 
+impl AppError {
+    /// Whether a write that failed this way certainly did nothing. A timeout, an
+    /// unavailable or stopping node, or an internal error leave the outcome unknown (the
+    /// write may have committed, or may still). Every other error is a refusal: by a node
+    /// that does not lead (openraft appends nothing then, and an entry it took back from
+    /// its log can only commit before the next leader's first entry), by a full queue, or
+    /// by the state machine, which changed nothing.
+    pub fn nothing_done(&self) -> bool {
+        !matches!(
+            self,
+            AppError::Timeout(_) | AppError::Unavailable(_) | AppError::Internal(_)
+        )
+    }
+}
+
 fn key_subject(key: &locks::Key) -> String {
     match key.kind {
         locks::Kind::Lock => format!("lock {:?}", key.name),

@@ -89,14 +89,22 @@ impl App {
 
     /// Proposes the expiry of the leases whose deadline passed, minus those storm
     /// protection holds back.
+    ///
+    /// The expiry is bound to the term whose countdowns ran out (an entry appended in
+    /// another term expires nothing). When the proposal's outcome is unknown (it timed
+    /// out, say, on a leader cut off from its quorum), the leases stay marked: the entry
+    /// may still commit, so a keepalive must not be accepted meanwhile. A leader's own
+    /// entry commits while it leads; if it stops leading, the next term restarts the
+    /// countdowns and unmarks them.
     async fn expire_due_leases(&self) {
         let due = self.inner.clock.take_due(EXPIRY_BATCH);
-        if due.is_empty() {
+        if due.ids.is_empty() {
             return;
         }
         let decision = {
             let state = self.inner.state.read();
-            self.storm().decide(due, &state.app.catalog, Instant::now())
+            self.storm()
+                .decide(due.ids, &state.app.catalog, Instant::now())
         };
         // Held back: still due, and a keepalive arriving meanwhile revives them.
         self.inner.clock.unmark(&decision.defer);
@@ -104,15 +112,37 @@ impl App {
         if expire.is_empty() {
             return;
         }
-        match self.propose_here(ExpireLeases(expire.clone())).await {
-            Ok((index, gone)) => {
+        let count = expire.len();
+        let proposal = ExpireLeases {
+            term: due.term,
+            ids: expire.clone(),
+        };
+        match self.propose_here(proposal).await {
+            Ok((index, Some(gone))) => {
                 crate::metrics::leases_expired(gone.len());
-                tracing::info!(index, expired = gone.len(), "leases expired");
+                tracing::info!(
+                    index,
+                    term = due.term,
+                    expired = gone.len(),
+                    "leases expired"
+                );
             }
-            Err(e) => {
-                tracing::warn!(error = %e, leases = expire.len(), "lease expiry not committed; will retry");
+            Ok((index, None)) => tracing::info!(
+                index,
+                term = due.term,
+                leases = count,
+                "lease expiry appended after its term ended; it expired nothing"
+            ),
+            Err(e) if e.nothing_done() => {
+                tracing::warn!(error = %e, leases = count, "lease expiry refused; will retry");
                 self.inner.clock.unmark(&expire);
             }
+            Err(e) => tracing::warn!(
+                error = %e,
+                leases = count,
+                "lease expiry outcome unknown; keepalives for these leases are refused \
+                 until it commits or this term ends"
+            ),
         }
     }
 

@@ -88,6 +88,13 @@ impl Inner {
     }
 }
 
+/// Leases whose countdown ran out, and the term of the countdowns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Due {
+    pub term: u64,
+    pub ids: Vec<LeaseId>,
+}
+
 /// Why a keepalive was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepaliveError {
@@ -207,13 +214,14 @@ impl LeaseClock {
     }
 
     /// Takes up to `limit` leases whose deadline has passed, oldest first, and marks them
-    /// expiring. Empty when not leading. Looks only at the entries that came up, not at
-    /// every lease.
-    pub fn take_due(&self, limit: usize) -> Vec<LeaseId> {
+    /// expiring, with the term whose countdowns they ran out on (the expiry must be
+    /// appended in that term: [`crate::replicated::ops::ExpireLeases`]). Empty when not
+    /// leading. Looks only at the entries that came up, not at every lease.
+    pub fn take_due(&self, limit: usize) -> Due {
         let mut inner = self.lock();
-        if inner.leading_term.is_none() {
-            return Vec::new();
-        }
+        let Some(term) = inner.leading_term else {
+            return Due::default();
+        };
         let now_ms = inner.now_ms(Instant::now());
         let mut due = Vec::new();
         while due.len() < limit {
@@ -239,11 +247,13 @@ impl LeaseClock {
             countdown.expiring = true;
             due.push(id);
         }
-        due
+        Due { term, ids: due }
     }
 
-    /// An expiry proposal failed: these leases may be proposed again. Their deadlines
-    /// stay passed; a new leader would restart them anyway.
+    /// An expiry proposal was refused before it reached the log (or was held back): these
+    /// leases may be proposed again, and a keepalive revives them. Their deadlines stay
+    /// passed; a new leader would restart them anyway. Not for a proposal whose outcome
+    /// is unknown: it may still commit, after a keepalive this would let through.
     pub fn unmark(&self, ids: &[LeaseId]) {
         let mut inner = self.lock();
         for id in ids {
@@ -280,7 +290,7 @@ mod tests {
             clock.keepalive(&LeaseId::from_u128(1)),
             Err(KeepaliveError::NotLeader)
         );
-        assert!(clock.take_due(10).is_empty());
+        assert!(clock.take_due(10).ids.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,11 +301,11 @@ mod tests {
         clock.lead(2);
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(
-            clock.take_due(10).is_empty(),
+            clock.take_due(10).ids.is_empty(),
             "expired early after a leader change"
         );
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(clock.take_due(10), vec![LeaseId::from_u128(1)]);
+        assert_eq!(clock.take_due(10).ids, vec![LeaseId::from_u128(1)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -306,7 +316,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(600)).await;
         clock.lead(3);
         tokio::time::advance(Duration::from_millis(400)).await;
-        assert_eq!(clock.take_due(10), vec![LeaseId::from_u128(1)]);
+        let due = Due {
+            term: 3,
+            ids: vec![LeaseId::from_u128(1)],
+        };
+        assert_eq!(clock.take_due(10), due, "due on the countdowns of term 3");
     }
 
     #[tokio::test(start_paused = true)]
@@ -318,28 +332,32 @@ mod tests {
         tokio::time::advance(Duration::from_millis(800)).await;
         assert_eq!(clock.keepalive(&id), Ok(Duration::from_millis(1000)));
         tokio::time::advance(Duration::from_millis(800)).await;
-        assert!(clock.take_due(10).is_empty());
+        assert!(clock.take_due(10).ids.is_empty());
         assert_eq!(clock.remaining(&id), Some(Duration::from_millis(200)));
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(clock.take_due(10), vec![id]);
+        assert_eq!(clock.take_due(10).ids, vec![id]);
         assert_eq!(
             clock.keepalive(&id),
             Err(KeepaliveError::Expired),
             "expiry in flight"
         );
         assert!(
-            clock.take_due(10).is_empty(),
+            clock.take_due(10).ids.is_empty(),
             "a lease being expired is proposed once"
         );
         clock.unmark(&[id]);
-        assert_eq!(clock.take_due(10), vec![id], "a failed proposal is retried");
+        assert_eq!(
+            clock.take_due(10).ids,
+            vec![id],
+            "a failed proposal is retried"
+        );
         clock.unmark(&[id]);
         assert_eq!(
             clock.keepalive(&id),
             Ok(Duration::from_millis(1000)),
             "a held-back lease revives"
         );
-        assert!(clock.take_due(10).is_empty());
+        assert!(clock.take_due(10).ids.is_empty());
         clock.forget(&id);
         assert_eq!(clock.keepalive(&id), Err(KeepaliveError::NotFound));
     }
@@ -358,14 +376,14 @@ mod tests {
         }
         tokio::time::advance(Duration::from_millis(600)).await;
         let odd: Vec<LeaseId> = (1..100).step_by(2).map(LeaseId::from_u128).collect();
-        assert_eq!(clock.take_due(1000), odd, "odd ones, by deadline");
+        assert_eq!(clock.take_due(1000).ids, odd, "odd ones, by deadline");
         for n in (1..100).step_by(2) {
             clock.forget(&LeaseId::from_u128(n));
         }
         tokio::time::advance(Duration::from_millis(500)).await;
         let even: Vec<LeaseId> = (0..100).step_by(2).map(LeaseId::from_u128).collect();
-        assert_eq!(clock.take_due(1000), even);
-        assert!(clock.take_due(1000).is_empty());
+        assert_eq!(clock.take_due(1000).ids, even);
+        assert!(clock.take_due(1000).ids.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -390,7 +408,7 @@ mod tests {
         }
         clock.lead(1);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(clock.take_due(4).len(), 4);
-        assert_eq!(clock.take_due(100).len(), 6);
+        assert_eq!(clock.take_due(4).ids.len(), 4);
+        assert_eq!(clock.take_due(100).ids.len(), 6);
     }
 }

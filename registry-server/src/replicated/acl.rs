@@ -482,6 +482,7 @@ impl Authority {
             Command::Acl(AclCommand::Purge(_))
             | Command::Reap { .. }
             | Command::Owned { .. }
+            | Command::InTerm { .. }
             | Command::CheckResults { .. }
             | Command::SetProbers { .. } => Err(caller.denied(Need::Internal)),
         }

@@ -78,18 +78,31 @@ impl Op for RevokeLease {
     }
 }
 
-/// Expire leases whose deadline passed; the output is those that still existed.
+/// Expire leases whose deadline passed on the leader's countdowns of `term`; the output
+/// is those that still existed, or `None` when the entry was appended in another term
+/// (whose leader restarted the countdowns), which expires nothing.
 #[derive(Debug, Clone)]
-pub struct ExpireLeases(pub Vec<LeaseId>);
+pub struct ExpireLeases {
+    pub term: u64,
+    pub ids: Vec<LeaseId>,
+}
 
 impl Op for ExpireLeases {
-    type Output = Vec<Lease>;
+    type Output = Option<Vec<Lease>>;
     fn command(self) -> Command {
-        Command::Coordinate(locks::Command::ExpireLeases { ids: self.0 })
+        Command::InTerm {
+            term: self.term,
+            command: Box::new(Command::Coordinate(locks::Command::ExpireLeases {
+                ids: self.ids,
+            })),
+        }
     }
-    fn output(outcome: Outcome) -> Result<Vec<Lease>, Mismatch> {
+    fn output(outcome: Outcome) -> Result<Option<Vec<Lease>>, Mismatch> {
+        if outcome == Outcome::OtherTerm {
+            return Ok(None);
+        }
         match coordinate(outcome)? {
-            locks::Outcome::LeasesExpired(leases) => Ok(leases),
+            locks::Outcome::LeasesExpired(leases) => Ok(Some(leases)),
             other => Err(mismatch(Outcome::Coordinate(other))),
         }
     }
@@ -370,8 +383,10 @@ mod tests {
     use crate::replicated::catalog::test_spec;
     use crate::replicated::state::{AppState, Effects};
 
+    /// Applies `op` as the only command of the entry at `index`, appended in term 1.
     fn run<O: Op>(state: &mut AppState, op: O, index: u64) -> O::Output {
-        let outcome = state.apply(op.command(), index, 1_000, &mut Effects::default());
+        let command = op.command();
+        let outcome = state.apply_logged(command, 1, index, 1_000, &mut Effects::default());
         match O::output(outcome) {
             Ok(output) => output,
             Err(other) => panic!("outcome of another command: {other:?}"),
@@ -472,7 +487,12 @@ mod tests {
             Some(lease.id)
         );
         assert_eq!(run(&mut s, RevokeLease(lease.id), 14), None);
-        assert!(run(&mut s, ExpireLeases(vec![lease.id]), 15).is_empty());
+        let expire = |term| ExpireLeases {
+            term,
+            ids: vec![lease.id],
+        };
+        assert_eq!(run(&mut s, expire(1), 15), Some(Vec::new()));
+        assert_eq!(run(&mut s, expire(2), 15), None, "decided in another term");
         assert!(run(&mut s, Reap(Vec::new()), 16).is_empty());
         assert!(run(&mut s, GrantDelayed(vec![Key::lock("db")]), 17).is_empty());
     }

@@ -67,6 +67,13 @@ pub enum Command {
         owner: Accessor,
         command: Box<Command>,
     },
+    /// A command the leader decided from what it holds in memory for one term only (lease
+    /// deadlines, which every new leader restarts): it takes effect only if its entry was
+    /// appended in that term, and otherwise changes nothing ([`Outcome::OtherTerm`]). So a
+    /// proposal that waited out a change of leader cannot act on the old term's
+    /// countdowns. Bound to the term of the entry it is a command of
+    /// ([`AppState::apply_logged`]); nested in another command it changes nothing.
+    InTerm { term: u64, command: Box<Command> },
 }
 
 /// What one [`Command`] did.
@@ -88,6 +95,8 @@ pub enum Outcome {
     /// The command named a lease that does not exist.
     LeaseNotFound(LeaseId),
     Catalog(CatalogError),
+    /// A [`Command::InTerm`] whose entry was appended in another term: nothing was done.
+    OtherTerm,
 }
 
 /// Side effects of applying commands, for the parts of the server outside the state.
@@ -120,6 +129,27 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Applies one command of the entry at `index` that was appended in `term`: as
+    /// [`AppState::apply`], except that a command bound to another term
+    /// ([`Command::InTerm`]) changes nothing.
+    pub fn apply_logged(
+        &mut self,
+        command: Command,
+        term: u64,
+        index: u64,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) -> Outcome {
+        match command {
+            Command::InTerm {
+                term: decided,
+                command,
+            } if decided == term => self.apply(*command, index, now_ms, fx),
+            Command::InTerm { .. } => Outcome::OtherTerm,
+            command => self.apply(command, index, now_ms, fx),
+        }
+    }
+
     /// Applies one command from the entry at `index`, stamped `now_ms` by the leader; it
     /// applies at `max(now_ms, clock_ms)`, which becomes the new `clock_ms`.
     pub fn apply(
@@ -191,6 +221,9 @@ impl AppState {
                 }
                 outcome
             }
+            // Only an entry's own commands are bound to its term (`apply_logged`); here
+            // the term cannot be checked, so the command does nothing.
+            Command::InTerm { .. } => Outcome::OtherTerm,
         }
     }
 
@@ -329,6 +362,54 @@ mod tests {
             &mut fx,
         );
         (out, fx)
+    }
+
+    #[test]
+    fn a_command_bound_to_a_term_acts_only_in_an_entry_of_that_term() {
+        let mut s = AppState::default();
+        let mut fx = Effects::default();
+        let id = LeaseId::from_u128(1);
+        let grant = Command::Coordinate(locks::Command::GrantLease { id, ttl_ms: 1000 });
+        s.apply_logged(grant, 4, 1, 0, &mut fx);
+        let expire_in = |term| Command::InTerm {
+            term,
+            command: Box::new(Command::Coordinate(locks::Command::ExpireLeases {
+                ids: vec![id],
+            })),
+        };
+        // Decided on term 4's countdowns, appended by a later leadership: nothing ends.
+        let out = s.apply_logged(expire_in(4), 6, 2, 0, &mut fx);
+        assert_eq!(out, Outcome::OtherTerm);
+        assert!(s.coordinator.lease(&id).is_some());
+        // Nested, the term cannot be checked: nothing ends either.
+        let owned = Command::Owned {
+            owner: Accessor::from_u128(1),
+            command: Box::new(expire_in(6)),
+        };
+        assert_eq!(s.apply_logged(owned, 6, 3, 0, &mut fx), Outcome::OtherTerm);
+        assert!(s.coordinator.lease(&id).is_some());
+        // Appended in the term that decided it (committed later or not): it ends.
+        let out = s.apply_logged(expire_in(6), 6, 4, 0, &mut fx);
+        assert!(
+            matches!(&out, Outcome::Coordinate(locks::Outcome::LeasesExpired(l)) if l.len() == 1),
+            "{out:?}"
+        );
+        assert!(s.coordinator.lease(&id).is_none());
+    }
+
+    #[test]
+    fn commands_keep_their_encoding_and_in_term_comes_last() {
+        // bincode numbers variants in declaration order: entries written before
+        // `InTerm` existed (log format 2) must decode as the same commands.
+        let tag = |c: &Command| bincode::serialize(c).unwrap()[..4].to_vec();
+        let expire = Command::Coordinate(locks::Command::ExpireLeases { ids: vec![] });
+        assert_eq!(tag(&expire), [0, 0, 0, 0]);
+        assert_eq!(tag(&Command::SetProbers { probers: vec![] }), [7, 0, 0, 0]);
+        let in_term = Command::InTerm {
+            term: 1,
+            command: Box::new(expire),
+        };
+        assert_eq!(tag(&in_term), [9, 0, 0, 0]);
     }
 
     #[test]

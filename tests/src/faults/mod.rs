@@ -198,12 +198,14 @@ impl fmt::Display for RunReport {
 /// injects the seed's schedule, heal, take final reads, and check the histories.
 pub async fn run(config: RunConfig) -> Result<RunReport> {
     let clock = RunClock::start();
+    let started = std::time::SystemTime::now();
     let schedule = nemesis::schedule(config.seed, config.nodes, config.length);
     let cluster = FaultCluster::start(config.nodes, clock).await?;
     cluster.log(format!(
-        "seed {}: {} nodes, schedule:\n  {}",
+        "seed {}: {} nodes (run time 0 is {} in the servers' logs), schedule:\n  {}",
         config.seed,
         config.nodes,
+        humantime::format_rfc3339_millis(started),
         schedule
             .iter()
             .map(ToString::to_string)
@@ -225,6 +227,9 @@ pub async fn run(config: RunConfig) -> Result<RunReport> {
     cluster.log(format!("healed; node {leader} leads; checking"));
     let histories = histories?;
     let (checked, anomalies) = histories.check();
+    if !anomalies.is_empty() {
+        keep_server_logs(&cluster, &config, started);
+    }
     let log = cluster.log.lock().expect("log lock").clone();
     Ok(RunReport {
         config,
@@ -235,4 +240,25 @@ pub async fn run(config: RunConfig) -> Result<RunReport> {
         anomalies,
         log,
     })
+}
+
+/// Copies the servers' logs of a failed run where they outlive it: under
+/// `$FAULT_LOG_DIR` if set, else the system's temporary directory, in a folder named
+/// after the seed and the run's start. The run's log says where.
+fn keep_server_logs(cluster: &FaultCluster, config: &RunConfig, started: std::time::SystemTime) {
+    let since_epoch = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let root = std::env::var_os("FAULT_LOG_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("registry-fault-logs"));
+    let dir = root.join(format!(
+        "seed-{}-{}-nodes-{since_epoch}",
+        config.seed, config.nodes
+    ));
+    match cluster.nodes.keep_logs(&dir) {
+        Ok(()) => cluster.log(format!("server logs kept in {}", dir.display())),
+        Err(e) => cluster.log(format!("server logs not kept: {e:#}")),
+    }
 }

@@ -8,10 +8,14 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The format version this server writes, and the newest it reads. Version 2: a
-/// registration may carry active checks and no lease. Version 1 is refused
-/// ([`FormatError::Older`]).
-pub const LOG_FORMAT_VERSION: u8 = 2;
+/// The format version this server writes, and the newest it reads. Version 3: a lease
+/// expiry names the term that decided it (`Command::InTerm`). Version 2 (a registration
+/// may carry active checks and no lease) is read as it is, since version 3 only adds
+/// commands. Version 1 is refused ([`FormatError::Older`]).
+pub const LOG_FORMAT_VERSION: u8 = 3;
+
+/// The oldest format version this server reads.
+pub const OLDEST_LOG_FORMAT_VERSION: u8 = 2;
 
 /// Why a stored value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +33,7 @@ pub enum FormatError {
     #[error("{what} has format version {found}, which no server writes (corrupt, or written before format versions)")]
     Unknown { what: String, found: u8 },
     /// Written by an earlier server whose encoding this one does not convert.
-    #[error("{what} has format version {found}, older than the {supported} this server reads: it was written before active checks, and this pre-1.0 server does not convert it — run the release that wrote it")]
+    #[error("{what} has format version {found}, older than the {supported} this server reads at the oldest: it was written before active checks, and this pre-1.0 server does not convert it — run the release that wrote it")]
     Older {
         what: String,
         found: u8,
@@ -62,7 +66,9 @@ pub fn decode<T: DeserializeOwned>(
     what: impl FnOnce() -> String,
 ) -> Result<T, FormatError> {
     match bytes.split_first() {
-        Some((&LOG_FORMAT_VERSION, rest)) => {
+        Some((&found, rest))
+            if (OLDEST_LOG_FORMAT_VERSION..=LOG_FORMAT_VERSION).contains(&found) =>
+        {
             bincode::deserialize(rest).map_err(|source| FormatError::Decode {
                 what: what(),
                 source,
@@ -76,7 +82,7 @@ pub fn decode<T: DeserializeOwned>(
         Some((&found, _)) if found > 0 => Err(FormatError::Older {
             what: what(),
             found,
-            supported: LOG_FORMAT_VERSION,
+            supported: OLDEST_LOG_FORMAT_VERSION,
         }),
         Some((&found, _)) => Err(FormatError::Unknown {
             what: what(),
@@ -109,8 +115,16 @@ mod tests {
         let err = decode::<u64>(&bytes, || "log entry at index 3".into()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "log entry at index 3 has format version 9; this server reads up to 2 — upgrade the server"
+            "log entry at index 3 has format version 9; this server reads up to 3 — upgrade the server"
         );
+    }
+
+    #[test]
+    fn reads_version_2_as_it_is() {
+        let mut bytes = encode(&(7u64, "x".to_string())).unwrap();
+        bytes[0] = 2;
+        let back: (u64, String) = decode(&bytes, || unreachable!()).unwrap();
+        assert_eq!(back, (7, "x".to_string()));
     }
 
     #[test]

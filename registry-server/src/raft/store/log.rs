@@ -487,7 +487,7 @@ mod tests {
         }
         let expected = |index| {
             format!(
-                "log entry at index {index} has format version 9; this server reads up to 2 — upgrade the server"
+                "log entry at index {index} has format version 9; this server reads up to 3 — upgrade the server"
             )
         };
 

@@ -298,12 +298,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Response::default()
                     }
                     EntryPayload::Normal(request) => {
-                        let index = entry.log_id.index;
+                        let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
                         state.clock_applied_at = Some(tokio::time::Instant::now());
                         let outcomes = request
                             .commands
                             .into_iter()
-                            .map(|cmd| state.app.apply(cmd, index, request.now_ms, &mut effects))
+                            .map(|cmd| {
+                                let now_ms = request.now_ms;
+                                state
+                                    .app
+                                    .apply_logged(cmd, term, index, now_ms, &mut effects)
+                            })
                             .collect();
                         Response { outcomes }
                     }
