@@ -132,3 +132,28 @@ impl From<CatalogError> for AppError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_count_as_nothing_done() {
+        let unknown = [
+            AppError::Timeout("not committed in time".into()),
+            AppError::Unavailable("stopping".into()),
+            AppError::Internal("mismatch".into()),
+        ];
+        for e in unknown {
+            assert!(!e.nothing_done(), "{e:?} may still commit");
+        }
+        let refused = [
+            AppError::NotLeader { leader: None },
+            AppError::Overloaded("queue full".into()),
+            AppError::LeaseNotFound(LeaseId::from_u128(1)),
+        ];
+        for e in refused {
+            assert!(e.nothing_done(), "{e:?} changed nothing");
+        }
+    }
+}

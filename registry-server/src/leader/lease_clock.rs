@@ -363,6 +363,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_expiry_is_in_doubt_refuses_keepalives_until_the_next_term() {
+        // The expiry loop leaves the mark when a proposal's outcome is unknown (it may
+        // still commit): the lease stays refused and is not proposed twice in the term.
+        let clock = LeaseClock::default();
+        let id = LeaseId::from_u128(1);
+        clock.track(&lease(1, 1000));
+        clock.lead(1);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(clock.take_due(10).ids, vec![id]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(clock.keepalive(&id), Err(KeepaliveError::Expired));
+        assert!(clock.take_due(10).ids.is_empty());
+        // A later term restarts the countdown: its leader applied everything of the old
+        // term before it accepts a keepalive.
+        clock.step_down();
+        clock.lead(2);
+        assert_eq!(clock.keepalive(&id), Ok(Duration::from_millis(1000)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn due_leases_come_oldest_first_and_kept_alive_ones_wait_their_turn() {
         let clock = LeaseClock::default();
         clock.lead(1);
