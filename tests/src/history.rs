@@ -812,7 +812,8 @@ pub struct LeaseHistory {
     pub ttl: Duration,
     /// The grant and every keepalive, in invocation order; `Ok(true)` = renewed / granted,
     /// `Ok(false)` = the server answered that the lease does not exist or has expired.
-    pub ops: Vec<Op<(), bool>>,
+    /// The input is a note for messages: which node was asked, and a refusal's code.
+    pub ops: Vec<Op<String, bool>>,
 }
 
 /// Checks that no lease renewed within its TTL expired.
@@ -841,16 +842,25 @@ pub fn check_leases(leases: &[LeaseHistory]) -> Report {
     report
 }
 
+/// `", NOTE"` for an op's note, nothing for an empty one.
+fn note(note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!(", {note}")
+    }
+}
+
 fn check_lease(report: &mut Report, lease: &LeaseHistory) {
     let name = &lease.lease;
     let grant = lease.ops.first();
-    let mut renewals: Vec<&Op<(), bool>> = lease
+    let mut renewals: Vec<&Op<String, bool>> = lease
         .ops
         .iter()
         .filter(|op| op.outcome == Outcome::Ok(true))
         .collect();
     renewals.sort_by_key(|op| op.invoke);
-    let mut refusals: Vec<&Op<(), bool>> = lease
+    let mut refusals: Vec<&Op<String, bool>> = lease
         .ops
         .iter()
         .filter(|op| op.outcome == Outcome::Ok(false))
@@ -872,15 +882,17 @@ fn check_lease(report: &mut Report, lease: &LeaseHistory) {
                 LEASE_EXPIRED_EARLY,
                 format!(
                     "lease {name:?} (ttl {}): process {} was told it had expired by {} \
-                     (keepalive invoked {}), but the {} invoked at {} by process {} \
+                     (keepalive invoked {}{}), but the {} invoked at {} by process {}{} \
                      keeps it alive until at least {}",
                     ms(lease.ttl),
                     refusal.process,
                     ms(refusal.complete),
                     ms(refusal.invoke),
+                    note(&refusal.input),
                     if is_grant { "grant" } else { "renewal" },
                     ms(renewal.invoke),
                     renewal.process,
+                    note(&renewal.input),
                     ms(alive_until)
                 ),
             );
@@ -894,14 +906,16 @@ fn check_lease(report: &mut Report, lease: &LeaseHistory) {
                 LEASE_REVIVED,
                 format!(
                     "lease {name:?}: process {} was told it no longer existed at {} \
-                     (keepalive invoked {}), yet a renewal by process {} invoked at {} \
-                     succeeded (answered {})",
+                     (keepalive invoked {}{}), yet a renewal by process {} invoked at {} \
+                     succeeded (answered {}{})",
                     first_refusal.process,
                     ms(first_refusal.complete),
                     ms(first_refusal.invoke),
+                    note(&first_refusal.input),
                     revival.process,
                     ms(revival.invoke),
-                    ms(revival.complete)
+                    ms(revival.complete),
+                    note(&revival.input)
                 ),
             );
         }
@@ -1389,17 +1403,17 @@ mod tests {
 
     // --- leases ------------------------------------------------------------------------
 
-    fn lease_op(process: usize, at: [u64; 2], outcome: Outcome<bool>) -> Op<(), bool> {
+    fn lease_op(process: usize, at: [u64; 2], outcome: Outcome<bool>) -> Op<String, bool> {
         Op {
             process,
             invoke: ms(at[0]),
             complete: ms(at[1]),
-            input: (),
+            input: String::new(),
             outcome,
         }
     }
 
-    fn lease(name: &str, ops: Vec<Op<(), bool>>) -> LeaseHistory {
+    fn lease(name: &str, ops: Vec<Op<String, bool>>) -> LeaseHistory {
         LeaseHistory {
             lease: name.to_owned(),
             ttl: ms(100),

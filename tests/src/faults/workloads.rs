@@ -152,7 +152,24 @@ impl Env {
         body: Option<Value>,
         timeout: Duration,
     ) -> Answer {
-        let node = &self.nodes[rng.random_range(0..self.nodes.len())];
+        let node = self.pick(rng);
+        self.send_to(node, method, path, body, timeout).await
+    }
+
+    /// A random node's address.
+    fn pick(&self, rng: &mut StdRng) -> &str {
+        &self.nodes[rng.random_range(0..self.nodes.len())]
+    }
+
+    /// Sends one request to `node`.
+    async fn send_to(
+        &self,
+        node: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Answer {
         let mut request = self
             .http
             .request(method, format!("http://{node}{path}"))
@@ -179,9 +196,22 @@ impl Env {
     /// Renews `lease` through a random node (short timeout: a renewal that takes long
     /// is worth little).
     async fn keepalive(&self, rng: &mut StdRng, lease: &str) -> Answer {
+        self.keepalive_noted(rng, lease).await.0
+    }
+
+    /// [`Env::keepalive`], with a note for the history: the node asked, and the code of
+    /// a 404 (`lease_expired`: its expiry was proposed; `lease_not_found`: it is gone).
+    async fn keepalive_noted(&self, rng: &mut StdRng, lease: &str) -> (Answer, String) {
         let path = format!("/v1/leases/{lease}/keepalive");
-        self.send(rng, Method::PUT, &path, None, Duration::from_secs(1))
-            .await
+        let node = self.pick(rng).to_owned();
+        let answer = self
+            .send_to(&node, Method::PUT, &path, None, Duration::from_secs(1))
+            .await;
+        let note = match &answer {
+            Answer::Reply(404, body) => format!("asked {node}, answered {}", body["error"]["code"]),
+            _ => format!("asked {node}"),
+        };
+        (answer, note)
     }
 
     /// Sleeps `d`, or less if the run is stopping.
@@ -561,18 +591,19 @@ async fn lease_process(env: Env, process: usize, mut rng: StdRng) -> Vec<LeaseHi
             env.pause(Duration::from_millis(100)).await;
             continue;
         };
-        let mut ops = vec![op(process, invoked, &env, (), Outcome::Ok(true))];
+        let granted = op(process, invoked, &env, String::new(), Outcome::Ok(true));
+        let mut ops = vec![granted];
         while !env.stopped() {
             env.pause(LEASE_TTL / 3).await;
             let invoked = env.clock.now();
-            let answer = env.keepalive(&mut rng, &lease).await;
+            let (answer, note) = env.keepalive_noted(&mut rng, &lease).await;
             let gone = matches!(answer, Answer::Reply(404, _));
             let outcome = if gone {
                 Outcome::Ok(false)
             } else {
                 answer.outcome(|_| Some(true))
             };
-            ops.push(op(process, invoked, &env, (), outcome));
+            ops.push(op(process, invoked, &env, note, outcome));
             if gone {
                 break;
             }
