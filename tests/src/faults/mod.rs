@@ -186,8 +186,10 @@ impl fmt::Display for RunReport {
         if !self.passed() {
             writeln!(
                 f,
-                "  reproduce with: FAULT_SEED={} (same node count)",
-                c.seed
+                "  reproduce with: scripts/soak.sh --seed {} --nodes {} --run-length {}s",
+                c.seed,
+                c.nodes,
+                c.length.as_secs()
             )?;
         }
         Ok(())
@@ -227,7 +229,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport> {
     cluster.log(format!("healed; node {leader} leads; checking"));
     let histories = histories?;
     let (checked, anomalies) = histories.check();
-    if !anomalies.is_empty() {
+    if !anomalies.is_empty() || std::env::var_os("FAULT_KEEP_LOGS").is_some() {
         keep_server_logs(&cluster, &config, started);
     }
     let log = cluster.log.lock().expect("log lock").clone();
@@ -242,7 +244,8 @@ pub async fn run(config: RunConfig) -> Result<RunReport> {
     })
 }
 
-/// Copies the servers' logs of a failed run where they outlive it: under
+/// Copies the servers' logs of a failed run (or of every run, with `$FAULT_KEEP_LOGS`
+/// set) where they outlive it: under
 /// `$FAULT_LOG_DIR` if set, else the system's temporary directory, in a folder named
 /// after the seed and the run's start. The run's log says where.
 fn keep_server_logs(cluster: &FaultCluster, config: &RunConfig, started: std::time::SystemTime) {
