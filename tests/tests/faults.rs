@@ -5,11 +5,14 @@
 //! `scripts/soak.sh --seed <seed> --nodes <n>` runs it again. The long soak is
 //! `scripts/soak.sh`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
 
 use tests::faults::{self, FaultCluster, RunClock, RunConfig};
 use tests::history::{Op, Outcome};
 use tests::linearizable::{self, Register, RegisterAnswer, RegisterOp, Verdict};
+use tests::{must_pass, wait_until};
 
 /// Length of each schedule here; the soak runs longer ones.
 const LENGTH: Duration = Duration::from_secs(20);
@@ -170,4 +173,118 @@ async fn stale_reads_from_an_isolated_leader_are_caught() {
     history.push(linearizable_read);
     let verdict = linearizable::check(&Register, &history, linearizable::DEFAULT_BUDGET);
     assert_eq!(verdict, Verdict::Linearizable);
+}
+
+/// A lease expiry that a cut-off leader proposed and stopped waiting for (a timeout: the
+/// outcome is unknown) commits once the leader reaches its followers again. A keepalive
+/// accepted in between would be promised a TTL the lease does not get: that was the
+/// lease-expired-early anomaly of a fault run. Whatever a keepalive after the heal is
+/// told must hold: refused, or accepted and the lease lives a TTL.
+///
+/// The timings make the window wide: proposals give up after 300 ms, the expiry loop
+/// runs every 2 s (so a lease unmarked after the timeout would stay unmarked until the
+/// next tick), and the followers would replace a silent leader only after 6 s to 8 s
+/// (its lease of twice the 2 s election timeout, then one timeout), so the cut-off
+/// leader keeps its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_after_an_expiry_in_doubt_is_not_outlived_by_it() {
+    let flags = [
+        "--propose-timeout",
+        "300ms",
+        "--lease-tick",
+        "2s",
+        "--election-timeout",
+        "2s",
+    ];
+    let cluster = FaultCluster::start_with(3, RunClock::start(), &flags)
+        .await
+        .expect("start");
+    must_pass(async {
+        let http = reqwest::Client::new();
+        let leader = cluster
+            .nodes
+            .wait_for_leader(None, Duration::from_secs(20))
+            .await?;
+        let addr = cluster.nodes.addr(leader);
+        let granted: serde_json::Value = http
+            .post(format!("http://{addr}/v1/leases"))
+            .json(&serde_json::json!({ "ttl": "1s" }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let lease = granted["lease"].as_str().expect("a lease id").to_owned();
+        cluster.links.isolate(leader);
+
+        // The countdown runs out, the leader proposes the expiry and gives up on it.
+        wait_until(
+            Duration::from_secs(6),
+            "the cut-off leader to stop waiting for the lease's expiry",
+            || async {
+                let log = cluster.nodes.log_tail(leader, 10_000);
+                let gave_up = log.lines().any(|line| {
+                    line.contains("lease expiry") && line.contains("not committed within")
+                });
+                ensure!(gave_up, "no such line yet");
+                Ok(())
+            },
+        )
+        .await?;
+        cluster.links.heal();
+
+        let keepalive = format!("http://{addr}/v1/leases/{lease}/keepalive");
+        let (invoked, status) = wait_until(
+            Duration::from_secs(5),
+            "a keepalive to the leader to be answered 200 or 404",
+            || async {
+                let invoked = Instant::now();
+                let response = http
+                    .put(&keepalive)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await?;
+                let status = response.status().as_u16();
+                ensure!(matches!(status, 200 | 404), "answered {status}");
+                Ok((invoked, status))
+            },
+        )
+        .await?;
+        eprintln!("the keepalive after the heal was answered {status}");
+
+        let read = format!("http://{addr}/v1/leases/{lease}");
+        if status == 200 {
+            // Accepted: the lease must live until at least a TTL after the keepalive was
+            // sent (checked up to 900 ms, with a margin for the read itself).
+            while invoked.elapsed() < Duration::from_millis(900) {
+                let answer = http
+                    .get(&read)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                if let Ok(answer) = answer {
+                    if answer.status() == 404 && invoked.elapsed() < Duration::from_millis(900) {
+                        bail!(
+                            "a keepalive was accepted, yet the lease was gone {:?} after it was sent \
+                             (its TTL is 1 s): the expiry in doubt committed after it",
+                            invoked.elapsed()
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            // Refused: the lease is gone for good, and says so once the expiry commits.
+            wait_until(Duration::from_secs(5), "the lease to be gone", || async {
+                let status = http.get(&read).send().await?.status().as_u16();
+                ensure!(status == 404, "read answered {status}");
+                Ok(())
+            })
+            .await?;
+            let again = http.put(&keepalive).send().await?.status().as_u16();
+            ensure!(again == 404, "a refused lease was renewed later ({again})");
+        }
+        Ok(())
+    })
+    .await;
 }

@@ -60,6 +60,12 @@ pub struct FaultCluster {
 impl FaultCluster {
     /// Starts `n` nodes, each reaching every peer through that link's proxy.
     pub async fn start(n: u64, clock: RunClock) -> Result<FaultCluster> {
+        FaultCluster::start_with(n, clock, &[]).await
+    }
+
+    /// [`FaultCluster::start`], with `extra` flags on every node.
+    pub async fn start_with(n: u64, clock: RunClock, extra: &[&str]) -> Result<FaultCluster> {
+        let flags: Vec<&str> = NODE_FLAGS.iter().chain(extra).copied().collect();
         let mut attempt = 1;
         loop {
             let ports = crate::free_ports(n)?;
@@ -72,7 +78,7 @@ impl FaultCluster {
                 .keys()
                 .map(|&id| (id, vec!["--peer-via".to_owned(), links.peer_via_flag(id)]))
                 .collect();
-            let nodes = Cluster::start_on(&ports, NODE_FLAGS, &node_args).await?;
+            let nodes = Cluster::start_on(&ports, &flags, &node_args).await?;
             if nodes.live_ids().len() as u64 == n {
                 return Ok(FaultCluster {
                     nodes,
