@@ -100,18 +100,22 @@ impl FaultCluster {
     }
 
     /// The node the running nodes name as leader, or the lowest running id if none
-    /// answers (the fault then hits a follower, which is a fault too).
+    /// answers (the fault then hits a follower, which is a fault too); the run's log
+    /// says which it was.
     pub async fn current_leader(&self) -> u64 {
         for id in self.nodes.live_ids() {
             if let Ok(Ok(status)) =
                 tokio::time::timeout(Duration::from_secs(1), self.nodes.status(id)).await
             {
                 if status.role == Role::Leader {
+                    self.log(format!("the leader is node {id}"));
                     return id;
                 }
             }
         }
-        self.nodes.live_ids().first().copied().unwrap_or(1)
+        let id = self.nodes.live_ids().first().copied().unwrap_or(1);
+        self.log(format!("no node says it leads; taking node {id}"));
+        id
     }
 
     /// Heals every link, resumes and restarts every node, and waits for a leader.

@@ -211,13 +211,11 @@ async fn inject(cluster: &FaultCluster, fault: &Fault) -> Result<Undo> {
         }
         Fault::IsolateLeader => {
             let leader = cluster.current_leader().await;
-            cluster.log(format!("the leader is node {leader}"));
             links.isolate(leader);
             Undo::Heal
         }
         Fault::LeaderCannotSend => {
             let leader = cluster.current_leader().await;
-            cluster.log(format!("the leader is node {leader}"));
             for to in nodes.ids().into_iter().filter(|&id| id != leader) {
                 links.cut_one_way(leader, to);
             }
@@ -239,7 +237,6 @@ async fn inject(cluster: &FaultCluster, fault: &Fault) -> Result<Undo> {
         }
         Fault::KillLeader => {
             let leader = cluster.current_leader().await;
-            cluster.log(format!("the leader is node {leader}"));
             nodes.kill(leader).await?;
             Undo::Restart(leader)
         }
@@ -249,7 +246,6 @@ async fn inject(cluster: &FaultCluster, fault: &Fault) -> Result<Undo> {
         }
         Fault::PauseLeader => {
             let leader = cluster.current_leader().await;
-            cluster.log(format!("the leader is node {leader}"));
             nodes.pause(leader)?;
             Undo::Resume(leader)
         }
