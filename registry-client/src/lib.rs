@@ -368,7 +368,12 @@ impl ClientBuilder {
         let scheme = one_scheme(&self.endpoints, &parsed, tls_options)?;
         let endpoints: Vec<String> = parsed.into_iter().map(|(_, endpoint)| endpoint).collect();
 
-        let mut http = reqwest::Client::builder().timeout(self.timeout);
+        // HTTP/1.1 whatever features another crate of the program turns on in reqwest:
+        // one protocol to reason about (a TLS refusal of the client's certificate, for
+        // one, reaches it as a TLS error, where over HTTP/2 it is a closed connection).
+        let mut http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .http1_only();
         if scheme == Scheme::Https {
             // rustls even if another crate of the program turns on reqwest's native-tls.
             http = http.use_rustls_tls().https_only(true);

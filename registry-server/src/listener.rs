@@ -10,6 +10,13 @@
 //! kept here instead, per connection, from what the connection reads and what its
 //! requests do. A blocking query in flight keeps its connection however long it waits.
 //!
+//! Each connection speaks HTTP/1.1 or HTTP/2: cleartext HTTP/2 with prior knowledge
+//! (the client's first bytes are the HTTP/2 preface) or, over TLS, when ALPN chose `h2`.
+//! HTTP/2 carries up to [`MAX_STREAMS`] requests at once on one connection, so many
+//! blocking queries cost one socket, not one each. Its frames are not request heads: on
+//! an HTTP/2 connection the header timeout runs only until its first request, then only
+//! the idle timeout does.
+//!
 //! **Invariant:** every accepted connection holds a permit until it closes; nothing
 //! accepted waits unbounded for bytes that do not come.
 
@@ -17,7 +24,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,7 +35,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,6 +61,14 @@ Content-Type: application/json\r\nConnection: close\r\nContent-Length: 100\r\n\r
 
 /// How long writing [`OVER_CAPACITY`] may take.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Requests one HTTP/2 connection may have in flight at once (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`); more wait on the client's side. Every one still
+/// counts against the server's own bounds (waiters, blocking queries).
+pub const MAX_STREAMS: u32 = 1000;
+
+/// What an HTTP/2 client's connection starts with.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Connections kept for peers on a listener that serves clients too: once clients hold
 /// `max_connections`, up to this many more are accepted for node-to-node calls only.
@@ -158,6 +173,7 @@ pub async fn serve(
             let io = Tracked {
                 inner: tcp,
                 state: connection.state.clone(),
+                read_any: false,
             };
             match tls {
                 None => connection.serve(io, None, watcher).await,
@@ -186,6 +202,9 @@ pub async fn serve(
                                     .map(|leaf| {
                                         PeerCertificate(Arc::new(leaf.clone().into_owned()))
                                     });
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    connection.state.multiplexed.store(true, Ordering::Relaxed);
+                                }
                                 connection.state.handshake_done();
                                 connection.serve(stream, certificate, watcher).await;
                             }
@@ -238,8 +257,8 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves HTTP/1.1 on `io` until the connection ends, its watchdog closes it, or the
-    /// drain after shutdown ends.
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends, its watchdog closes
+    /// it, or the drain after shutdown ends.
     async fn serve<I>(self, io: I, certificate: Option<PeerCertificate>, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -279,10 +298,14 @@ impl Connection {
                 }
             })
         };
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(None)
             .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS);
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::select! {
             result = connection => {
@@ -365,6 +388,10 @@ struct ConnState {
     /// When the first byte of a request head arrived (with no request in flight), plus
     /// one; 0: no head being read.
     head_started_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (its preface, or ALPN `h2`).
+    multiplexed: AtomicBool,
+    /// A request has reached the service (on HTTP/2, later bytes are frames, not heads).
+    served: AtomicBool,
 }
 
 impl ConnState {
@@ -374,7 +401,15 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
+            served: AtomicBool::new(false),
         }
+    }
+
+    /// Whether bytes read with no request in flight begin a request head: always on
+    /// HTTP/1.1; on HTTP/2 only before its first request (the preface and settings).
+    fn reads_heads(&self) -> bool {
+        !(self.multiplexed.load(Ordering::Relaxed) && self.served.load(Ordering::Relaxed))
     }
 
     fn now_ms(&self) -> u64 {
@@ -401,6 +436,7 @@ impl InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         // The head is complete: hyper called the service.
         state.head_started_ms.store(0, Ordering::Relaxed);
+        state.served.store(true, Ordering::Relaxed);
         InFlight(state)
     }
 }
@@ -443,10 +479,12 @@ async fn watchdog(state: &ConnState, config: ListenerConfig) -> &'static str {
     }
 }
 
-/// A TCP stream that tells its [`ConnState`] when bytes arrive.
+/// A TCP stream that tells its [`ConnState`] when bytes arrive (and whether its first
+/// ones are the HTTP/2 preface).
 struct Tracked {
     inner: TcpStream,
     state: Arc<ConnState>,
+    read_any: bool,
 }
 
 impl AsyncRead for Tracked {
@@ -458,10 +496,16 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if !self.read_any {
+                self.read_any = true;
+                if buf.filled()[before..].starts_with(HTTP2_PREFACE) {
+                    self.state.multiplexed.store(true, Ordering::Relaxed);
+                }
+            }
             let state = &self.state;
             let now = state.now_ms();
             state.last_active_ms.store(now, Ordering::Relaxed);
-            if state.in_flight.load(Ordering::Relaxed) == 0 {
+            if state.in_flight.load(Ordering::Relaxed) == 0 && state.reads_heads() {
                 // The first bytes of a new request head (later ones keep the first time).
                 let _ = state.head_started_ms.compare_exchange(
                     0,

@@ -28,8 +28,10 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 
-/// The one protocol served: clients and peers speak HTTP/1.1.
+/// HTTP/1.1: what peers speak, and what clients get unless they offer `h2`.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// HTTP/2, offered to clients first (`crate::listener` serves both).
+const ALPN_H2: &[u8] = b"h2";
 
 /// TLS sessions kept for resumption by the server (each is a few hundred bytes).
 const SESSION_CACHE: usize = 8192;
@@ -115,7 +117,7 @@ impl Tls {
             None => server.with_no_client_auth(),
         };
         let mut server = server.with_cert_resolver(keys.clone());
-        server.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         server.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
         server.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("TLS session tickets: {e}"))?;

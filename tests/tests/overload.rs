@@ -498,3 +498,79 @@ async fn a_request_that_does_not_wait_on_purpose_is_bounded_by_the_request_timeo
     })
     .await;
 }
+
+/// Blocking queries multiplexed over HTTP/2: a thousand parked on one cleartext HTTP/2
+/// connection (prior knowledge), each counted as a blocking query, all answered when
+/// the service changes; the node holds one client connection for them, not a thousand.
+/// This is what lets a node hold more parked queries than it has file descriptors.
+#[tokio::test]
+async fn a_thousand_blocking_queries_share_one_http2_connection() {
+    const QUERIES: usize = 1000;
+    let cluster = Cluster::start(1, &[]).await.expect("start");
+    must_pass(async {
+        let addr = cluster.addr(1);
+        let register = |instance: &'static str| {
+            let addr = addr.clone();
+            async move {
+                reqwest::Client::new()
+                    .put(format!(
+                        "http://{addr}/v1/services/h2-watch/instances/{instance}"
+                    ))
+                    .json(&serde_json::json!({ "address": "127.0.0.1", "port": 1, "ttl": "1m" }))
+                    .send()
+                    .await?
+                    .error_for_status()
+            }
+        };
+        let index = register("a")
+            .await?
+            .headers()
+            .get(api_spec::INDEX_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .context("no index header")?;
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let url = format!("http://{addr}/v1/services/h2-watch?index={index}&wait=20s");
+        let queries: Vec<_> = (0..QUERIES)
+            .map(|_| {
+                let request = h2.get(&url).send();
+                tokio::spawn(async move {
+                    let r = request.await?;
+                    let version = r.version();
+                    let status = r.status().as_u16();
+                    let body: api_spec::ServiceInstances = r.json().await?;
+                    Ok::<_, reqwest::Error>((version, status, body.instances.len()))
+                })
+            })
+            .collect();
+        let parked = wait_until(Duration::from_secs(20), "the queries to park", || {
+            let addr = addr.clone();
+            async move {
+                let l = limits(&addr).await?;
+                ensure!(l.blocking_queries == QUERIES as u64, "{l:?}");
+                Ok(l)
+            }
+        })
+        .await?;
+        // The HTTP/2 connection, and the plain one reading the limits.
+        ensure!(
+            parked.connections <= 3,
+            "{} connections for {QUERIES} multiplexed queries",
+            parked.connections
+        );
+        register("b").await?;
+        for query in queries {
+            let (version, status, instances) = query.await??;
+            ensure!(
+                version == reqwest::Version::HTTP_2 && status == 200 && instances == 2,
+                "a query answered {version:?} {status} with {instances} instances"
+            );
+        }
+        let l = limits(&addr).await?;
+        ensure!(l.blocking_queries == 0, "{l:?}");
+        Ok(())
+    })
+    .await;
+}

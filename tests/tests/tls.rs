@@ -198,6 +198,22 @@ async fn a_mutual_tls_cluster_replicates_forwards_and_elects_over_https() {
         let body = plain.text().await?;
         ensure!(body.contains("https://"), "{body}");
 
+        // A client that offers HTTP/2 in ALPN gets it.
+        let identity = format!("{}{}", ops.cert_pem, ops.key_pem);
+        let h2 = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem.as_bytes())?)
+            .identity(reqwest::Identity::from_pem(identity.as_bytes())?)
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let answer = h2.get(format!("https://{addr}/v1/cluster")).send().await?;
+        ensure!(
+            answer.status() == 200 && answer.version() == reqwest::Version::HTTP_2,
+            "a client offering h2 got {:?} {}",
+            answer.version(),
+            answer.status()
+        );
+
         // Raft runs over https: a new leader once the old one is gone.
         cluster.kill(leader).await?;
         let next = cluster.wait_for_leader(Some(leader), TIMEOUT).await?;
