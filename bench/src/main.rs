@@ -74,6 +74,10 @@ struct Args {
     /// Of those, the ones watching the service that changes.
     #[arg(long, value_name = "N", default_value_t = 10_000, requires = "scale")]
     scale_hot_watchers: usize,
+    /// Park the watchers as HTTP/2 streams, N per connection (at most the server's 1000),
+    /// instead of one HTTP/1.1 connection each: 100,000 then fit the open-file limit.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000), requires = "scale")]
+    scale_watch_streams: u64,
     /// `--snapshot-every` of the scale suite's filled cluster: low enough that snapshots
     /// are built several times during its 30 s snapshot window.
     #[arg(long, value_name = "N", default_value_t = 2000, requires = "scale")]
@@ -488,6 +492,7 @@ async fn scale(args: Args) -> Result<bool> {
         instances: args.scale_instances,
         watchers: args.scale_watchers,
         hot_watchers: args.scale_hot_watchers.min(args.scale_watchers),
+        watch_streams: usize::try_from(args.scale_watch_streams).unwrap_or(1000),
         snapshot_every: args.scale_snapshot_every,
         parts: args.scale_only.clone(),
     };

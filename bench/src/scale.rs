@@ -63,6 +63,9 @@ pub struct ScaleConfig {
     pub watchers: usize,
     /// Of those, the ones watching the service that changes.
     pub hot_watchers: usize,
+    /// Step G's watchers as HTTP/2 streams, this many per connection; 0: HTTP/1.1, a
+    /// connection each.
+    pub watch_streams: usize,
     /// `--snapshot-every` of steps A to F's cluster.
     pub snapshot_every: u64,
     /// The parts to run (all when empty).

@@ -7,6 +7,11 @@
 //! a wait for the first bytes of the answer): far cheaper than one HTTP client each. Each
 //! connection is bound to a source address of its own among 127.0.0.2..127.0.0.254 in
 //! turn, since one source address has only about 28,000 ephemeral ports.
+//!
+//! With `--scale-watch-streams N` they are HTTP/2 streams instead, N on each connection
+//! (the `h2` crate's client, one request per stream, answered when its response head
+//! arrives): a hundred thousand watchers then need a few hundred sockets, not a hundred
+//! thousand, which the open-file limit of this machine would not allow.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -106,23 +111,87 @@ enum Attempt {
     Refused(String),
 }
 
-/// One attempt: connect from `source`, write the request, wait for the first bytes.
-async fn attempt(
+/// Where a watcher parks its query.
+#[derive(Clone)]
+enum Via {
+    /// A connection of its own to this node, from this source address.
+    Tcp(SocketAddr, Ipv4Addr),
+    /// A stream of this HTTP/2 connection.
+    Http2(h2::client::SendRequest<bytes::Bytes>),
+}
+
+/// Opens an HTTP/2 connection (prior knowledge) to `addr` from `source`, its frames driven
+/// by a task of its own; its handle opens streams.
+async fn connect_http2(
     addr: SocketAddr,
     source: Ipv4Addr,
-    request: &str,
-    gate: &Semaphore,
-) -> Result<Attempt> {
-    let permit = gate.acquire().await?;
+) -> Result<h2::client::SendRequest<bytes::Bytes>> {
+    let stream = connect(addr, source).await?;
+    let (send, connection) = h2::client::handshake(stream)
+        .await
+        .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// A TCP connection from `source` to `addr`.
+async fn connect(addr: SocketAddr, source: Ipv4Addr) -> Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source.into(), 0))
         .with_context(|| format!("bind {source}:0"))?;
-    let mut stream = socket
+    let stream = socket
         .connect(addr)
         .await
         .with_context(|| format!("connect {source} -> {addr}"))?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One attempt: send the query for `path` (on a connection of its own, or a new stream),
+/// wait for the first bytes of the answer.
+async fn attempt(via: &Via, path: &str, gate: &Semaphore) -> Result<Attempt> {
+    match via {
+        Via::Tcp(addr, source) => attempt_tcp(*addr, *source, path, gate).await,
+        Via::Http2(send) => attempt_http2(send, path, gate).await,
+    }
+}
+
+/// [`attempt`] as one stream of an HTTP/2 connection: answered when the response head
+/// comes.
+async fn attempt_http2(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    gate: &Semaphore,
+) -> Result<Attempt> {
+    let permit = gate.acquire().await?;
+    let mut send = send.clone().ready().await.context("an HTTP/2 stream")?;
+    let request = http::Request::get(format!("http://127.0.0.1{path}")).body(())?;
+    let (response, _) = send.send_request(request, true)?;
+    drop(permit);
+    let response = response.await.context("the HTTP/2 answer")?;
+    let at = Instant::now();
+    let status = response.status().as_u16();
+    match status {
+        200 => Ok(Attempt::Answered(at)),
+        503 | 429 => Ok(Attempt::Refused(format!("HTTP/2 {status}"))),
+        other => bail!("answered HTTP/2 {other}"),
+    }
+}
+
+/// [`attempt`] on a connection of its own: connect from `source`, write the request,
+/// wait for the first bytes.
+async fn attempt_tcp(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    path: &str,
+    gate: &Semaphore,
+) -> Result<Attempt> {
+    let permit = gate.acquire().await?;
+    let mut stream = connect(addr, source).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     drop(permit);
     let mut buffer = [0u8; 16];
@@ -160,15 +229,14 @@ const ATTEMPTS: u32 = 12;
 /// came. A 503 or 429 is noted in `refusals` and retried after a pause (growing from
 /// 0.2 s to 3 s), as a client would.
 async fn park(
-    addr: SocketAddr,
-    source: Ipv4Addr,
-    request: Arc<str>,
+    via: Via,
+    path: Arc<str>,
     gate: Arc<Semaphore>,
     refusals: Arc<Refusals>,
 ) -> Result<Instant> {
     let mut last = String::new();
     for n in 0..ATTEMPTS {
-        match attempt(addr, source, &request, &gate).await? {
+        match attempt(&via, &path, &gate).await? {
             Attempt::Answered(at) => return Ok(at),
             Attempt::Refused(message) => {
                 refusals.note(message.clone());
@@ -181,12 +249,9 @@ async fn park(
     bail!("refused {ATTEMPTS} times: {last}")
 }
 
-/// The minimal request of a blocking query of `service` past `index`.
+/// The path of a blocking query of `service` past `index`.
 fn request(service: &str, index: u64) -> Arc<str> {
-    format!(
-        "GET /v1/services/{service}?index={index}&wait={WAIT} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .into()
+    format!("/v1/services/{service}?index={index}&wait={WAIT}").into()
 }
 
 /// Source address number `n` (round robin over [`SOURCES`]).
@@ -352,13 +417,27 @@ pub async fn run(
                 .saturating_sub(SERVER_FILES)
                 .saturating_mul(scale::NODES),
         );
-    let capped = nofile > 0 && config.watchers > room;
+    // Sockets the watchers take: one each, or one per `streams` of them over HTTP/2.
+    let streams = config.watch_streams;
+    let sockets = |watchers: usize| {
+        if streams == 0 {
+            watchers
+        } else {
+            watchers.div_ceil(streams) + scale::NODES
+        }
+    };
+    let capped = nofile > 0 && sockets(config.watchers) > room;
     let (watchers, hot) = if capped {
         ensure!(
             room >= 100,
             "the open-file limit ({nofile}) leaves no room for watchers"
         );
-        (room, config.hot_watchers.min(room / 2))
+        let most = if streams == 0 {
+            room
+        } else {
+            (room - scale::NODES) * streams
+        };
+        (most, config.hot_watchers.min(most / 2))
     } else {
         (config.watchers, config.hot_watchers.min(config.watchers))
     };
@@ -372,7 +451,7 @@ pub async fn run(
         );
     }
     let max_queries = (watchers + 1000).to_string();
-    let max_connections = (watchers + 2000).min(1_000_000).to_string();
+    let max_connections = (sockets(watchers) + 2000).min(1_000_000).to_string();
     let mut cluster = Registry::start_with(
         bin,
         scale::NODES,
@@ -426,12 +505,43 @@ pub async fn run(
         "G",
         format!("parking {watchers} blocking queries ({hot} on \"{HOT}\", the rest over {COLD_SERVICES} other services), spread over {} nodes", scale::NODES),
     );
+    // Over HTTP/2: every node's connections, opened before any query parks.
+    let mut connections: Vec<Vec<h2::client::SendRequest<bytes::Bytes>>> = Vec::new();
+    let mut sources = 0usize;
+    if streams > 0 {
+        for addr in &addrs {
+            let mut mine = Vec::new();
+            for _ in 0..watchers.div_ceil(scale::NODES).div_ceil(streams) {
+                mine.push(connect_http2(*addr, source(sources)).await?);
+                sources += 1;
+            }
+            connections.push(mine);
+        }
+        progress.say(
+            "G",
+            format!(
+                "{} HTTP/2 connections open, up to {streams} streams each",
+                connections.iter().map(Vec::len).sum::<usize>()
+            ),
+        );
+    }
+    // Watcher `i`: node `i % NODES`, and there a connection of its own or a stream of
+    // the connection its number falls on (a hot watcher parked again reuses its slot).
+    let via = |i: usize, sources: &mut usize| {
+        let node = i % scale::NODES;
+        match (i / scale::NODES).checked_div(streams) {
+            Some(slot) => Via::Http2(connections[node][slot].clone()),
+            None => {
+                *sources += 1;
+                Via::Tcp(addrs[node], source(*sources - 1))
+            }
+        }
+    };
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let cold = Arc::new(Cold::default());
     let refusals = Arc::new(Refusals::default());
     let cold_count = watchers - hot;
     let park_started = Instant::now();
-    let mut sources = 0usize;
     let mut hot_handles: Vec<JoinHandle<Result<Instant>>> = Vec::with_capacity(hot);
     let mut cold_handles: Vec<JoinHandle<()>> = Vec::with_capacity(cold_count);
     let hot_request = request(HOT, hot_index);
@@ -449,13 +559,10 @@ pub async fn run(
             let alive = || i as u64 - finished(&hot_handles) - cold_done();
             pace(&http, &urls, alive).await;
         }
-        let addr = addrs[i % scale::NODES];
-        let from = source(sources);
-        sources += 1;
+        let via = via(i, &mut sources);
         if i < hot {
             hot_handles.push(tokio::spawn(park(
-                addr,
-                from,
+                via,
                 Arc::clone(&hot_request),
                 Arc::clone(&gate),
                 Arc::clone(&refusals),
@@ -465,7 +572,7 @@ pub async fn run(
             let (gate, cold, refusals) =
                 (Arc::clone(&gate), Arc::clone(&cold), Arc::clone(&refusals));
             cold_handles.push(tokio::spawn(async move {
-                match park(addr, from, request, gate, refusals).await {
+                match park(via, request, gate, refusals).await {
                     Ok(_) => {
                         cold.woken.fetch_add(1, Ordering::Relaxed);
                     }
@@ -574,13 +681,11 @@ pub async fn run(
                     pace(&http, &urls, alive).await;
                 }
                 hot_handles.push(tokio::spawn(park(
-                    addrs[i % scale::NODES],
-                    source(sources),
+                    via(i, &mut sources),
                     Arc::clone(&hot_request),
                     Arc::clone(&gate),
                     Arc::clone(&refusals),
                 )));
-                sources += 1;
             }
             wait_parked(
                 &http,
@@ -618,7 +723,15 @@ pub async fn run(
     );
     out.line(
         format!(
-            "park {watchers} GET /v1/services/{{s}}?index=X&wait={WAIT} (raw TCP, {} nodes)",
+            "park {watchers} GET /v1/services/{{s}}?index=X&wait={WAIT} ({}, {} nodes)",
+            if streams == 0 {
+                "raw TCP, a connection each".to_owned()
+            } else {
+                format!(
+                    "HTTP/2, {streams} streams per connection, {} connections",
+                    connections.iter().map(Vec::len).sum::<usize>()
+                )
+            },
             scale::NODES
         ),
         format!(
@@ -703,6 +816,7 @@ pub async fn run(
     out.detail("watchers", watchers);
     out.detail("hot_watchers", hot);
     out.detail("capped_by_open_file_limit", capped.then_some(nofile));
+    out.detail("http2_streams_per_connection", streams);
     out.detail(
         "refused_and_retried",
         refusals.count.load(Ordering::Relaxed),
