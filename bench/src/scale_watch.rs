@@ -111,21 +111,21 @@ enum Attempt {
     Refused(String),
 }
 
+/// A handle on one HTTP/2 connection, opening streams.
+type Http2 = h2::client::SendRequest<bytes::Bytes>;
+
 /// Where a watcher parks its query.
 #[derive(Clone)]
 enum Via {
     /// A connection of its own to this node, from this source address.
     Tcp(SocketAddr, Ipv4Addr),
     /// A stream of this HTTP/2 connection.
-    Http2(h2::client::SendRequest<bytes::Bytes>),
+    Http2(Http2),
 }
 
 /// Opens an HTTP/2 connection (prior knowledge) to `addr` from `source`, its frames driven
 /// by a task of its own; its handle opens streams.
-async fn connect_http2(
-    addr: SocketAddr,
-    source: Ipv4Addr,
-) -> Result<h2::client::SendRequest<bytes::Bytes>> {
+async fn connect_http2(addr: SocketAddr, source: Ipv4Addr) -> Result<Http2> {
     let stream = connect(addr, source).await?;
     let (send, connection) = h2::client::handshake(stream)
         .await
@@ -161,11 +161,7 @@ async fn attempt(via: &Via, path: &str, gate: &Semaphore) -> Result<Attempt> {
 
 /// [`attempt`] as one stream of an HTTP/2 connection: answered when the response head
 /// comes.
-async fn attempt_http2(
-    send: &h2::client::SendRequest<bytes::Bytes>,
-    path: &str,
-    gate: &Semaphore,
-) -> Result<Attempt> {
+async fn attempt_http2(send: &Http2, path: &str, gate: &Semaphore) -> Result<Attempt> {
     let permit = gate.acquire().await?;
     let mut send = send.clone().ready().await.context("an HTTP/2 stream")?;
     let request = http::Request::get(format!("http://127.0.0.1{path}")).body(())?;
@@ -505,29 +501,14 @@ pub async fn run(
         "G",
         format!("parking {watchers} blocking queries ({hot} on \"{HOT}\", the rest over {COLD_SERVICES} other services), spread over {} nodes", scale::NODES),
     );
-    // Over HTTP/2: every node's connections, opened before any query parks.
-    let mut connections: Vec<Vec<h2::client::SendRequest<bytes::Bytes>>> = Vec::new();
+    // Over HTTP/2: every node's connections, each opened when its first watcher parks
+    // (as a client would: one opened long before its first request would be closed by
+    // the header timeout).
+    let mut connections: Vec<Vec<Http2>> = vec![Vec::new(); scale::NODES];
     let mut sources = 0usize;
-    if streams > 0 {
-        for addr in &addrs {
-            let mut mine = Vec::new();
-            for _ in 0..watchers.div_ceil(scale::NODES).div_ceil(streams) {
-                mine.push(connect_http2(*addr, source(sources)).await?);
-                sources += 1;
-            }
-            connections.push(mine);
-        }
-        progress.say(
-            "G",
-            format!(
-                "{} HTTP/2 connections open, up to {streams} streams each",
-                connections.iter().map(Vec::len).sum::<usize>()
-            ),
-        );
-    }
     // Watcher `i`: node `i % NODES`, and there a connection of its own or a stream of
     // the connection its number falls on (a hot watcher parked again reuses its slot).
-    let via = |i: usize, sources: &mut usize| {
+    let via = |i: usize, sources: &mut usize, connections: &[Vec<Http2>]| {
         let node = i % scale::NODES;
         match (i / scale::NODES).checked_div(streams) {
             Some(slot) => Via::Http2(connections[node][slot].clone()),
@@ -559,7 +540,14 @@ pub async fn run(
             let alive = || i as u64 - finished(&hot_handles) - cold_done();
             pace(&http, &urls, alive).await;
         }
-        let via = via(i, &mut sources);
+        if let Some(slot) = (i / scale::NODES).checked_div(streams) {
+            let node = i % scale::NODES;
+            if connections[node].len() <= slot {
+                connections[node].push(connect_http2(addrs[node], source(sources)).await?);
+                sources += 1;
+            }
+        }
+        let via = via(i, &mut sources, &connections);
         if i < hot {
             hot_handles.push(tokio::spawn(park(
                 via,
@@ -681,7 +669,7 @@ pub async fn run(
                     pace(&http, &urls, alive).await;
                 }
                 hot_handles.push(tokio::spawn(park(
-                    via(i, &mut sources),
+                    via(i, &mut sources, &connections),
                     Arc::clone(&hot_request),
                     Arc::clone(&gate),
                     Arc::clone(&refusals),
