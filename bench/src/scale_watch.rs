@@ -170,6 +170,13 @@ async fn attempt_http2(send: &Http2, path: &str, gate: &Semaphore) -> Result<Att
     let response = response.await.context("the HTTP/2 answer")?;
     let at = Instant::now();
     let status = response.status().as_u16();
+    // Read the body to its end, as a client does: its frames stay buffered (and count
+    // against the connection's budget for small frames) until they are taken.
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.context("the HTTP/2 answer's body")?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
     match status {
         200 => Ok(Attempt::Answered(at)),
         503 | 429 => Ok(Attempt::Refused(format!("HTTP/2 {status}"))),
