@@ -127,7 +127,13 @@ enum Via {
 /// by a task of its own; its handle opens streams.
 async fn connect_http2(addr: SocketAddr, source: Ipv4Addr) -> Result<Http2> {
     let stream = connect(addr, source).await?;
-    let (send, connection) = h2::client::handshake(stream)
+    // hyper's client windows: with h2's 64 KiB one for the whole connection, a thousand
+    // answers at once arrive cut into small frames, and h2 takes a flood of small frames
+    // for an attack and closes the connection.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .handshake(stream)
         .await
         .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
     tokio::spawn(async move {
