@@ -67,6 +67,17 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// counts against the server's own bounds (waiters, blocking queries).
 pub const MAX_STREAMS: u32 = 1000;
 
+/// Request body bytes an HTTP/2 client may send ahead on one stream, and on the whole
+/// connection, before the server reads them (hyper's defaults are 1 MiB each). Bodies
+/// here are small JSON; what is sent ahead waits in memory.
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Answer bytes buffered per HTTP/2 stream for a client that does not read them
+/// (hyper's default is 400 KiB): with [`MAX_STREAMS`] streams, a connection that stops
+/// reading holds at most about 16 MiB of answers, where HTTP/1.1 holds one answer's.
+const HTTP2_SEND_BUFFER: usize = 16 * 1024;
+
 /// What an HTTP/2 client's connection starts with.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
@@ -305,7 +316,10 @@ impl Connection {
             .keep_alive(true);
         http.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_STREAMS);
+            .max_concurrent_streams(MAX_STREAMS)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_send_buf_size(HTTP2_SEND_BUFFER);
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::select! {
             result = connection => {
