@@ -141,6 +141,15 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The `X-Registry-Index` of an answer.
+fn index_of(response: &reqwest::Response) -> Result<u64> {
+    response
+        .headers()
+        .get(api_spec::INDEX_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .context("no index header")
+}
+
 /// What `GET /v1/cluster` says of a node's limits.
 async fn limits(addr: &str) -> Result<api_spec::NodeLimits> {
     let status: api_spec::ClusterStatus = reqwest::get(format!("http://{addr}/v1/cluster"))
@@ -153,12 +162,8 @@ async fn limits(addr: &str) -> Result<api_spec::NodeLimits> {
 #[tokio::test]
 async fn a_flood_of_blocking_queries_is_capped_and_refused_with_429() {
     survives(&["--max-blocking-queries", "200"], |addr| async move {
-        let index = reqwest::get(format!("http://{addr}/v1/services/flood-watch"))
-            .await?
-            .headers()
-            .get(api_spec::INDEX_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .context("no index header")?;
+        let index =
+            index_of(&reqwest::get(format!("http://{addr}/v1/services/flood-watch")).await?)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()?;
@@ -522,12 +527,7 @@ async fn a_thousand_blocking_queries_share_one_http2_connection() {
                     .error_for_status()
             }
         };
-        let index = register("a")
-            .await?
-            .headers()
-            .get(api_spec::INDEX_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .context("no index header")?;
+        let index = index_of(&register("a").await?)?;
         let h2 = reqwest::Client::builder()
             .http2_prior_knowledge()
             .timeout(Duration::from_secs(30))

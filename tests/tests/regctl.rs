@@ -183,6 +183,32 @@ fn touch(path: &Path) -> Result<()> {
     std::fs::write(path, b"").with_context(|| format!("create {}", path.display()))
 }
 
+/// A lease made with `regctl lease create --ttl TTL`: its id.
+async fn create_lease(addr: &str, ttl: &str) -> Result<String> {
+    let created = run(addr, &["lease", "create", "--ttl", ttl]).await?;
+    created.ensure_code(0, &format!("regctl lease create --ttl {ttl}"))?;
+    Ok(created.stdout.trim().to_owned())
+}
+
+/// The token a command run by `regctl lock|elect --lease LEASE -- sh` wrote to
+/// `DIR/env` as "TOKEN LEASE" (from `$REGISTRY_{KIND}_TOKEN` and `_LEASE`), once it has,
+/// checking that the lease it saw is `lease`.
+async fn token_seen_under(dir: &Path, kind: &str, lease: &str) -> Result<u64> {
+    let env = wait_for_file(&dir.join("env")).await?;
+    let fields: Vec<&str> = env.split(' ').collect();
+    let [token, seen_lease] = fields.as_slice() else {
+        bail!("the command saw {env:?}");
+    };
+    let token: u64 = token
+        .parse()
+        .with_context(|| format!("REGISTRY_{kind}_TOKEN"))?;
+    ensure!(
+        *seen_lease == lease,
+        "REGISTRY_{kind}_LEASE {seen_lease}, lease {lease}"
+    );
+    Ok(token)
+}
+
 #[tokio::test]
 async fn register_resolve_watch_and_deregister_in_text_and_json() {
     let cluster = Cluster::start_single(&[]).await.expect("start");
@@ -720,9 +746,7 @@ async fn elect_under_an_existing_lease_resigns_and_leaves_the_lease() {
         let addr = cluster.addr(1);
         let client = cluster.client();
         let dir = TempDir::new()?;
-        let created = run(&addr, &["lease", "create", "--ttl", "1m"]).await?;
-        created.ensure_code(0, "regctl lease create")?;
-        let lease = created.stdout.trim().to_owned();
+        let lease = create_lease(&addr, "1m").await?;
         let script = r#"echo "$REGISTRY_ELECTION_TOKEN $REGISTRY_ELECTION_LEASE" > "$DIR/env"
             while [ ! -e "$DIR/go" ]; do sleep 0.05; done"#;
         let child = regctl(
@@ -742,16 +766,7 @@ async fn elect_under_an_existing_lease_resigns_and_leaves_the_lease() {
         )
         .env("DIR", dir.path())
         .spawn()?;
-        let env = wait_for_file(&dir.path().join("env")).await?;
-        let fields: Vec<&str> = env.split(' ').collect();
-        let [token, seen_lease] = fields.as_slice() else {
-            bail!("the command saw {env:?}");
-        };
-        let token: u64 = token.parse().context("REGISTRY_ELECTION_TOKEN")?;
-        ensure!(
-            *seen_lease == lease,
-            "REGISTRY_ELECTION_LEASE {seen_lease}, lease {lease}"
-        );
+        let token = token_seen_under(dir.path(), "ELECTION", &lease).await?;
         // While the command runs, node-a leads under that lease, not one of its own.
         let info = client
             .election("on-lease", ReadOptions::default())
@@ -780,9 +795,7 @@ async fn elect_under_an_existing_lease_resigns_and_leaves_the_lease() {
 
         // A lease nobody keeps alive expires under the running command, and regctl
         // stops it as for lost leadership.
-        let created = run(&addr, &["lease", "create", "--ttl", "3s"]).await?;
-        created.ensure_code(0, "regctl lease create --ttl 3s")?;
-        let short = created.stdout.trim().to_owned();
+        let short = create_lease(&addr, "3s").await?;
         let started = Instant::now();
         let done = run(
             &addr,
@@ -832,9 +845,7 @@ async fn lock_under_an_existing_lease_releases_the_lock_and_leaves_the_lease() {
         let addr = cluster.addr(1);
         let client = cluster.client();
         let dir = TempDir::new()?;
-        let created = run(&addr, &["lease", "create", "--ttl", "1m"]).await?;
-        created.ensure_code(0, "regctl lease create")?;
-        let lease = created.stdout.trim().to_owned();
+        let lease = create_lease(&addr, "1m").await?;
         let script = r#"echo "$REGISTRY_LOCK_TOKEN $REGISTRY_LOCK_LEASE" > "$DIR/env"
             while [ ! -e "$DIR/go" ]; do sleep 0.05; done"#;
         let child = regctl(
@@ -845,16 +856,7 @@ async fn lock_under_an_existing_lease_releases_the_lock_and_leaves_the_lease() {
         )
         .env("DIR", dir.path())
         .spawn()?;
-        let env = wait_for_file(&dir.path().join("env")).await?;
-        let fields: Vec<&str> = env.split(' ').collect();
-        let [token, seen_lease] = fields.as_slice() else {
-            bail!("the command saw {env:?}");
-        };
-        let token: u64 = token.parse().context("REGISTRY_LOCK_TOKEN")?;
-        ensure!(
-            *seen_lease == lease,
-            "REGISTRY_LOCK_LEASE {seen_lease}, lease {lease}"
-        );
+        let token = token_seen_under(dir.path(), "LOCK", &lease).await?;
 
         // While the command runs, the lock is held under that lease, not one of its own.
         let lock = client
@@ -887,9 +889,7 @@ async fn lock_under_an_existing_lease_releases_the_lock_and_leaves_the_lease() {
 
         // regctl does not renew a lease it was given: one nobody keeps alive expires
         // under the running command, and regctl stops it as for a lost lock.
-        let created = run(&addr, &["lease", "create", "--ttl", "3s"]).await?;
-        created.ensure_code(0, "regctl lease create --ttl 3s")?;
-        let short = created.stdout.trim().to_owned();
+        let short = create_lease(&addr, "3s").await?;
         let started = Instant::now();
         let done = run(
             &addr,
