@@ -68,6 +68,9 @@ struct Round {
     change_ack_us: u64,
     /// Each answering hot watcher's first byte after the change was sent.
     latency: Quantiles,
+    /// The same for the watchers of each node (`urls` order), and which one led.
+    by_node: Vec<Quantiles>,
+    leader: usize,
     /// Hot watchers that answered within [`ANSWER_LIMIT`], of those parked.
     answered: usize,
     parked: usize,
@@ -637,10 +640,15 @@ pub async fn run(
         let deadline = t0 + ANSWER_LIMIT;
         let parked = hot_handles.len();
         let (mut latencies, mut early, mut failed, mut error_sample) = (Vec::new(), 0, 0, None);
-        for handle in hot_handles.drain(..) {
+        let mut by_node = vec![Vec::new(); scale::NODES];
+        for (i, handle) in hot_handles.drain(..).enumerate() {
             match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok(Ok(at))) if at < t0 => early += 1,
-                Ok(Ok(Ok(at))) => latencies.push(us(at - t0)),
+                Ok(Ok(Ok(at))) => {
+                    latencies.push(us(at - t0));
+                    // Watcher `i` parked on node `i % NODES` (see `via`).
+                    by_node[i % scale::NODES].push(us(at - t0));
+                }
                 Ok(Ok(Err(e))) => {
                     failed += 1;
                     error_sample.get_or_insert_with(|| format!("{e:#}"));
@@ -658,6 +666,8 @@ pub async fn run(
             change_ack_us: us(change_ack),
             answered: latency.count,
             latency,
+            by_node: by_node.into_iter().map(Quantiles::of).collect(),
+            leader,
             parked,
             early,
             failed,
@@ -774,10 +784,21 @@ pub async fn run(
                 r.round, r.parked
             ),
             format!(
-                "{} answered: {}; change acknowledged after {}; {} early, {} failed{}",
+                "{} answered: {}; change acknowledged after {}; p99 by node {}; {} early, {} failed{}",
                 r.answered,
                 r.latency.text(),
                 ms(r.change_ack_us),
+                r.by_node
+                    .iter()
+                    .enumerate()
+                    .map(|(n, q)| format!(
+                        "{}{} {}",
+                        n + 1,
+                        if n == r.leader { " (leader)" } else { "" },
+                        ms(q.p99_us)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 r.early,
                 r.failed,
                 r.error_sample
