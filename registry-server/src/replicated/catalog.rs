@@ -1288,11 +1288,12 @@ mod size {
     use super::*;
 
     /// A million instances are a million of these: growing one by a word is 8 MB. The
-    /// record, behind its `Arc`, stays within a 176-byte allocation.
+    /// record, behind its `Arc` (two counts, 16 bytes), fits jemalloc's 160-byte size
+    /// class; at 152 bytes it took a 192-byte one, 32 MB more at a million.
     #[test]
-    fn an_instance_record_stays_within_152_bytes() {
+    fn an_instance_record_stays_within_144_bytes() {
         assert!(
-            std::mem::size_of::<InstanceRecord>() <= 152,
+            std::mem::size_of::<InstanceRecord>() <= 144,
             "InstanceRecord is {} bytes",
             std::mem::size_of::<InstanceRecord>()
         );

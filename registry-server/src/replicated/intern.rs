@@ -19,11 +19,75 @@ use serde::{Deserialize, Deserializer};
 pub type Name = Arc<str>;
 
 /// An instance's tags, in the order it registered them.
-pub type Tags = Arc<[Name]>;
+pub type Tags = List<Name>;
 
 /// An instance's meta pairs, sorted by key with no key twice (a compact map: at most
 /// [`api_spec::rules`]' few dozen pairs, searched by bisection).
-pub type Meta = Arc<[(Name, Name)]>;
+pub type Meta = List<(Name, Name)>;
+
+/// A shared, immutable list behind one thin pointer: 8 bytes in the record where an
+/// `Arc<[T]>` takes 16 (pointer and length). Two of them per instance record are what
+/// keep the record's allocation in jemalloc's 160-byte size class instead of 192. The
+/// length lives beside the items, one hop further, in the one copy all instances share.
+/// Compares, hashes and serializes as the slice it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct List<T>(Arc<Box<[T]>>);
+
+impl<T> List<T> {
+    /// Whether `a` and `b` are the same shared copy.
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// How many holders the shared copy has.
+    fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+}
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        Self(Arc::new(Box::default()))
+    }
+}
+
+impl<T> std::ops::Deref for List<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T> std::borrow::Borrow<[T]> for List<T> {
+    fn borrow(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(items: Vec<T>) -> Self {
+        Self(Arc::new(items.into_boxed_slice()))
+    }
+}
+
+impl<T> FromIterator<T> for List<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        items.into_iter().collect::<Vec<T>>().into()
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for List<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<T>::deserialize(d).map(Self::from)
+    }
+}
 
 /// Builds a [`Meta`] from pairs in any order; a key given twice keeps its last value.
 pub fn meta<K: Into<Name>, V: Into<Name>>(pairs: impl IntoIterator<Item = (K, V)>) -> Meta {
@@ -168,8 +232,8 @@ impl Interner {
         if self.added <= self.kept.max(1024) {
             return;
         }
-        self.tags.retain(|t| Arc::strong_count(t) > 1);
-        self.metas.retain(|m| Arc::strong_count(m) > 1);
+        self.tags.retain(|t| t.holders() > 1);
+        self.metas.retain(|m| m.holders() > 1);
         self.places.retain(|p| Arc::strong_count(p) > 1);
         self.names.retain(|n| Arc::strong_count(n) > 1);
         self.kept = self.len();
@@ -238,13 +302,13 @@ mod tests {
         let mut i = Interner::default();
         let a = i.tags(&tags(["v1", "primary"]));
         let b = i.tags(&tags(["v1", "primary"]));
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(List::ptr_eq(&a, &b));
         let c = i.tags(&tags(["primary", "v2"]));
         // The tag inside another list is the same string too.
         assert!(Arc::ptr_eq(&a[1], &c[0]));
         let m1 = i.meta(&meta([("version", "1.4"), ("az", "a")]));
         let m2 = i.meta(&meta([("az", "a"), ("version", "1.4")]));
-        assert!(Arc::ptr_eq(&m1, &m2));
+        assert!(List::ptr_eq(&m1, &m2));
         let zone = i.name(&Name::from("zone-a"));
         assert!(Arc::ptr_eq(&zone, &i.name(&Name::from("zone-a"))));
         let p1 = i.place(&Place::new(Some("zone-a".into()), Some("eu".into())));
@@ -275,7 +339,7 @@ mod tests {
         i.maybe_purge();
         // The kept list and its tag remain; the 2000 unused names went.
         assert_eq!(i.len(), 2);
-        assert!(Arc::ptr_eq(&kept, &i.tags(&tags(["kept"]))));
+        assert!(List::ptr_eq(&kept, &i.tags(&tags(["kept"]))));
     }
 
     #[test]

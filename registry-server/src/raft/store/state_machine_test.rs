@@ -311,8 +311,14 @@ async fn a_restored_catalog_shares_its_repeated_strings_again() {
             .instance(&crate::replicated::catalog::key("web", "i-7"))
             .unwrap();
         // Decoded from the file, then shared: one tag list, one meta list, one place.
-        assert!(std::sync::Arc::ptr_eq(&a.spec.tags, &b.spec.tags));
-        assert!(std::sync::Arc::ptr_eq(&a.spec.meta, &b.spec.meta));
+        assert!(crate::replicated::intern::List::ptr_eq(
+            &a.spec.tags,
+            &b.spec.tags
+        ));
+        assert!(crate::replicated::intern::List::ptr_eq(
+            &a.spec.meta,
+            &b.spec.meta
+        ));
         assert_eq!(a.spec.place, b.spec.place);
         assert!(std::sync::Arc::ptr_eq(
             a.spec.place.zone().unwrap(),
