@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build this workspace:
-# clang and libclang-dev (RocksDB's sys crate runs bindgen and compiles C++), and
+# clang and libclang-dev (RocksDB's sys crate runs bindgen and compiles C++), make (the
+# jemalloc sys crate builds jemalloc with its configure script and make), and
 # cargo-nextest (the test runner); plus curl, jq and flock (util-linux), which the shell
 # examples in examples/ and their test use; faketime (libfaketime), which
 # tests/tests/clock_skew.rs runs one server under to shift its wall clock; chromium,
@@ -16,6 +17,7 @@ missing=()
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
