@@ -261,6 +261,11 @@ async fn park(
     bail!("refused {ATTEMPTS} times: {last}")
 }
 
+/// The node watcher `i` parks on (round robin over the cluster's nodes, `urls` order).
+fn node_of(i: usize) -> usize {
+    i % scale::NODES
+}
+
 /// The path of a blocking query of `service` past `index`.
 fn request(service: &str, index: u64) -> Arc<str> {
     format!("/v1/services/{service}?index={index}&wait={WAIT}").into()
@@ -522,10 +527,10 @@ pub async fn run(
     // the header timeout).
     let mut connections: Vec<Vec<Http2>> = vec![Vec::new(); scale::NODES];
     let mut sources = 0usize;
-    // Watcher `i`: node `i % NODES`, and there a connection of its own or a stream of
+    // Watcher `i`: node `node_of(i)`, and there a connection of its own or a stream of
     // the connection its number falls on (a hot watcher parked again reuses its slot).
     let via = |i: usize, sources: &mut usize, connections: &[Vec<Http2>]| {
-        let node = i % scale::NODES;
+        let node = node_of(i);
         match (i / scale::NODES).checked_div(streams) {
             Some(slot) => Via::Http2(connections[node][slot].clone()),
             None => {
@@ -557,7 +562,7 @@ pub async fn run(
             pace(&http, &urls, alive).await;
         }
         if let Some(slot) = (i / scale::NODES).checked_div(streams) {
-            let node = i % scale::NODES;
+            let node = node_of(i);
             if connections[node].len() <= slot {
                 connections[node].push(connect_http2(addrs[node], source(sources)).await?);
                 sources += 1;
@@ -646,8 +651,7 @@ pub async fn run(
                 Ok(Ok(Ok(at))) if at < t0 => early += 1,
                 Ok(Ok(Ok(at))) => {
                     latencies.push(us(at - t0));
-                    // Watcher `i` parked on node `i % NODES` (see `via`).
-                    by_node[i % scale::NODES].push(us(at - t0));
+                    by_node[node_of(i)].push(us(at - t0));
                 }
                 Ok(Ok(Err(e))) => {
                     failed += 1;

@@ -9,12 +9,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// jemalloc, not glibc's malloc. With glibc, a leader holding a million instances
-/// answered resolves at 0.57x and heartbeats at 0.70x of its empty rate, and a change
-/// woken at 10,000 blocking queries took 190-245 ms to reach them all (glibc's malloc
-/// and free had about a fifth of the busy samples); with jemalloc 0.95x, 1.10x and
-/// 117-136 ms, for about the same memory per instance (README, "Scale"). Its settings
-/// are fixed when it is built (`.cargo/config.toml`); `_RJEM_MALLOC_CONF` in a server's
+/// jemalloc, not glibc's malloc: with glibc a leader holding a million instances served
+/// reads at about 0.6x of its empty rate and a change woken at 10,000 blocking queries
+/// took over 200 ms to reach them all; with jemalloc neither slowed, for about the same
+/// memory per instance (README, "Scale", has the side-by-side runs). Its settings are
+/// fixed when it is built (`.cargo/config.toml`); `_RJEM_MALLOC_CONF` in a server's
 /// environment overrides them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

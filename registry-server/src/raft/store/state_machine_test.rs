@@ -10,6 +10,7 @@ use openraft::{CommittedLeaderId, Entry, LogId, RaftSnapshotBuilder};
 use super::StateMachineStore;
 use crate::raft::store::snapshot_file::SNAPSHOT_FORMAT_VERSION;
 use crate::raft::types::TypeConfig;
+use crate::replicated::intern::List;
 
 fn open(dir: &Path) -> StateMachineStore {
     try_open(dir).unwrap()
@@ -311,14 +312,8 @@ async fn a_restored_catalog_shares_its_repeated_strings_again() {
             .instance(&crate::replicated::catalog::key("web", "i-7"))
             .unwrap();
         // Decoded from the file, then shared: one tag list, one meta list, one place.
-        assert!(crate::replicated::intern::List::ptr_eq(
-            &a.spec.tags,
-            &b.spec.tags
-        ));
-        assert!(crate::replicated::intern::List::ptr_eq(
-            &a.spec.meta,
-            &b.spec.meta
-        ));
+        assert!(List::ptr_eq(&a.spec.tags, &b.spec.tags));
+        assert!(List::ptr_eq(&a.spec.meta, &b.spec.meta));
         assert_eq!(a.spec.place, b.spec.place);
         assert!(std::sync::Arc::ptr_eq(
             a.spec.place.zone().unwrap(),
