@@ -104,7 +104,7 @@ pub async fn run(
         tls.as_ref().map(crate::tls::Tls::peer_client),
     )
     .context("cannot build the client for calls to peers")?;
-    let log = LogStore::new(db);
+    let log = LogStore::new(db, config.node_id);
     let stamps = log.stamps();
     let network = Network {
         client: peers.clone(),
