@@ -10,7 +10,8 @@
 //! new entries from here while its fsync runs), then syncs the WAL and only then reports
 //! `LogFlushed`. A leader syncs on a blocking thread, so its fsync overlaps the followers'
 //! round trip instead of preceding it; a follower, whose answer waits for the sync
-//! anyway, syncs on the calling task. That is one WAL fsync per batch: openraft hands the
+//! anyway, syncs on the calling task while syncs are quick (`LogStore::syncs_here`).
+//! That is one WAL fsync per batch: openraft hands the
 //! log store one batch at a time and goes on to the next while a sync runs, and the
 //! server's proposer (`crate::raft::proposer`) packs every client write waiting at that
 //! moment into one entry, so concurrent writes share one fsync (group commit) instead of
@@ -27,6 +28,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -53,6 +55,10 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 /// Reads of at most this many entries run on the calling task (see `try_get_log_entries`).
 const INLINE_READ_ENTRIES: u64 = 64;
+
+/// A follower syncs on the calling task while the latest sync took at most this long
+/// (see `LogStore::syncs_here`); this disk's take about 300 µs.
+const INLINE_SYNC_MAX_MICROS: u64 = 2_000;
 
 /// How much memory RocksDB may use (`--rocksdb-write-buffer-bytes`,
 /// `--rocksdb-block-cache-bytes`).
@@ -137,6 +143,8 @@ pub struct LogStore {
     db: Arc<DB>,
     /// This node's id: entries whose leader is this node are appended as leader.
     node: NodeId,
+    /// How long the latest WAL sync took, in microseconds (see `syncs_here`).
+    last_sync_micros: Arc<AtomicU64>,
     /// The latest leader time seen in an appended entry, for `leader::leader_time`.
     stamps: StampSeen,
 }
@@ -199,8 +207,20 @@ impl LogStore {
         Self {
             db,
             node,
+            last_sync_micros: Arc::new(AtomicU64::new(0)),
             stamps: StampSeen::default(),
         }
+    }
+
+    /// Whether an append syncs the WAL on the calling task rather than on the blocking
+    /// pool. A leader's (`own`) sync goes to the pool, so that it overlaps the followers'
+    /// round: openraft replicates while it runs. A follower can do nothing with its
+    /// entries until they are durable (its answer waits for them), so it syncs right here,
+    /// sparing the round two thread hops, as long as syncs are quick; after one that took
+    /// longer than [`INLINE_SYNC_MAX_MICROS`] (a slow disk), syncs go to the pool, so that
+    /// they never hold up this worker's other tasks for long.
+    fn syncs_here(&self, own: bool) -> bool {
+        !own && self.last_sync_micros.load(Ordering::Relaxed) <= INLINE_SYNC_MAX_MICROS
     }
 
     /// Where this store reports the latest leader time it appended.
@@ -375,26 +395,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The fsync runs off the async workers; openraft is told the entries are durable
         // only once RocksDB has synced its WAL (which holds them: the WAL is ordered, and
         // a sync covers every write before it).
+        let last_sync = self.last_sync_micros.clone();
         let sync = move || {
             let synced = std::time::Instant::now();
             let result = db.flush_wal(true).map_err(std::io::Error::other);
-            crate::metrics::log_appended(started.elapsed(), synced.elapsed());
+            let took = synced.elapsed();
+            last_sync.store(
+                u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            crate::metrics::log_appended(started.elapsed(), took);
             // Release the database before reporting, so that nothing holds it once the
             // caller knows the write is done (a reopen in the same process would fail).
             drop(db);
             callback.log_io_completed(result);
         };
-        // A leader's fsync overlaps its followers' round: it runs on the blocking pool
-        // while openraft goes on to replicate. A follower can do nothing with these
-        // entries until they are durable (its answer waits for them), so it syncs here,
-        // sparing the round two thread hops; `block_in_place` hands this worker's other
-        // tasks to another thread meanwhile (it needs the multi-threaded runtime).
-        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
-        if own || !multi_thread {
-            tokio::task::spawn_blocking(sync);
+        if self.syncs_here(own) {
+            sync();
         } else {
-            tokio::task::block_in_place(sync);
+            tokio::task::spawn_blocking(sync);
         }
         Ok(())
     }
@@ -508,7 +527,8 @@ mod tests {
     }
 
     /// A follower (node 1 appending node 2's entries) syncs on the calling task; its own
-    /// entries as leader on the blocking pool. Both are reported, and both are on disk.
+    /// entries as leader on the blocking pool. Both are reported, and both are on disk,
+    /// on either kind of runtime.
     async fn follower_and_leader_appends_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
@@ -533,11 +553,31 @@ mod tests {
         follower_and_leader_appends_survive_reopen().await;
     }
 
-    /// `block_in_place` panics on a current-thread runtime: there a follower's sync goes to
-    /// the blocking pool as well.
     #[tokio::test(flavor = "current_thread")]
     async fn appends_survive_reopen_on_a_current_thread_runtime() {
         follower_and_leader_appends_survive_reopen().await;
+    }
+
+    /// A follower syncs on the calling task until a sync is slow, then on the pool, where
+    /// each sync again records how long it took; a leader always syncs on the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_syncs_here_until_a_sync_is_slow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir.path().join("raft"), DbMemoryConfig::default())
+            .unwrap()
+            .0;
+        let mut store = LogStore::new(db, 1);
+        assert!(store.syncs_here(false));
+        assert!(!store.syncs_here(true));
+        append_blank(&mut store, 2, 1..=3).await;
+        let slow = INLINE_SYNC_MAX_MICROS + 1;
+        store.last_sync_micros.store(slow, Ordering::Relaxed);
+        assert!(!store.syncs_here(false));
+        assert!(!store.syncs_here(true));
+        append_blank(&mut store, 2, 4..=6).await;
+        assert_ne!(store.last_sync_micros.load(Ordering::Relaxed), slow);
+        let entries = store.try_get_log_entries(1..7).await.unwrap();
+        assert_eq!(entries.len(), 6);
     }
 
     /// Reads on either side of the inline limit return exactly the entries asked for.
