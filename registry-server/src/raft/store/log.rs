@@ -11,19 +11,18 @@
 //! `LogFlushed`. A leader syncs on a blocking thread, so its fsync overlaps the followers'
 //! round trip instead of preceding it; a follower, whose answer waits for the sync
 //! anyway, syncs on the calling task while syncs are quick (`LogStore::syncs_here`).
-//! That is one WAL fsync per batch: openraft hands the
-//! log store one batch at a time and goes on to the next while a sync runs, and the
-//! server's proposer (`crate::raft::proposer`) packs every client write waiting at that
-//! moment into one entry, so concurrent writes share one fsync (group commit) instead of
-//! paying one each.
+//! That is one WAL fsync per batch: openraft hands the log store one batch at a time and
+//! goes on to the next while a sync runs, and the server's proposer
+//! (`crate::raft::proposer`) packs every client write waiting at that moment into one
+//! entry, so concurrent writes share one fsync (group commit) instead of paying one each.
+//! The vote is written with `sync = true` too; truncation, purging and the committed
+//! index are ordinary writes, made durable by the next synced write (the WAL is ordered).
 //!
 //! Reads: every commit reads its entries back at least twice (openraft's replication
 //! reads them to send, and its core reads them to apply), a few entries just written and
 //! still in the memtable. Such short reads run on the calling task; a long one (a
 //! follower far behind) runs on a blocking thread, as it may read from disk. Each thread
 //! hop spared is a wake-up less on the commit path (README, Benchmarks).
-//! The vote is written with `sync = true` too; truncation, purging and the committed
-//! index are ordinary writes, made durable by the next synced write (the WAL is ordered).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -392,9 +391,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write(batch)
             .map_err(|e| StorageIOError::write_logs(db_err(e)))?;
         let db = self.db.clone();
-        // The fsync runs off the async workers; openraft is told the entries are durable
-        // only once RocksDB has synced its WAL (which holds them: the WAL is ordered, and
-        // a sync covers every write before it).
+        // openraft is told the entries are durable only once RocksDB has synced its WAL
+        // (which holds them: the WAL is ordered, and a sync covers every write before
+        // it); where the sync runs is `syncs_here`'s choice.
         let last_sync = self.last_sync_micros.clone();
         let sync = move || {
             let synced = std::time::Instant::now();
