@@ -480,31 +480,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
         {
-            let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0, 1);
+            let mut store = open_store(&path);
             let vote = Vote::new(3, 1);
             store.save_vote(&vote).await.unwrap();
-            let entries: Vec<Entry<TypeConfig>> = (1..=5)
-                .map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i)))
-                .collect();
-            openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries)
-                .await
-                .unwrap();
+            append_blank(&mut store, 1, 1..=5).await;
         }
-        let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0, 1);
+        let mut store = open_store(&path);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
         assert_eq!(store.try_get_log_entries(2..4).await.unwrap().len(), 2);
     }
 
+    /// The log store of node 1 in `path`.
+    fn open_store(path: &Path) -> LogStore {
+        LogStore::new(open_db(path, DbMemoryConfig::default()).unwrap().0, 1)
+    }
+
     async fn store_with_entries(path: &Path, n: u64) -> LogStore {
-        let mut store = LogStore::new(open_db(path, DbMemoryConfig::default()).unwrap().0, 1);
-        let entries: Vec<Entry<TypeConfig>> = (1..=n)
-            .map(|i| Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, 1), i)))
-            .collect();
-        openraft::storage::RaftLogStorageExt::blocking_append(&mut store, entries)
-            .await
-            .unwrap();
+        let mut store = open_store(path);
+        append_blank(&mut store, 1, 1..=n).await;
         store
     }
 
@@ -526,17 +521,17 @@ mod tests {
     }
 
     /// A follower (node 1 appending node 2's entries) syncs on the calling task; its own
-    /// entries as leader on the blocking pool. Both are reported, and both are on disk,
-    /// on either kind of runtime.
+    /// entries as leader on the blocking pool. Both are reported, and both are on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn follower_and_leader_appends_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
         {
-            let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0, 1);
+            let mut store = open_store(&path);
             append_blank(&mut store, 2, 1..=5).await;
             append_blank(&mut store, 1, 6..=8).await;
         }
-        let mut store = LogStore::new(open_db(&path, DbMemoryConfig::default()).unwrap().0, 1);
+        let mut store = open_store(&path);
         let entries = store.try_get_log_entries(1..).await.unwrap();
         let leaders: Vec<(u64, NodeId)> = entries
             .iter()
@@ -547,25 +542,12 @@ mod tests {
         assert_eq!(leaders, expected);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appends_survive_reopen_on_a_multi_threaded_runtime() {
-        follower_and_leader_appends_survive_reopen().await;
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn appends_survive_reopen_on_a_current_thread_runtime() {
-        follower_and_leader_appends_survive_reopen().await;
-    }
-
     /// A follower syncs on the calling task until a sync is slow, then on the pool, where
     /// each sync again records how long it took; a leader always syncs on the pool.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_syncs_here_until_a_sync_is_slow() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open_db(&dir.path().join("raft"), DbMemoryConfig::default())
-            .unwrap()
-            .0;
-        let mut store = LogStore::new(db, 1);
+        let mut store = open_store(&dir.path().join("raft"));
         assert!(store.syncs_here(false));
         assert!(!store.syncs_here(true));
         append_blank(&mut store, 2, 1..=3).await;
@@ -580,14 +562,10 @@ mod tests {
     }
 
     /// Reads on either side of the inline limit return exactly the entries asked for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn short_and_long_reads_return_the_range() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::new(
-            open_db(&dir.path().join("raft"), DbMemoryConfig::default())
-                .unwrap()
-                .0,
-            1,
-        );
+        let mut store = open_store(&dir.path().join("raft"));
         append_blank(&mut store, 2, 1..=200).await;
         let limit = INLINE_READ_ENTRIES;
         let cases: [(u64, Option<u64>, std::ops::Range<u64>); 6] = [
@@ -606,16 +584,6 @@ mod tests {
             let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
             assert_eq!(indexes, expected.collect::<Vec<_>>(), "{start}..{end:?}");
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_return_the_range_on_a_multi_threaded_runtime() {
-        short_and_long_reads_return_the_range().await;
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reads_return_the_range_on_a_current_thread_runtime() {
-        short_and_long_reads_return_the_range().await;
     }
 
     #[tokio::test]
