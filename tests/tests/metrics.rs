@@ -405,3 +405,45 @@ async fn a_dead_peer_is_logged_once_not_at_every_retry() {
     })
     .await;
 }
+
+/// A survivor's `registry_raft_leader_changes_total` (0 before its first change).
+async fn leader_changes(cluster: &Cluster, id: u64) -> Result<f64> {
+    let (status, text) = scrape(&cluster.addr(id), None).await?;
+    ensure!(status == 200, "/metrics on {id} answered {status}");
+    let (samples, _) = parse(&text)?;
+    Ok(value(&samples, "registry_raft_leader_changes_total", &[]).unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn a_new_leader_is_counted_by_every_survivor() {
+    let cluster = Cluster::start(3, &[]).await.expect("start a cluster");
+    must_pass(async {
+        let old = cluster.leader_id().await?;
+        let survivors: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+        let mut before = Vec::new();
+        for &id in &survivors {
+            before.push(leader_changes(&cluster, id).await?);
+        }
+        cluster.kill(old).await?;
+        cluster
+            .wait_for_leader(Some(old), Duration::from_secs(15))
+            .await?;
+        for (&id, before) in survivors.iter().zip(before) {
+            wait_until(
+                Duration::from_secs(10),
+                &format!("node {id} to count the new leader"),
+                || async {
+                    let now = leader_changes(&cluster, id).await?;
+                    ensure!(
+                        now > before,
+                        "node {id}: {now} leader changes, {before} before"
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    })
+    .await;
+}

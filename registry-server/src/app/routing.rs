@@ -262,8 +262,10 @@ impl App {
         }
     }
 
+    /// Waits (at most 200 ms, and not past `deadline`) for news of the leader: a change
+    /// of role, vote, leader or membership (openraft's server metrics).
     async fn wait_for_metrics_change(&self, deadline: Instant) {
-        let mut metrics = self.inner.raft.metrics();
+        let mut metrics = self.inner.raft.server_metrics();
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(200));
