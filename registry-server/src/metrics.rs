@@ -312,10 +312,10 @@ pub fn keepalive() {
 
 /// Counts leader changes this node saw, for as long as the process runs.
 ///
-/// Watches openraft's server metrics (role, leader, membership), which change only when
-/// one of those does: its full metrics are sent again at every turn of its core's loop,
-/// several times per committed entry, and a task woken by each would cost a wake-up
-/// per turn on the commit path for nothing.
+/// Watches openraft's server metrics (role, vote, leader, membership), which change
+/// only when one of those does: its full metrics are sent again at every turn of its
+/// core's loop, several times per committed entry, and a task woken by each would cost
+/// a wake-up per turn on the commit path for nothing.
 pub fn watch_leader_changes(app: &App) {
     let mut metrics = app.raft().server_metrics();
     tokio::spawn(async move {
